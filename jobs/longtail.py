@@ -1,0 +1,37 @@
+"""spark-submit jobs/longtail.py --data DIR --out SPLITS --imbalance-ratio RHO --imbalance-type exp|step|none --seed S
+
+Carve long-tailed labeled, unlabeled and validation splits from an ingest; copy its test split."""
+from pipeline.cli import JobParser, fail
+from pipeline.longtail import LongTailError
+from pipeline.output import OutputExists
+from pipeline.spark import session
+from pipeline.splits import run_longtail, summary
+
+
+def main(argv=None) -> dict:
+    parser = JobParser(__doc__)
+    parser.flag("--data", key="longtail.data", help="an ingest output directory")
+    parser.flag("--out", key="longtail.out", help="the splits directory to write")
+    parser.flag("--imbalance-ratio", key="longtail.imbalance_ratio", metavar="RHO")
+    parser.flag("--imbalance-type", key="longtail.imbalance_type", help="exp, step or none")
+    parser.flag("--labeled-max", key="longtail.labeled_max", metavar="N1", help="images of the head class")
+    parser.flag("--unlabeled-max", key="longtail.unlabeled_max", metavar="M1", help="head of the unlabeled pool")
+    parser.flag("--unlabeled-ratio", key="longtail.unlabeled_ratio", metavar="RHO_U",
+                help="imbalance of the pool; negative reverses the class order")
+    parser.flag("--val-per-class", key="longtail.val_per_class", metavar="K")
+    parser.flag("--seed", key="longtail.seed")
+    parser.flag("--overwrite", key="longtail.overwrite", switch=True, help="replace SPLITS atomically")
+    _, cfg = parser.resolve(argv)
+    if not cfg.longtail.data or not cfg.longtail.out:
+        fail("--data DIR and --out SPLITS are required")
+    spark = session(cfg.spark)
+    try:
+        manifest = run_longtail(spark, cfg)
+    except (LongTailError, OutputExists, FileNotFoundError) as e:
+        fail(str(e))
+    print(summary(manifest))
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

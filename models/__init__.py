@@ -1,0 +1,1 @@
+"""Model architectures, registered by name (the training issue fills this package)."""

@@ -1,0 +1,69 @@
+"""Argument parsing shared by every job: ``--config FILE``, ``--set key=value`` and job flags that
+are sugar for ``--set``. Flags and ``--set`` apply in command-line order, after the config files."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.config import Config, ConfigError, resolve
+
+_OVERRIDES = "_overrides"
+
+
+class _Override(argparse.Action):
+    """Record ``(config_key, raw_value)`` in order; the config module parses and type-checks it."""
+
+    def __init__(self, option_strings, dest, key=None, const=None, nargs=None, append=False, **kw):
+        self.key, self.append = key, append
+        super().__init__(option_strings, dest=_OVERRIDES, const=const, nargs=nargs, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, _OVERRIDES, None) or [])
+        if self.key is None:  # --set key=value
+            if "=" not in values:
+                parser.error(f"--set expects key=value, got {values!r}")
+            key, raw = values.split("=", 1)
+            items.append((key.strip(), raw))
+        elif self.const is not None:  # a switch such as --overwrite
+            items.append((self.key, self.const))
+        elif self.append:  # --source a --source b -> one list-valued override
+            previous = [json.loads(raw) for key, raw in items if key == self.key]
+            items = [(key, raw) for key, raw in items if key != self.key]
+            items.append((self.key, json.dumps((previous[-1] if previous else []) + [values])))
+        elif isinstance(values, list):  # --image-size 32 32 -> "[32, 32]"
+            items.append((self.key, "[" + ", ".join(values) + "]"))
+        else:
+            items.append((self.key, values))
+        setattr(namespace, _OVERRIDES, items)
+
+
+class JobParser(argparse.ArgumentParser):
+    def __init__(self, description: str):
+        super().__init__(description=description,
+                         epilog="Any config key can be set with --set section.key=value; "
+                                "see conf/defaults.yaml for every key and its default.")
+        self.add_argument("--config", action="append", default=[], metavar="FILE",
+                          help="YAML config layer (repeatable; later files win)")
+        self.add_argument("--set", action=_Override, metavar="KEY=VALUE", help="override one config key")
+
+    def flag(self, *names: str, key: str, switch: bool = False, **kw) -> None:
+        """A flag that sets config ``key``; ``switch`` makes it a boolean that sets true."""
+        if switch:
+            self.add_argument(*names, action=_Override, key=key, const="true", nargs=0, **kw)
+        else:
+            self.add_argument(*names, action=_Override, key=key, **kw)
+
+    def resolve(self, argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
+        args = self.parse_args(argv)
+        try:
+            cfg = resolve(args.config, getattr(args, _OVERRIDES, None) or [])
+        except ConfigError as e:
+            self.exit(2, f"{self.prog}: config error: {e}\n")
+        return args, cfg
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Stop a job with a one-line error a user can act on (no traceback for expected failures)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,243 @@
+"""One typed, layered configuration for every job.
+
+Layers, later wins:
+  1. the dataclass defaults below (``conf/defaults.yaml`` is their dump, kept in sync by a test);
+  2. YAML files given with ``--config`` (a file may ``extends:`` others, resolved relative to itself);
+  3. the job's own flags (``--imbalance-ratio 10`` is sugar for ``--set longtail.imbalance_ratio=10``)
+     and ``--set key=value``, in command-line order.
+
+Every value is checked against its declared type; an unknown key or a wrong type raises
+``ConfigError`` naming the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (and the file) at fault."""
+
+
+@dataclass
+class SparkConfig:
+    master: Optional[str] = None  # None: spark-submit's --master if given, else local[*]
+    app_name: str = "longtail-lab"
+    shuffle_partitions: int = 8  # spark.sql.shuffle.partitions: small tables, few cores
+    driver_memory: str = "4g"  # used only when the job starts the JVM itself (not under spark-submit)
+    conf: dict[str, str] = field(default_factory=dict)  # extra spark.* settings
+
+
+@dataclass
+class IngestConfig:
+    dataset: str = "digits"  # a registered source: digits, cifar10, cifar100, svhn, imagefolder, manifest
+    source: list[str] = field(default_factory=list)  # input paths/URIs; empty: bundled data or download
+    out: Optional[str] = None  # output directory (path or URI)
+    overwrite: bool = False  # replace an existing output atomically instead of refusing
+    image_size: Optional[list[int]] = None  # [height, width] every image must have (pixels)
+    channels: Optional[int] = None  # channels every image must have (1 grey, 3 RGB, 4 RGBA)
+    split: Optional[str] = None  # manifest: split of its rows (default: from the file name, else train)
+    root: Optional[str] = None  # manifest: base of relative paths (default: the manifest's folder)
+    label_type: Literal["index", "name"] = "index"  # manifest: labels are class indices or names
+    test_fraction: float = 0.25  # digits: share of each class held out as the test split
+    seed: int = 0  # digits: seed of that held-out split
+    download_dir: str = "data/downloads"  # where torchvision downloads go when --source is absent
+    files_per_task: int = 2000  # input files per Spark task
+
+    def validate(self) -> None:
+        if self.image_size is not None:
+            if len(self.image_size) == 1:  # --image-size 32 means 32x32
+                self.image_size = self.image_size * 2
+            if len(self.image_size) != 2 or min(self.image_size) < 1:
+                raise ConfigError(f"ingest.image_size must be [height, width] in pixels, got {self.image_size}")
+        if not 0 <= self.test_fraction < 1:
+            raise ConfigError(f"ingest.test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.files_per_task < 1:
+            raise ConfigError(f"ingest.files_per_task must be >= 1, got {self.files_per_task}")
+
+
+@dataclass
+class LongTailConfig:
+    data: Optional[str] = None  # an ingest output directory
+    out: Optional[str] = None  # the splits directory to write
+    overwrite: bool = False
+    imbalance_ratio: float = 100.0  # rho = n_max / n_min of the labeled split
+    imbalance_type: Literal["exp", "step", "none"] = "exp"
+    labeled_max: Optional[int] = None  # n_max (images of the head class); None: smallest class available
+    unlabeled_max: Optional[int] = None  # M1, head of the unlabeled pool; None: every image left over
+    unlabeled_ratio: float = 1.0  # rho_U of the pool; 1 uniform, negative reverses the class order
+    val_per_class: int = 0  # images per class for a validation split, from what neither took
+    seed: int = 0
+    source_split: str = "train"  # ingest split the labeled/unlabeled/val splits are carved from
+    test_split: str = "test"  # ingest split copied untouched to SPLITS/test ("" for none)
+
+    def validate(self) -> None:
+        if self.imbalance_ratio < 1:
+            raise ConfigError(f"longtail.imbalance_ratio must be >= 1, got {self.imbalance_ratio}")
+        if self.unlabeled_ratio == 0 or abs(self.unlabeled_ratio) < 1:
+            raise ConfigError(
+                f"longtail.unlabeled_ratio must be >= 1 or <= -1 (negative reverses), got {self.unlabeled_ratio}")
+        for key in ("labeled_max", "unlabeled_max", "val_per_class"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"longtail.{key} must be >= 0, got {value}")
+
+
+@dataclass
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    longtail: LongTailConfig = field(default_factory=LongTailConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            check = getattr(getattr(self, f.name), "validate", None)
+            if check:
+                check()
+
+
+# --- type checking -------------------------------------------------------------------------
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``. No lossy conversions."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}': expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def apply_mapping(cfg: Any, mapping: dict, prefix: str = "", origin: str = "") -> None:
+    """Merge a nested mapping (e.g. parsed YAML) into the dataclass ``cfg`` in place."""
+    where = f" (in {origin})" if origin else ""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"config section '{prefix or '<top>'}'{where}: expected a mapping, got {mapping!r}")
+    hints = _field_types(cfg)
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            err = _unknown(key, list(hints))
+            raise ConfigError(f"{err}{where}")
+        current = getattr(cfg, name)
+        if dataclasses.is_dataclass(current):
+            apply_mapping(current, value, f"{key}.", origin)
+        else:
+            try:
+                setattr(cfg, name, _coerce(value, hints[name], key))
+            except ConfigError as e:
+                raise ConfigError(f"{e}{where}") from None
+
+
+def set_key(cfg: Any, key: str, raw: str) -> None:
+    """Apply one ``key=value`` override; the value is parsed as YAML unless the key is a string."""
+    *parents, leaf = key.split(".")
+    node, path = cfg, ""
+    for part in parents:
+        hints = _field_types(node)
+        if part not in hints or not dataclasses.is_dataclass(getattr(node, part)):
+            raise _unknown(f"{path}{part}", list(hints))
+        node, path = getattr(node, part), f"{path}{part}."
+    hints = _field_types(node)
+    if leaf not in hints:
+        raise _unknown(key, list(hints))
+    tp = hints[leaf]
+    is_str = tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+    if is_str and raw.strip().lower() not in ("null", "none", "~"):
+        value: Any = raw
+    else:
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config key '{key}': cannot parse {raw!r}: {e}") from None
+    if dataclasses.is_dataclass(getattr(node, leaf)):
+        apply_mapping(getattr(node, leaf), value, f"{key}.")
+    else:
+        setattr(node, leaf, _coerce(value, tp, key))
+
+
+# --- YAML layers ---------------------------------------------------------------------------
+
+def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config file {path} extends itself (cycle: {' -> '.join(map(str, seen + (path,)))})")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    parents = data.pop("extends", []) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    layers: list[tuple[Path, dict]] = []
+    for parent in parents:
+        layers += _yaml_layers(path.parent / parent, seen + (path,))
+    return layers + [(path, data)]
+
+
+def resolve(config_files: list[str] = (), overrides: list[tuple[str, str]] = ()) -> Config:
+    """Build the resolved config from the layers; raises ConfigError naming the key at fault."""
+    cfg = Config()
+    for file in config_files:
+        for path, data in _yaml_layers(Path(file)):
+            apply_mapping(cfg, data, origin=str(path))
+    for key, raw in overrides:
+        set_key(cfg, key, raw)
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+if __name__ == "__main__":  # python -m pipeline.config > conf/defaults.yaml
+    print("# Generated by `python -m pipeline.config`: the defaults every job starts from.", end="\n")
+    print(dump(Config()), end="")

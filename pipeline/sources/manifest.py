@@ -1,0 +1,95 @@
+"""Manifests listing ``path label``: whitespace lists (ImageNet-LT's split files, no header; a path
+may contain spaces, the label is the last field) or CSV files with a ``path,label`` header.
+Relative paths resolve against ``ingest.root`` (default: the manifest's folder). Labels are class
+indices (``ingest.label_type=index``; classes 0..max) or class names (``name``; sorted)."""
+from __future__ import annotations
+
+import csv
+import io
+
+from pipeline import fs
+from pipeline.config import IngestConfig
+from pipeline.sources import Plan, Source, SourceError, TaskContext, chunks, image_row, register, rejected_row
+
+KNOWN_SPLITS = ("train", "val", "test", "unlabeled", "extra")
+
+
+def _split_of(manifest: str, cfg: IngestConfig) -> str:
+    if cfg.split:
+        return cfg.split
+    stem = fs.name(manifest).rsplit(".", 1)[0].lower()
+    last = stem.replace("-", "_").rsplit("_", 1)[-1]
+    return last if last in KNOWN_SPLITS else "train"
+
+
+def parse(manifest: str, text: str) -> list[tuple[int, str, str | None]]:
+    """(line number, path, raw label or None) of each record; blank lines and # comments are skipped."""
+    if manifest.lower().endswith(".csv"):
+        reader = csv.reader(io.StringIO(text))
+        header = [h.strip().lower() for h in next(reader, [])]
+        if "path" not in header or "label" not in header:
+            raise SourceError(f"manifest {manifest}: a CSV manifest needs a header with 'path' and 'label' "
+                              f"columns, found {header}")
+        p, l = header.index("path"), header.index("label")
+        return [(n, row[p] if p < len(row) else "", row[l] if l < len(row) else None)
+                for n, row in enumerate(reader, start=2) if any(cell.strip() for cell in row)]
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            fields = line.rsplit(None, 1)
+            records.append((n, fields[0], fields[1] if len(fields) == 2 else None))
+    return records
+
+
+def _class_names(records: list, label_type: str) -> list[str]:
+    labels = [r[3] for r in records if r[3] is not None and r[3].strip()]
+    if label_type == "name":
+        return sorted({label.strip() for label in labels})
+    indices = [int(label) for label in labels if label.strip().lstrip("-").isdigit()]
+    return [str(c) for c in range(max(indices) + 1)] if indices else []
+
+
+@register("manifest")
+class Manifest(Source):
+    def plan(self, cfg: IngestConfig, parallelism: int) -> Plan:
+        if not cfg.source:
+            raise SourceError("manifest: give the manifest file(s) with --source")
+        records = []
+        for manifest in map(fs.normalize, cfg.source):
+            if not fs.exists(manifest):
+                raise SourceError(f"manifest: {manifest} does not exist")
+            root = fs.normalize(cfg.root) if cfg.root else fs.normalize(manifest).rsplit("/", 1)[0]
+            split = _split_of(manifest, cfg)
+            for line, path, label in parse(manifest, fs.read_text(manifest)):
+                uri = path if "://" in path or path.startswith("/") else fs.join(root, path)
+                records.append((f"{manifest}:{line}", uri, split, label, path))
+        class_names = _class_names(records, cfg.label_type)
+        if not class_names:
+            raise SourceError(f"manifest: no usable {cfg.label_type} labels in {', '.join(cfg.source)}")
+        seen: set[str] = set()
+        entries = []
+        for where, uri, split, label, path in records:
+            image_id = f"{split}/{path}"
+            entries.append({"where": where, "uri": uri, "split": split, "label": label, "id": image_id,
+                            "duplicate": image_id in seen})
+            seen.add(image_id)
+        units = [{"entries": chunk} for chunk in chunks(entries, cfg.files_per_task)]
+        return Plan(class_names, units, {"manifests": [fs.normalize(m) for m in cfg.source]},
+                    label_type=cfg.label_type, expected_records=len(entries))
+
+    def read(self, unit: dict, ctx: TaskContext):
+        for e in unit["entries"]:
+            try:
+                data = fs.read_bytes(e["uri"])
+            except OSError as err:
+                yield rejected_row(e["uri"], e["split"], "missing_file", f"{e['where']}: cannot read: {err}",
+                                   e["label"])
+                continue
+            if e["duplicate"]:
+                yield rejected_row(e["uri"], e["split"], "duplicate", f"{e['where']}: listed again in this split",
+                                   e["label"], data)
+            elif e["label"] is None:
+                yield rejected_row(e["uri"], e["split"], "bad_label", f"{e['where']}: no label field", None, data)
+            else:
+                yield image_row(ctx, e["id"], e["split"], e["label"], e["uri"], encoded=data)

@@ -1,0 +1,134 @@
+"""Long-tailed splits from an ingest: ``SPLITS/{labeled,unlabeled,val,test}`` (Parquet, the image
+schema), ``SPLITS/unlabeled_truth`` (id, label: the hidden labels of the pool, for evaluation only)
+and ``SPLITS/manifest.json``. The selection itself is pipeline.longtail (pure, seeded); Spark only
+moves the rows."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipeline import fs, schema
+from pipeline.config import Config, LongTailConfig, to_dict
+from pipeline.ingest import IMAGES, REPORT
+from pipeline.longtail import LongTailError, class_counts, ids_sha256, subsample
+from pipeline.output import staged
+from pipeline.provenance import stamp
+
+MANIFEST, TRUTH = "manifest.json", "unlabeled_truth"
+CARVED = ("labeled", "val", "unlabeled")
+
+
+def plan_counts(available: list[int], cfg: LongTailConfig) -> tuple[list[int], list[int] | None]:
+    """Labeled and unlabeled images per class. n_max defaults to the smallest class available, so
+    ``none`` gives a balanced set; the pool takes every image left over unless M1 is given."""
+    n_max = cfg.labeled_max if cfg.labeled_max is not None else min(available)
+    labeled = class_counts(cfg.imbalance_type, n_max, len(available), cfg.imbalance_ratio)
+    unlabeled = (None if cfg.unlabeled_max is None
+                 else class_counts("exp", cfg.unlabeled_max, len(available), cfg.unlabeled_ratio))
+    return labeled, unlabeled
+
+
+def assign(images: DataFrame, cfg: LongTailConfig, class_names: list[str]) -> dict[str, list[list[str]]]:
+    """Collect (id, label) of the source split to the driver and choose the ids of each split."""
+    ids_by_class: list[list[str]] = [[] for _ in class_names]
+    rows = images.filter((F.col("split") == cfg.source_split) & F.col("label").isNotNull()).select("id", "label")
+    for row in rows.toLocalIterator():
+        ids_by_class[row["label"]].append(row["id"])
+    if not any(ids_by_class):
+        raise LongTailError(f"the ingest has no labeled images in split {cfg.source_split!r}")
+    labeled, unlabeled = plan_counts([len(ids) for ids in ids_by_class], cfg)
+    return subsample(ids_by_class, labeled, val_per_class=cfg.val_per_class, unlabeled=unlabeled,
+                     rng=np.random.default_rng(cfg.seed), class_names=class_names)
+
+
+def carve(spark: SparkSession, images: DataFrame, chosen: dict[str, list[list[str]]], split: str) -> DataFrame:
+    """The rows of ``images`` whose ids were chosen for ``split``, relabelled as that split."""
+    ids = spark.createDataFrame([(i,) for per_class in chosen[split] for i in per_class], "id string")
+    rows = images.join(F.broadcast(ids), "id").withColumn("split", F.lit(split))
+    if split == "unlabeled":  # the pool's labels are hidden; they live in SPLITS/unlabeled_truth
+        rows = rows.withColumn("label", F.lit(None).cast("int"))
+    return rows.select(*schema.names(schema.IMAGE_COLUMNS))
+
+
+def run_longtail(spark: SparkSession, cfg: Config) -> dict:
+    lcfg, started = cfg.longtail, time.time()
+    report_text = fs.read_text(fs.join(lcfg.data, REPORT))
+    ingest = json.loads(report_text)
+    class_names = ingest["class_names"]
+    images = spark.read.parquet(fs.spark_path(fs.join(lcfg.data, IMAGES)))
+    with staged(lcfg.out, lcfg.overwrite) as tmp:
+        chosen = assign(images, lcfg, class_names)
+        splits = {name: carve(spark, images, chosen, name) for name in CARVED}
+        splits["test"] = images.filter(F.col("split") == lcfg.test_split) if lcfg.test_split else None
+        counts, hashes = {}, {}
+        for name, rows in splits.items():
+            if rows is None:
+                continue
+            rows = rows.withMetadata("label", {schema.CLASS_NAMES_KEY: class_names})
+            rows.write.parquet(fs.spark_path(fs.join(tmp, name)))
+            counts[name], hashes[name] = _read_back(spark, fs.join(tmp, name), len(class_names))
+        truth = spark.createDataFrame([(i, c) for c, ids in enumerate(chosen["unlabeled"]) for i in ids],
+                                      "id string, label int")
+        truth.write.parquet(fs.spark_path(fs.join(tmp, TRUTH)))
+        for name in CARVED:  # what was written is what was chosen
+            expected = [len(ids) for ids in chosen[name]]
+            if name != "unlabeled" and counts[name] != expected:
+                raise LongTailError(f"{name}: wrote {counts[name]} per class, chose {expected}")
+            if hashes[name] != ids_sha256([i for ids in chosen[name] for i in ids]):
+                raise LongTailError(f"{name}: the written ids differ from the chosen ones")
+        counts["unlabeled"] = [len(ids) for ids in chosen["unlabeled"]]  # hidden truth, for the record
+        labeled = counts["labeled"]
+        manifest = {
+            "class_names": class_names,
+            "num_classes": len(class_names),
+            "class_counts": counts,
+            "totals": {name: sum(c) for name, c in counts.items()},
+            "imbalance": {"ratio_measured": max(labeled) / max(1, min(labeled)),
+                          "many_medium_few": _shot_groups(labeled)},
+            "params": to_dict(lcfg),
+            "source": {"data": fs.normalize(lcfg.data), "dataset": ingest["dataset"],
+                       "ingest_sha256": hashlib.sha256(report_text.encode()).hexdigest(),
+                       "ingest_created_at": ingest.get("created_at"), "ingest_git_commit": ingest.get("git_commit")},
+            "image_shapes": ingest["image_shapes"],
+            "ids_sha256": hashes,
+        }
+        # One fingerprint of the whole split set, for provenance of every run trained on it.
+        manifest["manifest_sha256"] = hashlib.sha256(
+            json.dumps({k: manifest[k] for k in ("class_names", "params", "ids_sha256")}, sort_keys=True).encode()
+        ).hexdigest()
+        manifest.update(stamp(), duration_s=round(time.time() - started, 2))
+        fs.write_json(fs.join(tmp, MANIFEST), manifest)
+    return manifest
+
+
+def _read_back(spark: SparkSession, uri: str, num_classes: int) -> tuple[list[int], str]:
+    """Per-class counts (unlabeled rows are counted by their hidden class elsewhere) and the ids' hash."""
+    rows = spark.read.parquet(fs.spark_path(uri))
+    per_class = [0] * num_classes
+    for r in rows.filter(F.col("label").isNotNull()).groupBy("label").count().collect():
+        per_class[r["label"]] = r["count"]
+    return per_class, ids_sha256([r["id"] for r in rows.select("id").toLocalIterator()])
+
+
+def _shot_groups(labeled: list[int]) -> dict:
+    """Class indices in the literature's many (>100), medium (20..100) and few (<20) shot groups."""
+    return {"many": [c for c, n in enumerate(labeled) if n > 100],
+            "medium": [c for c, n in enumerate(labeled) if 20 <= n <= 100],
+            "few": [c for c, n in enumerate(labeled) if n < 20]}
+
+
+def summary(manifest: dict) -> str:
+    names, counts = manifest["class_names"], manifest["class_counts"]
+    width = max(6, *(len(n) for n in names))
+    header = f"{'class':>{width}} " + " ".join(f"{s:>9}" for s in counts)
+    lines = [header] + [f"{n:>{width}} " + " ".join(f"{counts[s][c]:>9}" for s in counts)
+                        for c, n in enumerate(names)]
+    lines.append(f"{'total':>{width}} " + " ".join(f"{manifest['totals'][s]:>9}" for s in counts))
+    lines.append(f"imbalance ratio (labeled): {manifest['imbalance']['ratio_measured']:.1f}; "
+                 f"manifest sha256 {manifest['manifest_sha256'][:12]}")
+    return "\n".join(lines)

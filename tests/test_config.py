@@ -1,0 +1,90 @@
+"""The typed, layered config: defaults < YAML files (with extends) < flags and --set, in order."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import JobParser
+from pipeline.config import Config, ConfigError, dump, resolve
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def test_defaults_yaml_is_the_dump_of_the_code_defaults():
+    text = (CONF / "defaults.yaml").read_text()
+    assert text.split("\n", 1)[1] == dump(Config()), "regenerate with: python -m pipeline.config > conf/defaults.yaml"
+
+
+def test_every_shipped_yaml_resolves():
+    for path in sorted(CONF.rglob("*.yaml")):
+        resolve([str(path)])
+
+
+def test_layers_apply_in_order_and_extends_is_relative_to_the_file():
+    cfg = resolve([str(CONF / "experiments/cifar10_lt100_ssl.yaml")], [("longtail.seed", "3")])
+    assert cfg.ingest.dataset == "imagefolder" and cfg.ingest.image_size == [32, 32]  # from datasets/
+    assert cfg.longtail.imbalance_ratio == 100.0 and cfg.longtail.labeled_max == 1500
+    assert cfg.longtail.seed == 3
+
+
+def test_unknown_key_names_the_key_and_suggests():
+    with pytest.raises(ConfigError, match=r"unknown config key 'longtail.imbalance_ration'.*imbalance_ratio"):
+        resolve([], [("longtail.imbalance_ration", "10")])
+    with pytest.raises(ConfigError, match="unknown config key 'trian'"):
+        resolve([], [("trian.epochs", "1")])
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest:\n  datset: cifar10\n")
+    with pytest.raises(ConfigError, match=r"'ingest.datset'.*bad.yaml"):
+        resolve([str(bad)])
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("longtail.imbalance_ratio", "abc", "expected float, got str"),
+    ("longtail.seed", "1.5", "expected int, got float"),
+    ("longtail.seed", "true", "expected int, got bool"),
+    ("ingest.overwrite", "3", "expected bool, got int"),
+    ("longtail.imbalance_type", "linear", r"'linear' is not one of \['exp', 'step', 'none'\]"),
+    ("ingest.image_size", "32x32", "expected a list"),
+    ("ingest.image_size", "[32, big]", r"\[1\]': expected int, got str"),
+])
+def test_wrong_types_fail_with_the_key_name(key, value, message):
+    with pytest.raises(ConfigError, match=rf"'{key}.*{message}"):
+        resolve([], [(key, value)])
+
+
+def test_strings_are_taken_verbatim_and_ints_widen_to_float():
+    cfg = resolve([], [("spark.master", "local[2]"), ("ingest.split", "yes"), ("longtail.imbalance_ratio", "50")])
+    assert cfg.spark.master == "local[2]" and cfg.ingest.split == "yes"
+    assert cfg.longtail.imbalance_ratio == 50.0 and isinstance(cfg.longtail.imbalance_ratio, float)
+
+
+def test_cross_field_checks_name_the_key():
+    with pytest.raises(ConfigError, match="longtail.imbalance_ratio must be >= 1"):
+        resolve([], [("longtail.imbalance_ratio", "0.5")])
+    with pytest.raises(ConfigError, match="longtail.unlabeled_ratio"):
+        resolve([], [("longtail.unlabeled_ratio", "0")])
+
+
+def test_job_flags_and_set_apply_in_command_line_order():
+    parser = JobParser("t")
+    parser.flag("--seed", key="longtail.seed")
+    parser.flag("--source", key="ingest.source", append=True)
+    parser.flag("--image-size", key="ingest.image_size", nargs="+")
+    parser.flag("--overwrite", key="ingest.overwrite", switch=True)
+    _, cfg = parser.resolve(["--seed", "1", "--set", "longtail.seed=2", "--source", "a b.tgz", "--source", "c",
+                             "--image-size", "32", "--overwrite"])
+    assert cfg.longtail.seed == 2
+    assert cfg.ingest.source == ["a b.tgz", "c"]
+    assert cfg.ingest.image_size == [32, 32]  # one number means a square
+    assert cfg.ingest.overwrite is True
+
+
+def test_job_parser_exits_with_the_key_on_a_bad_value(capsys):
+    parser = JobParser("t")
+    parser.flag("--seed", key="longtail.seed")
+    with pytest.raises(SystemExit) as e:
+        parser.resolve(["--seed", "x"])
+    assert e.value.code == 2
+    assert "longtail.seed" in capsys.readouterr().err

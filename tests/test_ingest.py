@@ -1,0 +1,223 @@
+"""jobs/ingest.py on local Spark, on tiny inputs in every supported format, broken records included.
+Outputs are read back with plain pyarrow, as readers outside Spark would."""
+import json
+import pickle
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from jobs import ingest as ingest_job
+from pipeline.images import decode
+from tests.conftest import Evil, image_bytes, ingest_report, read_table, write_cifar10, write_tree
+
+
+def run(out, *args):
+    return ingest_job.main(["--out", str(out), *map(str, args)])
+
+
+def assert_accounted(out):
+    """Every input record is in exactly one of images/ and _rejected/, and ingest.json says so."""
+    report = ingest_report(out)
+    images, rejected = read_table(out / "images"), read_table(out / "_rejected")
+    n_rejected = 0 if rejected is None else rejected.num_rows
+    assert report["input_records"] == images.num_rows + n_rejected
+    assert report["written"] == images.num_rows and report["rejected"]["total"] == n_rejected
+    assert len(set(images.column("id").to_pylist())) == images.num_rows
+    return report, images, rejected
+
+
+def test_digits_is_the_embedded_default_with_a_recorded_seeded_split(spark, tmp_path):
+    report, images, _ = assert_accounted((run(tmp_path / "d", "--dataset", "digits"), tmp_path / "d")[1])
+    assert report["input_records"] == 1797 and report["rejected"]["total"] == 0
+    assert report["splits"]["test"]["total"] == 450 and report["splits"]["train"]["total"] == 1347
+    assert report["image_shapes"] == [{"height": 8, "width": 8, "channels": 1, "image_format": "raw", "count": 1797}]
+    assert len(report["plan"]["split"]["test_ids_sha256"]) == 64
+    again = run(tmp_path / "d2", "--dataset", "digits")
+    assert again["plan"]["split"] == report["plan"]["split"]  # same seed, same split
+    row = images.slice(0, 1).to_pylist()[0]
+    pixels = decode(row["image"], row["image_format"], row["height"], row["width"], row["channels"])
+    assert pixels.shape == (8, 8, 1) and pixels.dtype == np.uint8 and pixels.max() <= 255
+
+
+def test_existing_output_is_refused_then_replaced_atomically_with_overwrite(spark, tmp_path, capsys):
+    out = tmp_path / "d"
+    run(out, "--dataset", "digits")
+    with pytest.raises(SystemExit):
+        run(out, "--dataset", "digits")
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    run(out, "--dataset", "digits", "--set", "ingest.test_fraction=0.5", "--overwrite")
+    from sklearn.datasets import load_digits
+
+    per_class = np.bincount(load_digits().target)
+    expected = sum(int(round(0.5 * n)) for n in per_class)
+    assert ingest_report(out)["splits"]["test"]["total"] == expected  # the new ingest only, not a mix
+    assert read_table(out / "images").num_rows == 1797
+    assert not list(tmp_path.glob("d.__*")), "temporary directories are cleaned up"
+
+
+def test_cifar10_archive_with_a_malicious_batch_and_a_bad_label(spark, tmp_path):
+    from tests.conftest import cifar_batch
+
+    evil = pickle.dumps({b"data": Evil()}, protocol=2)
+    bad_label = cifar_batch(6, labels=[0, 1, 2, 3, 4, 12], seed=9)
+    archive = write_cifar10(tmp_path / "cifar-10-python.tar.gz", bad={"data_batch_3": evil, "data_batch_4": bad_label})
+    report, images, rejected = assert_accounted((run(tmp_path / "c", "--dataset", "cifar10", "--source", archive),
+                                                 tmp_path / "c")[1])
+    assert report["class_names"] == [f"c{i}" for i in range(10)]
+    assert report["splits"]["train"]["total"] == 4 * 6 - 1 and report["splits"]["test"]["total"] == 6
+    assert report["rejected"]["by_reason"] == {"bad_label": 1, "unreadable_source": 1}
+    reasons = {r["reason"]: r for r in rejected.to_pylist()}
+    assert "refused global" in reasons["unreadable_source"]["detail"]
+    assert reasons["unreadable_source"]["source"].endswith("data_batch_3")
+    assert reasons["bad_label"]["label_raw"] == "12" and len(reasons["bad_label"]["payload"]) == 32 * 32 * 3
+
+
+def test_cifar10_pixels_are_hwc_from_the_planar_batch(spark, tmp_path):
+    archive = write_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=2)
+    with tarfile.open(archive) as tar:
+        extracted = tmp_path / "x"
+        tar.extractall(extracted)
+    run(tmp_path / "c", "--dataset", "cifar10", "--source", extracted)  # the extracted folder works too
+    images = read_table(tmp_path / "c" / "images").to_pylist()
+    row = next(r for r in images if r["id"] == "test_batch/00001")
+    batch = pickle.loads((extracted / "cifar-10-batches-py/test_batch").read_bytes(), encoding="bytes")
+    expected = batch[b"data"][1].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert (decode(row["image"], "raw", 32, 32, 3) == expected).all()
+    assert row["label"] == batch[b"labels"][1]
+
+
+def test_cifar10_without_source_or_network_says_where_to_put_the_archive(spark, tmp_path, capsys, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)  # no network here either way
+    with pytest.raises(SystemExit):
+        run(tmp_path / "c", "--dataset", "cifar10", "--set", f"ingest.download_dir={tmp_path}/dl")
+    err = capsys.readouterr().err
+    assert "cifar-10-python.tar.gz" in err and "--source" in err
+
+
+def test_svhn_mat_files_map_label_10_to_digit_0_and_reject_bad_labels(spark, tmp_path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    savemat(tmp_path / "train_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 4), dtype=np.uint8),
+                                            "y": np.array([[10], [1], [9], [0]], dtype=np.uint8)})
+    savemat(tmp_path / "test_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 2), dtype=np.uint8),
+                                           "y": np.array([[3], [10]], dtype=np.uint8)})
+    report, images, rejected = assert_accounted((run(tmp_path / "s", "--dataset", "svhn", "--source", tmp_path),
+                                                 tmp_path / "s")[1])
+    labels = dict(zip(images.column("id").to_pylist(), images.column("label").to_pylist()))
+    assert labels["train_32x32/000000"] == 0 and labels["train_32x32/000001"] == 1
+    assert report["splits"]["test"]["class_counts"][0] == 1
+    assert rejected.to_pylist()[0]["reason"] == "bad_label" and "1..10" in rejected.to_pylist()[0]["detail"]
+
+
+def _broken_tree():
+    jpeg = image_bytes("JPEG", (8, 8), seed=3)
+    return {
+        "train/cat/a.png": image_bytes("PNG", (8, 8), seed=1),
+        "train/cat/b.jpg": jpeg,
+        "train/dog/c.png": image_bytes("PNG", (8, 8), seed=2),
+        "train/dog/empty.png": b"",
+        "train/dog/truncated.jpg": jpeg[: len(jpeg) // 2],
+        "train/dog/notes.txt": b"not an image",
+        "train/dog/big.png": image_bytes("PNG", (16, 8), seed=4),
+        "train/bird/grey.png": image_bytes("PNG", (8, 8), mode="L", seed=5),
+        "train/bird/palette.gif": image_bytes("GIF", (8, 8), mode="P", seed=6),
+        "train/stray.png": image_bytes("PNG", (8, 8), seed=7),
+        "test/cat/d.png": image_bytes("PNG", (8, 8), seed=8),
+        "unlabeled/u1.png": image_bytes("PNG", (8, 8), seed=9),
+        "README.txt": b"top-level file",
+    }
+
+
+EXPECTED_REASONS = {"empty_file": 1, "truncated": 1, "not_an_image": 1, "size_mismatch": 1, "mode_mismatch": 1,
+                    "unsupported_mode": 1, "no_class_folder": 2}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "tar.gz"])
+def test_imagefolder_rejects_every_kind_of_bad_file_with_its_reason(spark, tmp_path, packed):
+    tree = write_tree(tmp_path / "tree", _broken_tree())
+    source = tree
+    if packed:
+        source = tmp_path / "tree.tar.gz"
+        with tarfile.open(source, "w:gz") as tar:
+            tar.add(tree, arcname="mydata")  # a wrapper folder around split/class/image
+    run(tmp_path / "o", "--dataset", "imagefolder", "--source", source, "--image-size", 8, "--channels", 3)
+    report, images, rejected = assert_accounted(tmp_path / "o")
+    assert report["class_names"] == ["bird", "cat", "dog"]
+    assert report["rejected"]["by_reason"] == EXPECTED_REASONS
+    assert report["splits"]["train"]["class_counts"] == [0, 2, 1]
+    assert report["splits"]["unlabeled"] == {"total": 1, "unlabeled": 1, "class_counts": [0, 0, 0]}
+    assert set(images.column("id").to_pylist()) == {"train/cat/a.png", "train/cat/b.jpg", "train/dog/c.png",
+                                                    "test/cat/d.png", "unlabeled/u1.png"}
+    by_source = {r["source"].rsplit("/", 1)[-1]: r for r in rejected.to_pylist()}
+    assert by_source["big.png"]["detail"] == "8x16 pixels, expected 8x8"  # height x width
+    assert by_source["notes.txt"]["payload"] == b"not an image"  # kept, not lost
+    assert by_source["stray.png"]["reason"] == "no_class_folder"
+
+
+def test_imagefolder_without_declared_size_keeps_every_shape_and_reports_them(spark, tmp_path):
+    tree = write_tree(tmp_path / "t", {"train/a/x.png": image_bytes("PNG", (8, 8)),
+                                       "train/b/y.png": image_bytes("PNG", (12, 10), mode="L")})
+    report, _, _ = assert_accounted((run(tmp_path / "o", "--dataset", "imagefolder", "--source", tree),
+                                     tmp_path / "o")[1])
+    shapes = {(s["height"], s["width"], s["channels"]) for s in report["image_shapes"]}
+    assert shapes == {(8, 8, 3), (10, 12, 1)}
+
+
+def test_whitespace_manifest_like_imagenet_lt(spark, tmp_path):
+    files = write_tree(tmp_path / "root", {f"train/n0{i % 3}/{name}.jpg": image_bytes("JPEG", seed=i)
+                                           for i, name in enumerate(["a", "b c", "d", "e", "f", "g"])})
+    manifest = tmp_path / "ImageNet_LT_train.txt"
+    manifest.write_text("# comment\ntrain/n00/a.jpg 0\ntrain/n01/b c.jpg 0\n\ntrain/n02/d.jpg 2\n"
+                        "train/n02/missing.jpg 1\ntrain/n02/d.jpg 2\ntrain/n00/e.jpg x\ntrain/n01/f.jpg -1\n"
+                        "train/n02/g.jpg\n")
+    run(tmp_path / "o", "--dataset", "manifest", "--source", manifest, "--root", files)
+    report, images, rejected = assert_accounted(tmp_path / "o")
+    assert list(report["splits"]) == ["train"]  # from the file name
+    assert report["class_names"] == ["0", "1", "2"]
+    assert report["splits"]["train"]["class_counts"] == [2, 0, 1]
+    assert Counter(r["reason"] for r in rejected.to_pylist()) == {"missing_file": 1, "duplicate": 1, "bad_label": 3}
+    assert any(":6:" in r["detail"] or r["detail"].startswith(str(manifest) + ":6") for r in rejected.to_pylist())
+
+
+def test_csv_manifest_with_class_names(spark, tmp_path):
+    write_tree(tmp_path, {"img/1.png": image_bytes(seed=1), "img/2.png": image_bytes(seed=2),
+                          "img/3.png": image_bytes(seed=3)})
+    (tmp_path / "catalogue.csv").write_text("sku,path,label\n1,img/1.png,shoes\n2,img/2.png,bags\n3,img/3.png,\n")
+    run(tmp_path / "o", "--dataset", "manifest", "--source", tmp_path / "catalogue.csv", "--split", "train",
+        "--set", "ingest.label_type=name")
+    report, images, rejected = assert_accounted(tmp_path / "o")
+    assert report["class_names"] == ["bags", "shoes"]
+    assert report["splits"]["train"]["class_counts"] == [1, 1]
+    assert rejected.to_pylist()[0]["reason"] == "bad_label"
+
+
+def test_csv_manifest_without_the_header_names_the_file(spark, tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("a.png,1\n")
+    with pytest.raises(SystemExit):
+        run(tmp_path / "o", "--dataset", "manifest", "--source", tmp_path / "m.csv")
+    err = capsys.readouterr().err
+    assert "m.csv" in err and "'path' and 'label'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_dataset_lists_the_registered_ones(spark, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(tmp_path / "o", "--dataset", "imagenet21k")
+    assert "cifar10, cifar100, digits, imagefolder, manifest, svhn" in capsys.readouterr().err
+
+
+def test_a_corrupt_archive_is_named_in_the_error(spark, tmp_path, capsys):
+    archive = write_cifar10(tmp_path / "cifar-10-python.tar.gz")
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit):
+        run(tmp_path / "c", "--dataset", "cifar10", "--source", archive)
+    assert "cannot read archive" in capsys.readouterr().err and not (tmp_path / "c").exists()

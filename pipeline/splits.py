@@ -97,9 +97,11 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
             "image_shapes": ingest["image_shapes"],
             "ids_sha256": hashes,
         }
-        # One fingerprint of the whole split set, for provenance of every run trained on it.
-        manifest["manifest_sha256"] = hashlib.sha256(
-            json.dumps({k: manifest[k] for k in ("class_names", "params", "ids_sha256")}, sort_keys=True).encode()
+        # One fingerprint of the split contents (not of where they were written), for the provenance
+        # of every run trained on them.
+        selection = {k: v for k, v in manifest["params"].items() if k not in ("data", "out", "overwrite")}
+        manifest["manifest_sha256"] = hashlib.sha256(json.dumps(
+            {"class_names": class_names, "selection": selection, "ids_sha256": hashes}, sort_keys=True).encode()
         ).hexdigest()
         manifest.update(stamp(), duration_s=round(time.time() - started, 2))
         fs.write_json(fs.join(tmp, MANIFEST), manifest)

@@ -1,0 +1,32 @@
+"""The project's own files agree with each other: README commands, CI, Makefile, compose."""
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```(?:bash|sh)?\n(.*?)```", readme, re.S).group(1)
+    assert [line.split("#")[0].strip() for line in first_block.strip().splitlines()] == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci/run").read_text()
+    targets = re.findall(r"^([a-z-]+):", (ROOT / "Makefile").read_text(), re.M)
+    assert {"demo", "test", "venv", "bench-ingest"} <= set(targets)
+
+
+def test_compose_services_refer_to_files_that_exist():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        if "build" in service:
+            context = ROOT / (service["build"] if isinstance(service["build"], str) else service["build"]["context"])
+            assert (context / "Dockerfile").is_file(), name
+        for volume in service.get("volumes", []):
+            assert volume.startswith("./"), f"{name}: only project-relative bind mounts for now"
+
+
+def test_top_level_layout():
+    for path in ("jobs", "pipeline", "models", "streaming", "conf", "tests", "bench", "docker-compose.yml",
+                 "README.md", "pyproject.toml", "Makefile", ".ci/run"):
+        assert (ROOT / path).exists(), path

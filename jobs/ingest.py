@@ -1,11 +1,8 @@
 """spark-submit jobs/ingest.py --dataset NAME [--source PATH] --out DIR [--overwrite]
 
 Ingest a data set into Parquet: DIR/images, DIR/_rejected (with reasons) and DIR/ingest.json."""
-from pipeline.cli import JobParser, fail
-from pipeline.ingest import IngestError, run_ingest, summary
-from pipeline.output import OutputExists
-from pipeline.sources import SourceError
-from pipeline.spark import session
+from pipeline.cli import JobParser, run_spark_job
+from pipeline.ingest import run_ingest, summary
 
 
 def main(argv=None) -> dict:
@@ -19,16 +16,8 @@ def main(argv=None) -> dict:
     parser.flag("--split", key="ingest.split", help="manifest: the split its rows belong to")
     parser.flag("--root", key="ingest.root", help="manifest: base of relative paths")
     parser.flag("--overwrite", key="ingest.overwrite", switch=True, help="replace DIR atomically")
-    _, cfg = parser.resolve(argv)
-    if not cfg.ingest.out:
-        fail("--out DIR is required")
-    spark = session(cfg.spark)
-    try:
-        report = run_ingest(spark, cfg)
-    except (SourceError, OutputExists, IngestError) as e:
-        fail(str(e))
-    print(summary(report))
-    return report
+    _, cfg = parser.resolve(argv, required={"ingest.out": "--out DIR"})
+    return run_spark_job(cfg, run_ingest, summary)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,7 @@
 """spark-submit jobs/longtail.py --data DIR --out SPLITS --imbalance-ratio RHO --imbalance-type exp|step|none --seed S
 
 Carve long-tailed labeled, unlabeled and validation splits from an ingest; copy its test split."""
-from pipeline.cli import JobParser, fail
-from pipeline.longtail import LongTailError
-from pipeline.output import OutputExists
-from pipeline.spark import session
+from pipeline.cli import JobParser, run_spark_job
 from pipeline.splits import run_longtail, summary
 
 
@@ -21,16 +18,8 @@ def main(argv=None) -> dict:
     parser.flag("--val-per-class", key="longtail.val_per_class", metavar="K")
     parser.flag("--seed", key="longtail.seed")
     parser.flag("--overwrite", key="longtail.overwrite", switch=True, help="replace SPLITS atomically")
-    _, cfg = parser.resolve(argv)
-    if not cfg.longtail.data or not cfg.longtail.out:
-        fail("--data DIR and --out SPLITS are required")
-    spark = session(cfg.spark)
-    try:
-        manifest = run_longtail(spark, cfg)
-    except (LongTailError, OutputExists, FileNotFoundError) as e:
-        fail(str(e))
-    print(summary(manifest))
-    return manifest
+    _, cfg = parser.resolve(argv, required={"longtail.data": "--data DIR", "longtail.out": "--out SPLITS"})
+    return run_spark_job(cfg, run_longtail, summary)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Callable
 
 from pipeline.config import Config, ConfigError, resolve
+from pipeline.errors import PipelineError
 
 _OVERRIDES = "_overrides"
 
@@ -54,13 +56,33 @@ class JobParser(argparse.ArgumentParser):
         else:
             self.add_argument(*names, action=_Override, key=key, **kw)
 
-    def resolve(self, argv: list[str] | None = None) -> tuple[argparse.Namespace, Config]:
+    def resolve(self, argv: list[str] | None = None, required: dict[str, str] | None = None
+                ) -> tuple[argparse.Namespace, Config]:
+        """Parse and resolve the config; ``required`` maps config keys that must be set to their flag."""
         args = self.parse_args(argv)
         try:
             cfg = resolve(args.config, getattr(args, _OVERRIDES, None) or [])
         except ConfigError as e:
             self.exit(2, f"{self.prog}: config error: {e}\n")
+        for key, flag in (required or {}).items():
+            section, name = key.split(".")
+            if getattr(getattr(cfg, section), name) in (None, "", []):
+                self.exit(2, f"{self.prog}: {flag} is required (config key {key})\n")
         return args, cfg
+
+
+def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str]) -> dict:
+    """Start the SparkSession, run ``job(spark, cfg)``, print its summary. An expected failure
+    (bad input, existing output, missing files) ends the job with a one-line message."""
+    from pipeline.spark import session
+
+    spark = session(cfg.spark)
+    try:
+        result = job(spark, cfg)
+    except (PipelineError, FileNotFoundError) as e:
+        fail(str(e))
+    print(summary(result))
+    return result
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -21,8 +21,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from pipeline.errors import PipelineError
 
-class ConfigError(ValueError):
+
+class ConfigError(PipelineError, ValueError):
     """A configuration problem; the message names the key (and the file) at fault."""
 
 

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from pipeline import fs, schema
 from pipeline.config import Config, to_dict
+from pipeline.errors import PipelineError
 from pipeline.output import staged
 from pipeline.provenance import stamp
 from pipeline.sources import Plan, TaskContext, get_source, rejected_row
@@ -25,7 +26,7 @@ IMAGES, REJECTED, REPORT = "images", "_rejected", "ingest.json"
 ROWS_PER_BATCH = 256  # Arrow batch size of task output: bounded memory for large images
 
 
-class IngestError(RuntimeError):
+class IngestError(PipelineError, RuntimeError):
     pass
 
 

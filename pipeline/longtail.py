@@ -7,8 +7,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from pipeline.errors import PipelineError
 
-class LongTailError(ValueError):
+
+class LongTailError(PipelineError, ValueError):
     """The requested split cannot be made from the data (the message names the class)."""
 
 

@@ -7,9 +7,10 @@ import uuid
 from typing import Iterator
 
 from pipeline import fs
+from pipeline.errors import PipelineError
 
 
-class OutputExists(FileExistsError):
+class OutputExists(PipelineError, FileExistsError):
     pass
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+import zipfile
+from pathlib import Path
 
 from pipeline.config import SparkConfig
 
@@ -32,4 +35,20 @@ def session(cfg: SparkConfig):
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if not spark.sparkContext.master.startswith("local"):
+        spark.sparkContext.addPyFile(project_zip())  # executors on other hosts import the library from it
     return spark
+
+
+PACKAGES = ("pipeline", "models", "streaming")
+
+
+def project_zip() -> str:
+    """The project's packages in a zip for ``addPyFile`` (executors need them for tasks and UDFs)."""
+    root = Path(__file__).resolve().parent.parent
+    path = Path(tempfile.mkdtemp(prefix="longtail-lab-")) / "longtail_lab.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for package in PACKAGES:
+            for file in sorted((root / package).rglob("*.py")):
+                zf.write(file, file.relative_to(root).as_posix())
+    return str(path)

@@ -57,6 +57,9 @@ def carve(spark: SparkSession, images: DataFrame, chosen: dict[str, list[list[st
 
 def run_longtail(spark: SparkSession, cfg: Config) -> dict:
     lcfg, started = cfg.longtail, time.time()
+    if not fs.exists(fs.join(lcfg.data, REPORT)):
+        raise LongTailError(f"{fs.normalize(lcfg.data)} is not an ingest output (no {REPORT}); "
+                            f"make one with jobs/ingest.py")
     report_text = fs.read_text(fs.join(lcfg.data, REPORT))
     ingest = json.loads(report_text)
     class_names = ingest["class_names"]

@@ -88,3 +88,9 @@ def test_existing_splits_are_refused_without_overwrite(digits, tmp_path, capsys)
     assert "already exists" in capsys.readouterr().err
     make(digits, tmp_path / "s", "--labeled-max", 60, "--overwrite")
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["class_counts"]["labeled"][0] == 60
+
+
+def test_data_that_is_not_an_ingest_output_is_named(spark, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        make(tmp_path / "nothing", tmp_path / "s")
+    assert "nothing is not an ingest output (no ingest.json)" in capsys.readouterr().err

@@ -14,10 +14,11 @@ from typing import Callable, ClassVar, Iterator, Optional
 import numpy as np
 
 from pipeline.config import IngestConfig
+from pipeline.errors import PipelineError
 from pipeline.images import Rejected, check_shape, inspect_encoded
 
 
-class SourceError(RuntimeError):
+class SourceError(PipelineError, RuntimeError):
     """The input as a whole is unusable (missing files, wrong layout): the job stops with this."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import tarfile
-from typing import Iterator
+from typing import Iterator, Optional
 
 from pipeline import fs
 from pipeline.config import IngestConfig
@@ -21,7 +21,7 @@ def _archive_files(source: str) -> Iterator[tuple[str, tarfile.TarFile, tarfile.
                 yield m.name.removeprefix("./"), tar, m
 
 
-def _strip_wrapper(paths: list[str]) -> str:
+def wrapper_prefix(paths: list[str]) -> str:
     """A single top folder around the whole tree (``name/train/cat/x.jpg``) is not part of the layout;
     it is recognised by every path sharing it and some path being one level too deep."""
     tops = {p.split("/", 1)[0] for p in paths}
@@ -30,24 +30,17 @@ def _strip_wrapper(paths: list[str]) -> str:
     return ""
 
 
-def layout(paths: list[str]) -> tuple[list[str], list[dict]]:
-    """Class names and one entry per file: its id (path below the tree), split, class or a layout error."""
-    prefix = _strip_wrapper(paths)
-    rel = [p[len(prefix):] for p in paths]
-    parts = [p.split("/") for p in rel]
-    has_classes = {q[0] for q in parts if len(q) == 3}
-    class_names = sorted({q[1] for q in parts if len(q) == 3})
-    entries = []
-    for path, q in zip(rel, parts):
-        entry = {"id": path, "split": q[0] if len(q) > 1 else None, "cls": None, "error": None}
-        if len(q) == 3:
-            entry["cls"] = q[1]
-        elif len(q) == 2 and q[0] in has_classes:
-            entry["error"] = f"file directly in split folder {q[0]}/, which has class folders"
-        elif len(q) != 2:
-            entry["error"] = f"not at split/class/image depth ({len(q)} levels)"
-        entries.append(entry)
-    return class_names, entries
+def place(path: str, prefix: str, labeled_splits: set[str]) -> tuple[str, Optional[str], Optional[str], Optional[str]]:
+    """(id, split, class, layout error) of one file: the id is its path below the tree."""
+    rel = path[len(prefix):]
+    q = rel.split("/")
+    if len(q) == 3:
+        return rel, q[0], q[1], None
+    if len(q) == 2 and q[0] not in labeled_splits:
+        return rel, q[0], None, None  # an unlabeled split
+    if len(q) == 2:
+        return rel, q[0], None, f"file directly in split folder {q[0]}/, which has class folders"
+    return rel, q[0] if len(q) > 1 else None, None, f"not at split/class/image depth ({len(q)} levels)"
 
 
 @register("imagefolder")
@@ -63,47 +56,52 @@ class ImageFolder(Source):
             paths = [name for name, _, _ in _archive_files(source)] if archive else [p for p, _ in fs.list_files(source)]
         except (OSError, EOFError, tarfile.TarError) as e:
             raise SourceError(f"imagefolder: cannot list {source}: {type(e).__name__}: {e}") from None
-        if not paths:
-            raise SourceError(f"imagefolder: no files in {source}")
-        class_names, entries = layout(paths)
+        prefix = wrapper_prefix(paths)
+        parts = [p[len(prefix):].split("/") for p in paths]
+        class_names = sorted({q[1] for q in parts if len(q) == 3})
         if not class_names:
             raise SourceError(f"imagefolder: no split/class/image files in {source}")
-        for entry, path in zip(entries, paths):
-            entry["path"] = path
-        # An archive is read sequentially, so each task streams it and handles one contiguous range
-        # of members: one task per core. Folder files are read independently, in chunks.
-        size = math.ceil(len(entries) / max(1, parallelism)) if archive else cfg.files_per_task
-        units = [{"source": source, "archive": archive, "entries": chunk} for chunk in chunks(entries, size)]
-        return Plan(class_names, units, {"source": source, "files": len(paths)}, label_type="name",
-                    expected_records=len(entries))
+        common = {"source": source, "archive": archive, "prefix": prefix,
+                  "labeled_splits": sorted({q[0] for q in parts if len(q) == 3})}
+        if archive:
+            # An archive is read sequentially: each task streams it and handles one contiguous range
+            # of its files (one task per core), found by position in the same archive order.
+            size = math.ceil(len(paths) / max(1, parallelism))
+            units = [{**common, "start": a, "stop": min(a + size, len(paths))} for a in range(0, len(paths), size)]
+        else:
+            units = [{**common, "paths": chunk} for chunk in chunks(paths, cfg.files_per_task)]
+        return Plan(class_names, units, {"source": source, "files": len(paths), "wrapper": prefix or None},
+                    label_type="name", expected_records=len(paths))
 
     def read(self, unit: dict, ctx: TaskContext):
-        entries = unit["entries"]
-        if unit["archive"]:
-            wanted = {e["path"]: e for e in entries}
-            reason, detail = "missing_file", "member not found when the archive was read again"
-            try:
-                for name, tar, member in _archive_files(unit["source"]):
-                    if name in wanted:
-                        entry = wanted.pop(name)
-                        yield self._row(entry, f"{unit['source']}!{name}", lambda: tar.extractfile(member).read(), ctx)
-                        if not wanted:
-                            return
-            except Exception as e:  # a corrupt archive: the members not read yet are rejected one by one
-                reason, detail = "unreadable_source", f"archive read failed: {type(e).__name__}: {e}"
-            for entry in wanted.values():
-                yield rejected_row(f"{unit['source']}!{entry['path']}", entry["split"], reason, detail, entry["cls"])
-        else:
-            for entry in entries:
-                uri = fs.join(unit["source"], entry["path"])
-                yield self._row(entry, uri, lambda: fs.read_bytes(uri), ctx)
+        labeled = set(unit["labeled_splits"])
+        if not unit["archive"]:
+            for path in unit["paths"]:
+                uri = fs.join(unit["source"], path)
+                yield self._row(place(path, unit["prefix"], labeled), uri, lambda: fs.read_bytes(uri), ctx)
+            return
+        start, stop, seen = unit["start"], unit["stop"], unit["start"]
+        reason, detail = "missing_file", "the archive has fewer files than when it was listed"
+        try:
+            for index, (name, tar, member) in enumerate(_archive_files(unit["source"])):
+                if index >= stop:
+                    return
+                if index >= start:
+                    seen = index + 1
+                    yield self._row(place(name, unit["prefix"], labeled), f"{unit['source']}!{name}",
+                                    lambda: tar.extractfile(member).read(), ctx)
+        except Exception as e:  # a corrupt archive: the files not read yet are rejected one by one
+            reason, detail = "unreadable_source", f"archive read failed: {type(e).__name__}: {e}"
+        for index in range(seen, stop):
+            yield rejected_row(f"{unit['source']}!#{index}", None, reason, detail)
 
     @staticmethod
-    def _row(entry: dict, source: str, load, ctx: TaskContext) -> dict:
+    def _row(placed: tuple, source: str, load, ctx: TaskContext) -> dict:
+        image_id, split, cls, error = placed
         try:
             data = load()
         except (OSError, tarfile.TarError) as e:
-            return rejected_row(source, entry["split"], "missing_file", f"cannot read: {e}", entry["cls"])
-        if entry["error"]:
-            return rejected_row(source, entry["split"], "no_class_folder", entry["error"], None, data)
-        return image_row(ctx, entry["id"], entry["split"], entry["cls"], source, encoded=data)
+            return rejected_row(source, split, "missing_file", f"cannot read: {e}", cls)
+        if error:
+            return rejected_row(source, split, "no_class_folder", error, None, data)
+        return image_row(ctx, image_id, split, cls, source, encoded=data)

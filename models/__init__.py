@@ -1,1 +1,50 @@
-"""Model architectures, registered by name (the training issue fills this package)."""
+"""Model architectures, registered by name. Every model is a ``Classifier``: a backbone that maps
+images to an embedding and a ``head`` on it, so self-supervised pre-training can swap the head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier: logits are cosines between the normalised embedding and class weights
+    (the head LDAM uses; the loss applies the scale s)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=0)
+
+
+def make_head(kind: str, in_features: int, num_classes: int) -> nn.Module:
+    if kind == "normed":
+        return NormedLinear(in_features, num_classes)
+    return nn.Linear(in_features, num_classes)
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, head: str = "linear"):
+        super().__init__()
+        self.backbone, self.embed_dim = backbone, embed_dim
+        self.head = make_head(head, embed_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def create_model(name: str, *, num_classes: int, in_channels: int, image_size: int, head: str = "linear",
+                 weights_path: str | None = None) -> Classifier:
+    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size, head=head,
+                            weights_path=weights_path)
+
+
+from models import resnet_cifar, resnet_tv  # noqa: E402,F401  (registers the models above)

@@ -93,10 +93,63 @@ class LongTailConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Defaults follow the reference protocol of Cao et al. (LDAM-DRW) on CIFAR-LT. Epoch numbers
+    (warm-up, lr milestones, DRW) are given for ``reference_epochs`` and scaled to ``epochs``."""
+    splits: Optional[str] = None  # a jobs/longtail.py output directory
+    method: Optional[str] = None  # the recipe (conf/methods/<name>.yaml) these settings came from
+    model: str = "resnet32"  # a registered model
+    head: Literal["linear", "normed"] = "linear"  # normed: cosine classifier (LDAM)
+    weights_path: Optional[str] = None  # torchvision models: initial weights from a local file
+    loss: str = "ce"  # a registered loss
+    class_weights: str = "none"  # a registered per-class weighting: none, inverse, effective_number
+    weights_schedule: Literal["always", "drw"] = "always"  # drw: weights only from drw_epoch on
+    sampler: str = "random"  # a registered sampler: random, class_balanced
+    epochs: int = 200
+    reference_epochs: int = 200  # the schedule below is written for this many epochs
+    batch_size: int = 128  # per step, over all processes
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    warmup_epochs: int = 5  # linear warm-up from lr/warmup to lr
+    lr_milestones: list[int] = field(default_factory=lambda: [160, 180])
+    lr_factors: list[float] = field(default_factory=lambda: [0.01, 0.0001])  # lr x factor from each milestone
+    drw_epoch: int = 160
+    cb_beta: float = 0.9999  # effective number beta (Cui et al.)
+    focal_gamma: float = 1.0
+    ldam_max_m: float = 0.5  # largest LDAM margin (of the rarest class)
+    ldam_s: float = 30.0  # logit scale of LDAM
+    logit_tau: float = 1.0  # logit adjustment strength (Menon et al.)
+    posthoc_tau: float = 0.0  # > 0: subtract tau * log prior from the logits at evaluation
+    augment: Literal["crop_flip", "flip", "none"] = "crop_flip"
+    crop_padding: int = 4  # pixels
+    loader: Literal["auto", "memory", "petastorm"] = "auto"
+    memory_limit_mb: int = 4096  # auto: decoded splits up to this size are held in memory
+    eval_batch_size: int = 512
+    num_processes: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    experiment: str = "longtail-lab"
+    run_dir: str = "runs/train"  # checkpoints and local artifacts; a folder per run
+    resume: bool = False
+    pretrained: Optional[str] = None  # an MLflow run id or a checkpoint path (SSP)
+
+    def validate(self) -> None:
+        if len(self.lr_milestones) != len(self.lr_factors):
+            raise ConfigError("train.lr_milestones and train.lr_factors must have the same length")
+        for key in ("epochs", "batch_size", "num_processes", "reference_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.cb_beta < 1:
+            raise ConfigError(f"train.cb_beta must be in [0, 1), got {self.cb_beta}")
+
+
+@dataclass
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     longtail: LongTailConfig = field(default_factory=LongTailConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

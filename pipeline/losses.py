@@ -1,0 +1,163 @@
+"""Losses and per-class weights for long-tailed learning, registered by name.
+
+A loss is built from the training class counts and the train config; ``forward(logits, target,
+class_weight)`` takes the per-class weights of the current epoch (None: unweighted), so deferred
+re-weighting (DRW) is a schedule, not a different loss. Per-class constants are buffers.
+
+Conventions: softmax losses weight like ``F.cross_entropy(weight=w)`` (a weighted mean, as the
+LDAM-DRW reference); the sigmoid losses of Cui et al. use per-sample weights w_y and a plain mean."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.config import TrainConfig
+from pipeline.registry import Registry
+
+LOSSES: Registry = Registry("loss")
+CLASS_WEIGHTS: Registry = Registry("class weighting")
+
+
+# --- per-class weights (pure numpy) -----------------------------------------------------------
+
+@CLASS_WEIGHTS.register("none")
+def no_weights(counts: Sequence[int], cfg: TrainConfig) -> Optional[np.ndarray]:
+    return None
+
+
+@CLASS_WEIGHTS.register("inverse")
+def inverse_frequency(counts: Sequence[int], cfg: TrainConfig) -> np.ndarray:
+    """w_c proportional to 1 / n_c, normalised to sum to C."""
+    w = 1.0 / np.maximum(np.asarray(counts, dtype=np.float64), 1)
+    return w * len(w) / w.sum()
+
+
+@CLASS_WEIGHTS.register("effective_number")
+def effective_number(counts: Sequence[int], cfg: TrainConfig) -> np.ndarray:
+    """Cui et al. 2019: w_c = (1 - beta) / (1 - beta^n_c), normalised to sum to C."""
+    n = np.asarray(counts, dtype=np.float64)
+    w = (1.0 - cfg.cb_beta) / (1.0 - np.power(cfg.cb_beta, np.maximum(n, 1)))
+    return w * len(w) / w.sum()
+
+
+def class_weight_at(epoch: int, drw_epoch: int, counts: Sequence[int], cfg: TrainConfig) -> Optional[torch.Tensor]:
+    """The per-class weights in force at ``epoch`` (0-based); with the DRW schedule none before ``drw_epoch``."""
+    if cfg.weights_schedule == "drw" and epoch < drw_epoch:
+        return None
+    w = CLASS_WEIGHTS.get(cfg.class_weights)(counts, cfg)
+    return None if w is None else torch.tensor(w, dtype=torch.float32)
+
+
+# --- losses -----------------------------------------------------------------------------------
+
+class LongTailLoss(nn.Module):
+    def __init__(self, counts: Sequence[int], cfg: TrainConfig):
+        super().__init__()
+        counts_t = torch.tensor(counts, dtype=torch.float32)
+        self.register_buffer("log_prior", torch.log(counts_t.clamp(min=1) / counts_t.sum()))
+
+    def adjusted(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def forward(self, logits, target, class_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        w = None if class_weight is None else class_weight.to(logits.device)
+        return F.cross_entropy(self.adjusted(logits, target), target, weight=w)
+
+
+@LOSSES.register("ce")
+class CrossEntropy(LongTailLoss):
+    pass
+
+
+@LOSSES.register("balanced_softmax")
+class BalancedSoftmax(LongTailLoss):
+    """Ren et al. 2020: softmax over logits + log n_c (the log prior)."""
+
+    def adjusted(self, logits, target):
+        return logits + self.log_prior
+
+
+@LOSSES.register("logit_adjust")
+class LogitAdjusted(LongTailLoss):
+    """Menon et al. 2021, logit-adjusted loss: logits + tau * log prior."""
+
+    def __init__(self, counts, cfg):
+        super().__init__(counts, cfg)
+        self.tau = cfg.logit_tau
+
+    def adjusted(self, logits, target):
+        return logits + self.tau * self.log_prior
+
+
+@LOSSES.register("ldam")
+class LDAM(LongTailLoss):
+    """Cao et al. 2019: subtract the margin m_y = C / n_y^(1/4) (largest = max_m) from the true
+    class's logit, then scale by s. Meant for the normalised (cosine) head."""
+
+    def __init__(self, counts, cfg):
+        super().__init__(counts, cfg)
+        m = 1.0 / np.sqrt(np.sqrt(np.maximum(np.asarray(counts, dtype=np.float64), 1)))
+        self.register_buffer("margins", torch.tensor(m * (cfg.ldam_max_m / m.max()), dtype=torch.float32))
+        self.s = cfg.ldam_s
+
+    def adjusted(self, logits, target):
+        margin = F.one_hot(target, logits.shape[1]) * self.margins[target].unsqueeze(1)
+        return self.s * (logits - margin)
+
+
+@LOSSES.register("focal")
+class Focal(LongTailLoss):
+    """Lin et al. 2017 (softmax form): w_y * (1 - p_y)^gamma * CE, weighted mean over the batch."""
+
+    def __init__(self, counts, cfg):
+        super().__init__(counts, cfg)
+        self.gamma = cfg.focal_gamma
+
+    def forward(self, logits, target, class_weight=None):
+        ce = F.cross_entropy(logits, target, reduction="none")
+        loss = (1 - torch.exp(-ce)) ** self.gamma * ce
+        if class_weight is None:
+            return loss.mean()
+        w = class_weight.to(logits.device)[target]
+        return (w * loss).sum() / w.sum()
+
+
+@LOSSES.register("sigmoid")
+class SigmoidCE(LongTailLoss):
+    """Per-class sigmoid cross-entropy (Cui et al.'s CB sigmoid with class weights): mean over the
+    batch of w_y * sum_j BCE(z_j, [j == y])."""
+
+    focal_gamma = 0.0
+
+    def forward(self, logits, target, class_weight=None):
+        onehot = F.one_hot(target, logits.shape[1]).float()
+        bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+        if self.focal_gamma:
+            p_t = torch.exp(-bce)  # probability of the correct side of each binary decision
+            bce = (1 - p_t) ** self.focal_gamma * bce
+        per_sample = bce.sum(dim=1)
+        if class_weight is not None:
+            per_sample = class_weight.to(logits.device)[target] * per_sample
+        return per_sample.mean()
+
+
+@LOSSES.register("sigmoid_focal")
+class SigmoidFocal(SigmoidCE):
+    """Cui et al.'s CB focal: the sigmoid loss with the focal modulation (1 - p_t)^gamma."""
+
+    def __init__(self, counts, cfg):
+        super().__init__(counts, cfg)
+        self.focal_gamma = cfg.focal_gamma
+
+
+def create_loss(counts: Sequence[int], cfg: TrainConfig) -> LongTailLoss:
+    return LOSSES.get(cfg.loss)(counts, cfg)
+
+
+def posthoc_adjust(logits: torch.Tensor, log_prior: torch.Tensor, tau: float) -> torch.Tensor:
+    """Menon et al. post-hoc logit adjustment: predict with logits - tau * log prior."""
+    return logits - tau * log_prior.to(logits.device) if tau else logits

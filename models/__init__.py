@@ -41,6 +41,32 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
+class PosthocAdjusted(nn.Module):
+    """A classifier whose logits are adjusted by - tau * log prior (Menon et al.) at prediction."""
+
+    def __init__(self, model: nn.Module, log_prior: torch.Tensor, tau: float):
+        super().__init__()
+        self.model, self.tau = model, tau
+        self.register_buffer("log_prior", log_prior)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) - self.tau * self.log_prior
+
+
+class Standardized(nn.Module):
+    """The deployable form: images as float NCHW in [0, 1] in, logits out; the training
+    normalisation (per-channel mean/std of the labeled split) travels inside the model."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
 def create_model(name: str, *, num_classes: int, in_channels: int, image_size: int, head: str = "linear",
                  weights_path: str | None = None) -> Classifier:
     return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size, head=head,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Config, ConfigError, resolve
@@ -56,12 +57,22 @@ class JobParser(argparse.ArgumentParser):
         else:
             self.add_argument(*names, action=_Override, key=key, **kw)
 
-    def resolve(self, argv: list[str] | None = None, required: dict[str, str] | None = None
-                ) -> tuple[argparse.Namespace, Config]:
-        """Parse and resolve the config; ``required`` maps config keys that must be set to their flag."""
+    def resolve(self, argv: list[str] | None = None, required: dict[str, str] | None = None,
+                layers: Callable[[Config], list[str]] | None = None) -> tuple[argparse.Namespace, Config]:
+        """Parse and resolve the config. ``required`` maps config keys that must be set to their flag;
+        ``layers`` names YAML files chosen by the config itself (a method's recipe), which go in
+        below the user's --config files and flags."""
         args = self.parse_args(argv)
+        overrides = getattr(args, _OVERRIDES, None) or []
         try:
-            cfg = resolve(args.config, getattr(args, _OVERRIDES, None) or [])
+            cfg = resolve(args.config, overrides)
+            extra = layers(cfg) if layers else []
+            missing = [f for f in extra if not Path(f).is_file()]
+            if missing:
+                known = sorted(p.stem for p in Path(missing[0]).parent.glob("*.yaml"))
+                raise ConfigError(f"no recipe {Path(missing[0]).stem!r} ({missing[0]}); known: {', '.join(known)}")
+            if extra:
+                cfg = resolve(extra + args.config, overrides)
         except ConfigError as e:
             self.exit(2, f"{self.prog}: config error: {e}\n")
         for key, flag in (required or {}).items():

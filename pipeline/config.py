@@ -121,7 +121,7 @@ class TrainConfig:
     ldam_s: float = 30.0  # logit scale of LDAM
     logit_tau: float = 1.0  # logit adjustment strength (Menon et al.)
     posthoc_tau: float = 0.0  # > 0: subtract tau * log prior from the logits at evaluation
-    augment: Literal["crop_flip", "flip", "none"] = "crop_flip"
+    augment: Literal["crop_flip", "crop", "flip", "none"] = "crop_flip"  # digits: no flips (a flipped 2 is no 2)
     crop_padding: int = 4  # pixels
     loader: Literal["auto", "memory", "petastorm"] = "auto"
     memory_limit_mb: int = 4096  # auto: decoded splits up to this size are held in memory

@@ -1,0 +1,39 @@
+"""spark-submit jobs/train.py --splits SPLITS --method NAME [--epochs N] [--num-processes K] [--seed S]
+
+Train a classifier on the long-tailed labeled split with a named recipe (conf/methods/NAME.yaml),
+launched through TorchDistributor and tracked in MLflow."""
+from pathlib import Path
+
+from pipeline.cli import JobParser, run_spark_job
+from pipeline.launch import launch
+from pipeline.train import fit
+
+METHODS = Path(__file__).resolve().parent.parent / "conf" / "methods"
+
+
+def train(spark, cfg) -> dict:
+    return launch(spark, fit, cfg, num_processes=cfg.train.num_processes, device=cfg.train.device)
+
+
+def summary(result: dict) -> str:
+    return "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items())
+
+
+def main(argv=None) -> dict:
+    parser = JobParser(__doc__)
+    methods = sorted(p.stem for p in METHODS.glob("*.yaml"))
+    parser.flag("--method", key="train.method", help=f"a recipe: {', '.join(methods)}")
+    parser.flag("--splits", key="train.splits", help="a jobs/longtail.py output directory")
+    parser.flag("--model", key="train.model")
+    parser.flag("--epochs", key="train.epochs")
+    parser.flag("--num-processes", key="train.num_processes")
+    parser.flag("--experiment", key="train.experiment", help="MLflow experiment")
+    parser.flag("--seed", key="train.seed")
+    parser.flag("--resume", key="train.resume", switch=True, help="continue from the run's last checkpoint")
+    _, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"},
+                            layers=lambda c: [str(METHODS / f"{c.train.method}.yaml")] if c.train.method else [])
+    return run_spark_job(cfg, train, summary)
+
+
+if __name__ == "__main__":
+    main()

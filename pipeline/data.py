@@ -1,0 +1,154 @@
+"""Training data behind one interface: a loader yields (images float NCHW normalised, labels) batches
+for an epoch, this process's shard only.
+
+* ``MemoryLoader``: the split decoded once into a uint8 tensor (on the GPU when training there),
+  sampling, random crops and flips done on the device, vectorised (as the fastest CIFAR trainers do).
+* ``PetastormLoader`` (pipeline/petastorm_loader.py): streams Parquet row groups sharded by rank,
+  for data that does not fit.
+``make_loader`` picks by size when ``train.loader`` is ``auto``."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.nn import functional as F
+
+from pipeline import fs
+from pipeline.config import TrainConfig
+from pipeline.errors import PipelineError
+from pipeline.images import decode
+from pipeline.samplers import epoch_indices
+
+
+class DataError(PipelineError):
+    pass
+
+
+def parquet_files(split_dir: str) -> list[str]:
+    """The data files of a Spark Parquet output (Spark's _SUCCESS and .crc files left out)."""
+    files = [fs.join(split_dir, p) for p, _ in fs.list_files(split_dir)
+             if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith(("_", "."))]
+    if not files:
+        raise DataError(f"{split_dir}: no Parquet files")
+    return files
+
+
+def read_table(split_dir: str, columns: Optional[list[str]] = None):
+    import pyarrow as pa
+
+    tables = []
+    for file in parquet_files(split_dir):
+        fsys, path = fs.filesystem(file)
+        tables.append(pq.read_table(path, filesystem=fsys, columns=columns))
+    return pa.concat_tables(tables)
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # N x C x H x W, uint8
+    labels: torch.Tensor  # N, int64; -1 where the label is hidden or absent
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device) -> "ImageSet":
+        return ImageSet(self.images.to(device), self.labels.to(device), self.ids)
+
+
+def load_split(split_dir: str) -> ImageSet:
+    """Decode a split into memory. Every image must have the same shape (the message lists them)."""
+    table = read_table(split_dir)
+    shapes = set(zip(table.column("height").to_pylist(), table.column("width").to_pylist(),
+                     table.column("channels").to_pylist()))
+    if len(shapes) != 1:
+        raise DataError(f"{split_dir}: images of {len(shapes)} shapes {sorted(shapes)[:5]}; the in-memory loader "
+                        f"needs one (ingest with --image-size to enforce it)")
+    (h, w, c), = shapes
+    rows = table.select(["image", "image_format"]).to_pylist()
+    pixels = np.stack([decode(r["image"], r["image_format"], h, w, c) for r in rows]) if rows else \
+        np.zeros((0, h, w, c), np.uint8)
+    labels = [-1 if v is None else v for v in table.column("label").to_pylist()]
+    return ImageSet(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(),
+                    torch.tensor(labels, dtype=torch.int64), table.column("id").to_pylist())
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units."""
+    x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return x.mean(1).tolist(), x.std(1).clamp(min=1e-3).tolist()
+
+
+class Augment:
+    """Normalise, then (training) random crop with zero padding and horizontal flip, batched on the
+    batch's device with an explicit generator."""
+
+    def __init__(self, mean, std, kind: str = "crop_flip", padding: int = 4):
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.kind, self.padding = kind, padding
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def __call__(self, x: torch.Tensor, gen: Optional[torch.Generator] = None, train: bool = True) -> torch.Tensor:
+        x = self.normalise(x)
+        if not train or self.kind == "none":
+            return x
+        n, _, h, w = x.shape
+        if self.kind in ("crop_flip", "crop") and self.padding:
+            p = self.padding
+            padded = F.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+            dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+            rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
+            cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
+            x = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                       torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+        if self.kind == "crop":
+            return x
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+class MemoryLoader:
+    def __init__(self, data: ImageSet, counts, cfg: TrainConfig, augment: Augment, rank: int = 0, world: int = 1,
+                 sampler: Optional[str] = None):
+        self.data, self.counts, self.cfg, self.augment = data, np.asarray(counts), cfg, augment
+        self.rank, self.world = rank, world
+        self.sampler = sampler or cfg.sampler
+        self.labels_np = data.labels.cpu().numpy()
+        self.batch = max(1, cfg.batch_size // world)  # per process; the global batch is cfg.batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.data) // self.world / self.batch)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = epoch_indices(self.sampler, self.labels_np, self.counts, self.cfg.seed, epoch, self.rank, self.world)
+        gen = torch.Generator().manual_seed(hash((self.cfg.seed, epoch, self.rank)) % 2 ** 63)
+        idx = torch.from_numpy(idx).to(self.data.images.device)
+        for start in range(0, len(idx), self.batch):
+            take = idx[start:start + self.batch]
+            yield self.augment(self.data.images[take], gen), self.data.labels[take]
+
+
+def eval_batches(data: ImageSet, augment: Augment, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(data), batch):
+        yield augment(data.images[start:start + batch], train=False), data.labels[start:start + batch]
+
+
+def decoded_bytes(split_dir: str) -> int:
+    """Size of the split once decoded to uint8, from the Parquet metadata columns only."""
+    t = read_table(split_dir, columns=["height", "width", "channels"])
+    return int(sum(h * w * c for h, w, c in zip(*(t.column(k).to_pylist() for k in ("height", "width", "channels")))))
+
+
+def choose_loader(split_dir: str, cfg: TrainConfig) -> str:
+    if cfg.loader != "auto":
+        return cfg.loader
+    return "memory" if decoded_bytes(split_dir) <= cfg.memory_limit_mb * 2 ** 20 else "petastorm"

@@ -1,0 +1,108 @@
+"""Experiment tracking behind one small interface (MLflow today). Only the main process tracks;
+the others get a ``NullTracker`` with the same methods."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from pipeline.provenance import PROJECT_ROOT
+
+DEFAULT_STORE = PROJECT_ROOT / "runs" / "mlflow"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite store under runs/mlflow/."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    DEFAULT_STORE.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_STORE / 'mlflow.db'}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    """One MLflow run. ``run_id`` resumes an existing run (after ``--resume``)."""
+
+    def __init__(self, experiment: str, run_name: str, tags: dict[str, str], run_id: Optional[str] = None):
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri())
+        if mlflow.get_experiment_by_name(experiment) is None:
+            location = None
+            if tracking_uri().startswith("sqlite:"):  # artifacts beside the store, not in the cwd
+                location = (DEFAULT_STORE / "artifacts" / experiment).as_uri()
+            mlflow.create_experiment(experiment, artifact_location=location)
+        mlflow.set_experiment(experiment)
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
+        self.run_id = self.run.info.run_id
+
+    def log_params(self, params: dict) -> None:
+        flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in _flatten(params).items()}
+        existing = self.mlflow.get_run(self.run_id).data.params
+        new = {k: v for k, v in flat.items() if k not in existing}  # params are immutable: resume logs none twice
+        items = list(new.items())
+        for i in range(0, len(items), 100):
+            self.mlflow.log_params(dict(items[i:i + 100]))
+
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.mlflow.set_tags(tags)
+
+    def log_dict(self, obj: dict, name: str) -> None:
+        self.mlflow.log_dict(obj, name)
+
+    def log_artifact(self, path: str, folder: Optional[str] = None) -> None:
+        self.mlflow.log_artifact(path, folder)
+
+    def log_figure(self, figure, name: str) -> None:
+        self.mlflow.log_figure(figure, name)
+
+    def log_model(self, model, example, name: str = "model") -> str:
+        """An MLflow PyTorch model (pickle format: loads for any batch size) with the project's pins."""
+        import mlflow.pytorch
+
+        info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
+                                        input_example=example, pip_requirements=_requirements(),
+                                        code_paths=[str(PROJECT_ROOT / "models")])
+        return info.model_uri
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status)
+
+
+class NullTracker:
+    run_id = None
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def _requirements() -> list[str]:
+    import tomllib
+
+    deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [d for d in deps if d.split("==")[0] in ("torch", "torchvision", "numpy")]
+
+
+def load_model(uri: str):
+    """A model logged by ``Tracker.log_model`` ('runs:/<id>/model' or 'models:/...')."""
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.pytorch.load_model(uri, map_location="cpu")

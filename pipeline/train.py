@@ -1,0 +1,213 @@
+"""The training loop: ``train_one_epoch``, ``evaluate``, ``fit``. One loop for every method: the
+recipe (loss x class weights x schedule x sampler) comes from the config. ``fit`` runs as a plain
+process or as one rank under torchrun/TorchDistributor (pipeline.distributed)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from models import Classifier, create_model
+from pipeline import distributed, fs
+from pipeline.config import Config, to_dict
+from pipeline.data import Augment, ImageSet, MemoryLoader, channel_stats, choose_loader, eval_batches, load_split
+from pipeline.errors import PipelineError
+from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
+from pipeline.metrics import evaluate_logits
+from pipeline.provenance import git_commit
+from pipeline.schedule import drw_epoch, lr_at
+from pipeline.splits import MANIFEST
+
+
+class TrainError(PipelineError):
+    pass
+
+
+def train_one_epoch(model, loss_fn, optimizer, loader, epoch: int, class_weight: Optional[torch.Tensor],
+                    device) -> tuple[float, float, int]:
+    """One pass over this process's shard; returns (summed loss, correct, images) for all-reduce."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in loader.epoch(epoch):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss = loss_fn(logits, y, class_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    return loss_sum, correct, seen
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: ImageSet, augment: Augment, batch: int, device) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(x.to(device)).float().cpu() for x, _ in eval_batches(data, augment, batch)]).numpy()
+
+
+def evaluate(model, data: ImageSet, augment: Augment, loss_fn, train_counts, cfg, device) -> dict:
+    logits = torch.from_numpy(predict(model, data, augment, cfg.train.eval_batch_size, device))
+    logits = posthoc_adjust(logits, loss_fn.log_prior.cpu(), cfg.train.posthoc_tau)
+    return evaluate_logits(logits.numpy(), data.labels.cpu().numpy(), train_counts)
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill never leaves a half-written checkpoint
+
+
+def run_name(cfg: Config, manifest: dict) -> str:
+    ratio = manifest["params"]["imbalance_ratio"]
+    return f"{manifest['source']['dataset']}-r{ratio:g}-{cfg.train.method or cfg.train.loss}-s{cfg.train.seed}"
+
+
+def run_tags(cfg: Config, manifest: dict, stage: str = "base") -> dict[str, str]:
+    return {"dataset": manifest["source"]["dataset"], "imbalance_ratio": f"{manifest['params']['imbalance_ratio']:g}",
+            "method": cfg.train.method or cfg.train.loss, "stage": stage, "seed": str(cfg.train.seed),
+            "model": cfg.train.model}
+
+
+def fit(cfg: Config) -> dict:
+    """Train ``cfg.train`` on the labeled split of ``cfg.train.splits``; returns the same summary on
+    every rank (TorchDistributor hands back only one rank's value)."""
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        return _fit(cfg, ctx)
+    finally:
+        distributed.teardown()
+
+
+def _fit(cfg: Config, ctx: distributed.Context) -> dict:
+    t = cfg.train
+    manifest = json.loads(fs.read_text(fs.join(t.splits, MANIFEST)))
+    counts, names = manifest["class_counts"]["labeled"], manifest["class_names"]
+    labeled_dir = fs.join(t.splits, "labeled")
+    if choose_loader(labeled_dir, t) != "memory":
+        raise TrainError("the petastorm loader is not available yet: set train.loader=memory "
+                         "(or raise train.memory_limit_mb)")
+    labeled, test = load_split(labeled_dir), load_split(fs.join(t.splits, "test"))
+    val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
+    mean, std = channel_stats(labeled.images)
+    augment = Augment(mean, std, t.augment, t.crop_padding)
+    _, channels, height, width = labeled.images.shape
+
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    model: Classifier = create_model(t.model, num_classes=len(names), in_channels=channels,
+                                     image_size=max(height, width), head=t.head,
+                                     weights_path=t.weights_path).to(ctx.device)
+    loss_fn = create_loss(counts, t).to(ctx.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+    name = run_name(cfg, manifest)
+    ckpt_path = Path(t.run_dir) / name / "checkpoint.pt"
+    state = None
+    if t.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    history: list[dict] = state["history"] if state else []
+    start = state["epoch"] + 1 if state else 0
+
+    provenance = {"git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
+                  "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device)}
+    tracker = _tracker(cfg, manifest, name, state) if ctx.is_main else None
+    run_id = distributed.broadcast_object(tracker.run_id if tracker else None)
+    if tracker and not state:
+        tracker.log_params({**to_dict(cfg.train), "provenance": provenance})
+        tracker.log_dict(to_dict(cfg), "config.json")
+        tracker.log_dict(manifest, "manifest.json")
+
+    ddp = distributed.wrap(model, ctx)
+    loader = MemoryLoader(ImageSet(labeled.images.to(ctx.device), labeled.labels.to(ctx.device), labeled.ids),
+                          counts, t, augment, ctx.rank, ctx.world)
+    switch = drw_epoch(t)
+    for epoch in range(start, t.epochs):
+        lr = lr_at(epoch, t)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        started = time.time()
+        stats = train_one_epoch(ddp, loss_fn, optimizer, loader, epoch, class_weight_at(epoch, switch, counts, t),
+                                ctx.device)
+        loss_sum, correct, seen = distributed.all_reduce_sum(list(stats), ctx.device)
+        if ctx.is_main:
+            row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+                   "images_per_s": seen / (time.time() - started)}
+            row.update(_prefixed("test", evaluate(model, test, augment, loss_fn, counts, cfg, ctx.device)))
+            if val is not None:
+                row.update(_prefixed("val", evaluate(model, val, augment, loss_fn, counts, cfg, ctx.device)))
+            history.append(row)
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=epoch)
+            print(_epoch_line(row, t.epochs), flush=True)
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                          "history": history, "config": to_dict(cfg), "provenance": provenance, "run_id": run_id},
+                         ckpt_path)
+        distributed.barrier()
+
+    result = None
+    if ctx.is_main:
+        result = _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path)
+    return distributed.broadcast_object(result)
+
+
+def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict]):
+    from pipeline.tracking import Tracker
+
+    return Tracker(cfg.train.experiment, name, run_tags(cfg, manifest), run_id=state["run_id"] if state else None)
+
+
+def _prefixed(prefix: str, metrics: dict) -> dict:
+    keys = ("top1", "top5", "balanced_accuracy", "macro_f1", "ece", "many_accuracy", "medium_accuracy", "few_accuracy")
+    return {f"{prefix}_{k}": metrics[k] for k in keys}
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    line = (f"epoch {row['epoch'] + 1:>3}/{epochs} lr {row['lr']:.4g} loss {row['train_loss']:.3f} "
+            f"train {row['train_top1']:.1%} test {row['test_top1']:.1%} "
+            f"(many {row['test_many_accuracy']:.1%} medium {row['test_medium_accuracy']:.1%} "
+            f"few {row['test_few_accuracy']:.1%}) {row['images_per_s']:.0f} img/s")
+    return line.replace("nan%", "  - ")
+
+
+def _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path) -> dict:
+    from pipeline import plots
+
+    final = evaluate(model, test, augment, loss_fn, counts, cfg, ctx.device)
+    best = max(history, key=lambda h: h["test_top1"])
+    summary = {"run_id": tracker.run_id, "final_test_top1": final["top1"], "final_test_top5": final["top5"],
+               "final_test_many_accuracy": final["many_accuracy"],
+               "final_test_medium_accuracy": final["medium_accuracy"],
+               "final_test_few_accuracy": final["few_accuracy"], "final_test_balanced_accuracy": final["balanced_accuracy"],
+               "final_test_macro_f1": final["macro_f1"], "final_test_ece": final["ece"],
+               # reported for comparison with papers only: picking an epoch on the test split is not model selection
+               "best_on_test_epoch_top1": best["test_top1"], "best_on_test_epoch": best["epoch"] + 1}
+    tracker.log_metrics({k: v for k, v in summary.items() if k != "run_id" and np.isfinite(v)})
+    tracker.log_metrics({f"final_test_class_acc_{n}": a for n, a in zip(names, final["per_class_accuracy"])
+                         if np.isfinite(a)})
+    tracker.log_dict({"class_names": names, "train_counts": counts, **final}, "final_test_metrics.json")
+    tracker.log_figure(plots.confusion_figure(final["confusion"], names), "confusion_matrix.png")
+    tracker.log_figure(plots.per_class_figure(final["per_class_accuracy"], counts, names), "per_class_accuracy.png")
+    tracker.log_figure(plots.curves_figure(history), "learning_curves.png")
+    tracker.log_artifact(str(ckpt_path), "checkpoint")
+    export = _exportable(model, loss_fn, augment, cfg).cpu().eval()
+    example = test.images[:2].float().div(255).numpy()  # batch of 2: the logged model is not tied to batch 1
+    summary["model_uri"] = tracker.log_model(export, example)
+    tracker.end()
+    return summary
+
+
+def _exportable(model: Classifier, loss_fn, augment: Augment, cfg: Config) -> torch.nn.Module:
+    """The deployable classifier: [0, 1] images in, logits out (post-hoc adjusted if configured)."""
+    from models import PosthocAdjusted, Standardized
+
+    net = model if not cfg.train.posthoc_tau else PosthocAdjusted(model, loss_fn.log_prior.detach().cpu(),
+                                                                  cfg.train.posthoc_tau)
+    return Standardized(net, augment.mean.flatten().tolist(), augment.std.flatten().tolist())

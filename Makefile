@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo test test-all bench-ingest clean
+.PHONY: venv demo mlflow-ui test test-all bench-ingest bench-train clean
 
 venv: $(VENV)/.installed
 
@@ -22,10 +22,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+DEMO := conf/experiments/digits_lt10.yaml
+DEMO_METHOD ?= ldam_drw
+MLFLOW_DB := sqlite:///$(abspath $(RUNS))/mlflow/mlflow.db
+
 demo: venv
-	$(SUBMIT) jobs/ingest.py --dataset digits --out $(RUNS)/demo/digits --overwrite
-	$(SUBMIT) jobs/longtail.py --data $(RUNS)/demo/digits --out $(RUNS)/demo/digits-lt10 \
-	    --imbalance-ratio 10 --imbalance-type exp --labeled-max 100 --val-per-class 5 --seed 0 --overwrite
+	$(SUBMIT) jobs/ingest.py --config $(DEMO) --out $(RUNS)/demo/digits --overwrite
+	$(SUBMIT) jobs/longtail.py --config $(DEMO) --data $(RUNS)/demo/digits --out $(RUNS)/demo/digits-lt10 --overwrite
+	$(SUBMIT) jobs/train.py --config $(DEMO) --splits $(RUNS)/demo/digits-lt10 --method ce
+	$(SUBMIT) jobs/train.py --config $(DEMO) --splits $(RUNS)/demo/digits-lt10 --method $(DEMO_METHOD)
+	$(PY) jobs/compare.py --experiment digits-lt10
+	@echo "Compare the runs in the MLflow UI: make mlflow-ui  (then open http://127.0.0.1:5000)"
+
+mlflow-ui: venv
+	mkdir -p $(RUNS)/mlflow
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_DB) \
+	    --host 127.0.0.1 --port 5000 --workers 1
 
 test: venv
 	$(PY) -m pytest -m "not slow" -q
@@ -35,6 +47,9 @@ test-all: venv
 
 bench-ingest: venv
 	$(PY) bench/ingest.py --archive ../shared/data/cifar10-jpeg.tar.gz
+
+bench-train: venv
+	$(PY) bench/train.py --archive ../shared/data/cifar10-jpeg.tar.gz
 
 clean:
 	rm -rf $(RUNS) spark-warehouse metastore_db derby.log

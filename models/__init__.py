@@ -11,28 +11,31 @@ MODELS: Registry = Registry("model")
 
 
 class NormedLinear(nn.Module):
-    """Cosine classifier: logits are cosines between the normalised embedding and class weights
-    (the head LDAM uses; the loss applies the scale s)."""
+    """Cosine classifier (the head LDAM uses): logits are ``scale`` times the cosines between the
+    normalised embedding and the class weights. The scale is part of the model, so softmax
+    probabilities (calibration, pseudo-label confidence) are those the loss trained."""
 
-    def __init__(self, in_features: int, out_features: int):
+    def __init__(self, in_features: int, out_features: int, scale: float = 30.0):
         super().__init__()
+        self.scale = scale
         self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=0)
+        return self.scale * (nn.functional.normalize(x, dim=1) @ nn.functional.normalize(self.weight, dim=0))
 
 
-def make_head(kind: str, in_features: int, num_classes: int) -> nn.Module:
+def make_head(kind: str, in_features: int, num_classes: int, scale: float = 30.0) -> nn.Module:
     if kind == "normed":
-        return NormedLinear(in_features, num_classes)
+        return NormedLinear(in_features, num_classes, scale)
     return nn.Linear(in_features, num_classes)
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, head: str = "linear"):
+    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, head: str = "linear",
+                 head_scale: float = 30.0):
         super().__init__()
         self.backbone, self.embed_dim = backbone, embed_dim
-        self.head = make_head(head, embed_dim, num_classes)
+        self.head = make_head(head, embed_dim, num_classes, head_scale)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -68,9 +71,12 @@ class Standardized(nn.Module):
 
 
 def create_model(name: str, *, num_classes: int, in_channels: int, image_size: int, head: str = "linear",
-                 weights_path: str | None = None) -> Classifier:
-    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size, head=head,
-                            weights_path=weights_path)
+                 head_scale: float = 30.0, weights_path: str | None = None) -> Classifier:
+    model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size, head=head,
+                             weights_path=weights_path)
+    if isinstance(model.head, NormedLinear):
+        model.head.scale = head_scale
+    return model
 
 
 from models import resnet_cifar, resnet_tv  # noqa: E402,F401  (registers the models above)

@@ -118,7 +118,7 @@ class TrainConfig:
     cb_beta: float = 0.9999  # effective number beta (Cui et al.)
     focal_gamma: float = 1.0
     ldam_max_m: float = 0.5  # largest LDAM margin (of the rarest class)
-    ldam_s: float = 30.0  # logit scale of LDAM
+    ldam_s: float = 30.0  # s: the cosine head's logit scale, and the scale of LDAM's margins
     logit_tau: float = 1.0  # logit adjustment strength (Menon et al.)
     posthoc_tau: float = 0.0  # > 0: subtract tau * log prior from the logits at evaluation
     augment: Literal["crop_flip", "crop", "flip", "none"] = "crop_flip"  # digits: no flips (a flipped 2 is no 2)

@@ -95,8 +95,8 @@ class LogitAdjusted(LongTailLoss):
 
 @LOSSES.register("ldam")
 class LDAM(LongTailLoss):
-    """Cao et al. 2019: subtract the margin m_y = C / n_y^(1/4) (largest = max_m) from the true
-    class's logit, then scale by s. Meant for the normalised (cosine) head."""
+    """Cao et al. 2019: subtract the margin m_y = C / n_y^(1/4) (largest = max_m), times s, from the
+    true class's logit. With the cosine head (logits = s cos) this is the paper's s (cos - m_y)."""
 
     def __init__(self, counts, cfg):
         super().__init__(counts, cfg)
@@ -106,7 +106,7 @@ class LDAM(LongTailLoss):
 
     def adjusted(self, logits, target):
         margin = F.one_hot(target, logits.shape[1]) * self.margins[target].unsqueeze(1)
-        return self.s * (logits - margin)
+        return logits - self.s * margin
 
 
 @LOSSES.register("focal")

@@ -42,8 +42,9 @@ class Tracker:
         mlflow.set_tracking_uri(tracking_uri())
         if mlflow.get_experiment_by_name(experiment) is None:
             location = None
-            if tracking_uri().startswith("sqlite:"):  # artifacts beside the store, not in the cwd
-                location = (DEFAULT_STORE / "artifacts" / experiment).as_uri()
+            if tracking_uri().startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+                db = Path(tracking_uri()[len("sqlite:///"):])
+                location = (db.parent / "artifacts" / experiment).as_uri()
             mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
@@ -59,6 +60,10 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def last_step(self, key: str) -> Optional[int]:
+        history = self.mlflow.tracking.MlflowClient().get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=None)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.mlflow.set_tags(tags)

@@ -101,7 +101,7 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
 
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model: Classifier = create_model(t.model, num_classes=len(names), in_channels=channels,
-                                     image_size=max(height, width), head=t.head,
+                                     image_size=max(height, width), head=t.head, head_scale=t.ldam_s,
                                      weights_path=t.weights_path).to(ctx.device)
     loss_fn = create_loss(counts, t).to(ctx.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -134,28 +134,37 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         started = time.time()
-        stats = train_one_epoch(ddp, loss_fn, optimizer, loader, epoch, class_weight_at(epoch, switch, counts, t),
-                                ctx.device)
+        weight = class_weight_at(epoch, switch, counts, t)
+        stats = train_one_epoch(ddp, loss_fn, optimizer, loader, epoch, weight, ctx.device)
         loss_sum, correct, seen = distributed.all_reduce_sum(list(stats), ctx.device)
         if ctx.is_main:
             row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-                   "images_per_s": seen / (time.time() - started)}
+                   "images_per_s": seen / (time.time() - started),
+                   "class_weight_max": 1.0 if weight is None else float(weight.max())}  # shows when DRW starts
             row.update(_prefixed("test", evaluate(model, test, augment, loss_fn, counts, cfg, ctx.device)))
             if val is not None:
                 row.update(_prefixed("val", evaluate(model, val, augment, loss_fn, counts, cfg, ctx.device)))
             history.append(row)
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=epoch)
             print(_epoch_line(row, t.epochs), flush=True)
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                           "history": history, "config": to_dict(cfg), "provenance": provenance, "run_id": run_id},
                          ckpt_path)
+            _log_epochs(tracker, history)  # after the checkpoint: a kill never logs an epoch twice
         distributed.barrier()
 
     result = None
     if ctx.is_main:
         result = _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path)
     return distributed.broadcast_object(result)
+
+
+def _log_epochs(tracker, history: list[dict]) -> None:
+    """Log the epochs MLflow does not have yet (after a resume, those checkpointed before the kill)."""
+    logged = tracker.last_step("train_loss")
+    for row in history:
+        if logged is None or row["epoch"] > logged:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=row["epoch"])
 
 
 def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict]):

@@ -16,6 +16,14 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """A real SQLite MLflow store per test session (TorchDistributor's processes inherit it)."""
+    path = tmp_path_factory.mktemp("mlflow")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{path}/mlflow.db"
+    yield os.environ["MLFLOW_TRACKING_URI"]
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pipeline.config import SparkConfig

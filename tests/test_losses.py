@@ -36,11 +36,12 @@ def test_inverse_frequency_weights():
 
 
 def test_ldam_subtracts_the_count_based_margin_then_scales():
-    # counts 16 and 1: margins proportional to n^(-1/4) = 1/2 and 1, rescaled so the largest is 0.5
-    got = loss_of("ldam", [16, 1], [[0.5, 0.2]], [0], ldam_max_m=0.5, ldam_s=30)
+    # counts 16 and 1: margins proportional to n^(-1/4) = 1/2 and 1, rescaled so the largest is 0.5.
+    # The cosine head gives s * cos = 30 * [0.5, 0.2] = [15, 6].
+    got = loss_of("ldam", [16, 1], [[15.0, 6.0]], [0], ldam_max_m=0.5, ldam_s=30)
     # adjusted logits: 30 * (0.5 - 0.25) = 7.5 and 30 * 0.2 = 6
     assert got == pytest.approx(math.log(1 + math.exp(6 - 7.5)), rel=1e-6)
-    got_tail = loss_of("ldam", [16, 1], [[0.2, 0.5]], [1], ldam_max_m=0.5, ldam_s=30)
+    got_tail = loss_of("ldam", [16, 1], [[6.0, 15.0]], [1], ldam_max_m=0.5, ldam_s=30)
     assert got_tail == pytest.approx(math.log(1 + math.exp(6 - 0.0)), rel=1e-6)  # 30 * (0.5 - 0.5) = 0
 
 

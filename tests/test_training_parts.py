@@ -91,7 +91,8 @@ def test_resnet32_has_the_published_size():
                                                image_size=32).parameters()) == 464154  # 0.46M (He et al.)
 
 
-def test_normed_head_outputs_cosines():
-    model = create_model("resnet32", num_classes=4, in_channels=3, image_size=32, head="normed")
+def test_normed_head_outputs_scaled_cosines():
+    model = create_model("resnet32", num_classes=4, in_channels=3, image_size=32, head="normed", head_scale=30.0)
     out = model(torch.randn(3, 3, 32, 32))
-    assert out.abs().max() <= 1.0 + 1e-5
+    cosines = out / 30.0
+    assert cosines.abs().max() <= 1.0 + 1e-5 and cosines.abs().max() > 0.01

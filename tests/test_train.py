@@ -1,0 +1,124 @@
+"""Training: fit as a plain process (what unit tests and debuggers call), the MLflow run it leaves,
+resume after a real SIGKILL, and jobs/train.py with 2 processes under TorchDistributor."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from jobs import ingest as ingest_job, longtail as longtail_job, train as train_job
+from pipeline.config import resolve
+from pipeline.train import fit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def splits(spark, tmp_path_factory):
+    """Long-tailed digits, small: 40 images in the head class, rho 10."""
+    base = tmp_path_factory.mktemp("train")
+    ingest_job.main(["--dataset", "digits", "--out", str(base / "digits")])
+    longtail_job.main(["--data", str(base / "digits"), "--out", str(base / "lt"), "--imbalance-ratio", "10",
+                       "--labeled-max", "40", "--val-per-class", "2", "--unlabeled-max", "10"])
+    return base / "lt"
+
+
+def cfg_for(splits, tmp_path, method="ce", **train):
+    sets = {"splits": str(splits), "run_dir": str(tmp_path / "runs"), "epochs": 2, "batch_size": 32,
+            "augment": "none", "experiment": "tests", "method": method, **train}
+    return resolve([str(ROOT / "conf/methods" / f"{method}.yaml")], [(f"train.{k}", str(v)) for k, v in sets.items()])
+
+
+def test_fit_leaves_a_complete_mlflow_run(splits, tmp_path):
+    result = fit(cfg_for(splits, tmp_path, "ldam_drw", epochs=3))  # milestones 160, 180 of 200 -> epoch 2
+    run = mlflow.get_run(result["run_id"])
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    assert params["loss"] == "ldam" and params["class_weights"] == "effective_number" and params["head"] == "normed"
+    manifest = json.loads((splits / "manifest.json").read_text())
+    assert params["provenance.manifest_sha256"] == manifest["manifest_sha256"]
+    assert params["provenance.git_commit"] and params["provenance.seed"] == "0"
+    assert {tags[k] for k in ("dataset", "method", "stage", "seed")} == {"digits", "ldam_drw", "base", "0"}
+    assert tags["imbalance_ratio"] == "10"
+    client = mlflow.tracking.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_top1")] == [0, 1, 2]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "lr")] == pytest.approx([0.1, 0.1, 0.001])
+    assert metrics["final_test_top1"] == pytest.approx(result["final_test_top1"])
+    assert "best_on_test_epoch_top1" in metrics and "final_test_class_acc_9" in metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.png", "per_class_accuracy.png", "learning_curves.png", "config.json",
+            "manifest.json", "final_test_metrics.json", "checkpoint"} <= artifacts
+    model = mlflow.pytorch.load_model(result["model_uri"], map_location="cpu")
+    images = torch.rand(3, 1, 8, 8)  # another batch size than the logged example (2)
+    assert model(images).shape == (3, 10)
+
+
+def test_checkpoint_carries_the_config_and_loads_weights_only(splits, tmp_path):
+    cfg = cfg_for(splits, tmp_path, "ce", epochs=1)
+    fit(cfg)
+    ckpt = next((tmp_path / "runs").rglob("checkpoint.pt"))
+    state = torch.load(ckpt, weights_only=True)
+    assert state["config"]["train"]["loss"] == "ce" and state["epoch"] == 0
+    assert state["provenance"]["manifest_sha256"]
+
+
+def test_posthoc_adjusted_export_shifts_predictions_to_the_tail(splits, tmp_path):
+    result = fit(cfg_for(splits, tmp_path, "logit_adjust_posthoc", epochs=1))
+    model = mlflow.pytorch.load_model(result["model_uri"], map_location="cpu")
+    assert hasattr(model.model, "log_prior") and model.model.tau == 1.0
+
+
+def test_resume_after_sigkill_reaches_the_same_final_state(splits, tmp_path):
+    epochs = 6
+    straight = cfg_for(splits, tmp_path / "a", "ce", epochs=epochs)
+    fit(straight)
+    reference = torch.load(next((tmp_path / "a").rglob("checkpoint.pt")), weights_only=True)
+
+    killed_dir = tmp_path / "b"
+    code = (f"from pipeline.config import resolve; from pipeline.train import fit; "
+            f"import tests.test_train as t; from pathlib import Path; "
+            f"fit(t.cfg_for(Path({str(splits)!r}), Path({str(killed_dir)!r}), 'ce', epochs={epochs}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = killed_dir / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list(ckpt.rglob("checkpoint.pt"))
+        if found and torch.load(found[0], weights_only=True)["epoch"] >= 1:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = torch.load(found[0], weights_only=True)["epoch"]
+    assert at_kill < epochs - 1, "killed too late to test resuming"
+
+    result = fit(cfg_for(splits, killed_dir, "ce", epochs=epochs, resume="true"))
+    resumed = torch.load(found[0], weights_only=True)
+    assert resumed["run_id"] == reference["run_id"] or resumed["run_id"] == result["run_id"]
+    for key, value in reference["model"].items():
+        assert torch.allclose(value.float(), resumed["model"][key].float(), atol=1e-5), key
+    steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(result["run_id"], "train_loss")]
+    assert steps == list(range(epochs))  # every epoch logged exactly once across the kill
+
+
+def test_train_job_with_two_processes_under_torchdistributor(spark, splits, tmp_path):
+    result = train_job.main(["--splits", str(splits), "--method", "balanced_softmax", "--epochs", "1",
+                             "--num-processes", "2", "--experiment", "tests-ddp",
+                             "--set", f"train.run_dir={tmp_path}", "--set", "train.augment=none"])
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.params["provenance.world_size"] == "2" and run.data.params["loss"] == "balanced_softmax"
+    assert run.info.status == "FINISHED" and np.isfinite(run.data.metrics["final_test_top1"])
+
+
+def test_unknown_method_lists_the_recipes(capsys):
+    with pytest.raises(SystemExit):
+        train_job.main(["--splits", "x", "--method", "ldam_drv"])
+    err = capsys.readouterr().err
+    assert "no recipe 'ldam_drv'" in err and "ldam_drw" in err

@@ -79,4 +79,4 @@ def create_model(name: str, *, num_classes: int, in_channels: int, image_size: i
     return model
 
 
-from models import resnet_cifar, resnet_tv  # noqa: E402,F401  (registers the models above)
+from models import autoencoders, resnet_cifar, resnet_tv  # noqa: E402,F401  (registers the models above)

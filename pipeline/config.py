@@ -79,6 +79,7 @@ class LongTailConfig:
     seed: int = 0
     source_split: str = "train"  # ingest split the labeled/unlabeled/val splits are carved from
     test_split: str = "test"  # ingest split copied untouched to SPLITS/test ("" for none)
+    files_per_split: int = 0  # Parquet files per split (shards for readers); 0: Spark's default parallelism
 
     def validate(self) -> None:
         if self.imbalance_ratio < 1:
@@ -86,7 +87,7 @@ class LongTailConfig:
         if self.unlabeled_ratio == 0 or abs(self.unlabeled_ratio) < 1:
             raise ConfigError(
                 f"longtail.unlabeled_ratio must be >= 1 or <= -1 (negative reverses), got {self.unlabeled_ratio}")
-        for key in ("labeled_max", "unlabeled_max", "val_per_class"):
+        for key in ("labeled_max", "unlabeled_max", "val_per_class", "files_per_split"):
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ConfigError(f"longtail.{key} must be >= 0, got {value}")
@@ -121,6 +122,9 @@ class TrainConfig:
     ldam_s: float = 30.0  # s: the cosine head's logit scale, and the scale of LDAM's margins
     logit_tau: float = 1.0  # logit adjustment strength (Menon et al.)
     posthoc_tau: float = 0.0  # > 0: subtract tau * log prior from the logits at evaluation
+    ae_mode: Literal["classify", "joint", "separate"] = "classify"  # autoencoder models: how to train them
+    recon_weight: float = 1.0  # joint: loss = classification + recon_weight * reconstruction MSE
+    ae_epochs: int = 10  # separate: reconstruction epochs before the classifier epochs (frozen encoder)
     augment: Literal["crop_flip", "crop", "flip", "none"] = "crop_flip"  # digits: no flips (a flipped 2 is no 2)
     crop_padding: int = 4  # pixels
     loader: Literal["auto", "memory", "petastorm"] = "auto"

@@ -5,7 +5,8 @@ for an epoch, this process's shard only.
   sampling, random crops and flips done on the device, vectorised (as the fastest CIFAR trainers do).
 * ``PetastormLoader`` (pipeline/petastorm_loader.py): streams Parquet row groups sharded by rank,
   for data that does not fit.
-``make_loader`` picks by size when ``train.loader`` is ``auto``."""
+``make_loader`` builds either; ``choose_loader`` picks by decoded size when ``train.loader`` is ``auto``.
+"""
 from __future__ import annotations
 
 import math
@@ -37,14 +38,19 @@ def parquet_files(split_dir: str) -> list[str]:
     return files
 
 
-def read_table(split_dir: str, columns: Optional[list[str]] = None):
+def read_table(split_dir: str, columns: Optional[list[str]] = None, max_rows: Optional[int] = None):
+    """The split as one Arrow table (the first ``max_rows`` rows, reading no more files than needed)."""
     import pyarrow as pa
 
-    tables = []
+    tables, rows = [], 0
     for file in parquet_files(split_dir):
         fsys, path = fs.filesystem(file)
         tables.append(pq.read_table(path, filesystem=fsys, columns=columns))
-    return pa.concat_tables(tables)
+        rows += tables[-1].num_rows
+        if max_rows is not None and rows >= max_rows:
+            break
+    table = pa.concat_tables(tables)
+    return table if max_rows is None else table.slice(0, max_rows)
 
 
 @dataclass
@@ -60,9 +66,10 @@ class ImageSet:
         return ImageSet(self.images.to(device), self.labels.to(device), self.ids)
 
 
-def load_split(split_dir: str) -> ImageSet:
-    """Decode a split into memory. Every image must have the same shape (the message lists them)."""
-    table = read_table(split_dir)
+def load_split(split_dir: str, max_rows: Optional[int] = None) -> ImageSet:
+    """Decode a split (or its first ``max_rows`` rows) into memory. Every image must have the same
+    shape (the message lists them)."""
+    table = read_table(split_dir, max_rows=max_rows)
     shapes = set(zip(table.column("height").to_pylist(), table.column("width").to_pylist(),
                      table.column("channels").to_pylist()))
     if len(shapes) != 1:
@@ -152,3 +159,21 @@ def choose_loader(split_dir: str, cfg: TrainConfig) -> str:
     if cfg.loader != "auto":
         return cfg.loader
     return "memory" if decoded_bytes(split_dir) <= cfg.memory_limit_mb * 2 ** 20 else "petastorm"
+
+
+STATS_ROWS = 10_000  # images the normalisation statistics are measured on when streaming
+
+
+def make_loader(kind: str, split_dir: str, counts, cfg: TrainConfig, rank: int, world: int, device):
+    """(loader, sample of the split for statistics and shape) for ``kind`` = memory or petastorm."""
+    if kind == "memory":
+        data = load_split(split_dir)
+        mean, std = channel_stats(data.images)
+        augment = Augment(mean, std, cfg.augment, cfg.crop_padding)
+        return MemoryLoader(data.to(device), counts, cfg, augment, rank, world), data
+    from pipeline.petastorm_loader import PetastormLoader
+
+    sample = load_split(split_dir, max_rows=STATS_ROWS)
+    mean, std = channel_stats(sample.images)
+    augment = Augment(mean, std, cfg.augment, cfg.crop_padding)
+    return PetastormLoader(split_dir, counts, cfg, augment, rank, world).to(device), sample

@@ -67,10 +67,13 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def wrap(model: torch.nn.Module, ctx: Context) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, ctx: Context, find_unused: bool = False) -> torch.nn.Module:
+    """DDP on more than one process; ``find_unused`` when some parameters get no gradient in a step
+    (an autoencoder's decoder while only classifying)."""
     if ctx.world == 1:
         return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=find_unused)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -69,10 +69,11 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
         splits = {name: carve(spark, images, chosen, name) for name in CARVED}
         splits["test"] = images.filter(F.col("split") == lcfg.test_split) if lcfg.test_split else None
         counts, hashes = {}, {}
+        files = lcfg.files_per_split or spark.sparkContext.defaultParallelism
         for name, rows in splits.items():
             if rows is None:
                 continue
-            rows = rows.withMetadata("label", {schema.CLASS_NAMES_KEY: class_names})
+            rows = rows.repartition(files).withMetadata("label", {schema.CLASS_NAMES_KEY: class_names})
             rows.write.parquet(fs.spark_path(fs.join(tmp, name)))
             counts[name], hashes[name] = _read_back(spark, fs.join(tmp, name), len(class_names))
         truth = spark.createDataFrame([(i, c) for c, ids in enumerate(chosen["unlabeled"]) for i in ids],

@@ -3,6 +3,7 @@ recipe (loss x class weights x schedule x sampler) comes from the config. ``fit`
 process or as one rank under torchrun/TorchDistributor (pipeline.distributed)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -11,12 +12,12 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from models import Classifier, create_model
 from pipeline import distributed, fs
-from pipeline.config import Config, to_dict
-from pipeline.data import Augment, ImageSet, MemoryLoader, channel_stats, choose_loader, eval_batches, load_split
-from pipeline.errors import PipelineError
+from pipeline.config import Config, ConfigError, to_dict
+from pipeline.data import Augment, ImageSet, choose_loader, eval_batches, load_split, make_loader
 from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
 from pipeline.metrics import evaluate_logits
 from pipeline.provenance import git_commit
@@ -24,24 +25,34 @@ from pipeline.schedule import drw_epoch, lr_at
 from pipeline.splits import MANIFEST
 
 
-class TrainError(PipelineError):
-    pass
+def objective(model, loss_fn, x, y, class_weight, mode: str, recon_weight: float):
+    """(loss, logits or None) of one batch: ``classify``, ``joint`` (classification + reconstruction)
+    or ``reconstruct`` (the autoencoder alone)."""
+    if mode == "reconstruct":
+        return F.mse_loss(model(x, output="reconstruction"), x), None
+    if mode == "joint":
+        logits, recon = model(x, output="both")
+        return loss_fn(logits, y, class_weight) + recon_weight * F.mse_loss(recon, x), logits
+    logits = model(x)
+    return loss_fn(logits, y, class_weight), logits
 
 
 def train_one_epoch(model, loss_fn, optimizer, loader, epoch: int, class_weight: Optional[torch.Tensor],
-                    device) -> tuple[float, float, int]:
+                    device, mode: str = "classify", recon_weight: float = 1.0,
+                    frozen_backbone: bool = False) -> tuple[float, float, int]:
     """One pass over this process's shard; returns (summed loss, correct, images) for all-reduce."""
     model.train()
+    if frozen_backbone:  # a frozen encoder keeps its batch-norm statistics too
+        distributed.unwrap(model).backbone.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y in loader.epoch(epoch):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss = loss_fn(logits, y, class_weight)
+        loss, logits = objective(model, loss_fn, x, y, class_weight, mode, recon_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += 0 if logits is None else (logits.argmax(1) == y).sum().item()
         seen += len(y)
     return loss_sum, correct, seen
 
@@ -90,21 +101,24 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     manifest = json.loads(fs.read_text(fs.join(t.splits, MANIFEST)))
     counts, names = manifest["class_counts"]["labeled"], manifest["class_names"]
     labeled_dir = fs.join(t.splits, "labeled")
-    if choose_loader(labeled_dir, t) != "memory":
-        raise TrainError("the petastorm loader is not available yet: set train.loader=memory "
-                         "(or raise train.memory_limit_mb)")
-    labeled, test = load_split(labeled_dir), load_split(fs.join(t.splits, "test"))
+    loader_kind = choose_loader(labeled_dir, t)
+    loader, sample = make_loader(loader_kind, labeled_dir, counts, t, ctx.rank, ctx.world, ctx.device)
+    augment = loader.augment
+    test = load_split(fs.join(t.splits, "test"))
     val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
-    mean, std = channel_stats(labeled.images)
-    augment = Augment(mean, std, t.augment, t.crop_padding)
-    _, channels, height, width = labeled.images.shape
+    _, channels, height, width = sample.images.shape
 
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model: Classifier = create_model(t.model, num_classes=len(names), in_channels=channels,
                                      image_size=max(height, width), head=t.head, head_scale=t.ldam_s,
                                      weights_path=t.weights_path).to(ctx.device)
+    autoencoder = hasattr(model, "decoder")
+    if t.ae_mode != "classify" and not autoencoder:
+        raise ConfigError(f"train.ae_mode={t.ae_mode} needs an autoencoder model (unet_ae, mobilenetv2_ae), "
+                          f"not {t.model}")
     loss_fn = create_loss(counts, t).to(ctx.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    pretrain = t.ae_epochs if t.ae_mode == "separate" else 0  # reconstruction epochs before classifying
+    optimizer = _optimizer(model, t, frozen=False)
 
     name = run_name(cfg, manifest)
     ckpt_path = Path(t.run_dir) / name / "checkpoint.pt"
@@ -112,12 +126,15 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     if t.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
         model.load_state_dict(state["model"])
+        if pretrain and state["epoch"] + 1 >= pretrain:  # resumed in the classifier phase
+            optimizer = _optimizer(model, t, frozen=True)
         optimizer.load_state_dict(state["optimizer"])
     history: list[dict] = state["history"] if state else []
     start = state["epoch"] + 1 if state else 0
 
     provenance = {"git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
-                  "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device)}
+                  "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device),
+                  "loader": loader_kind}
     tracker = _tracker(cfg, manifest, name, state) if ctx.is_main else None
     run_id = distributed.broadcast_object(tracker.run_id if tracker else None)
     if tracker and not state:
@@ -125,27 +142,35 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
         tracker.log_dict(to_dict(cfg), "config.json")
         tracker.log_dict(manifest, "manifest.json")
 
-    ddp = distributed.wrap(model, ctx)
-    loader = MemoryLoader(ImageSet(labeled.images.to(ctx.device), labeled.labels.to(ctx.device), labeled.ids),
-                          counts, t, augment, ctx.rank, ctx.world)
+    frozen = bool(pretrain) and start >= pretrain
+    ddp = distributed.wrap(model, ctx, find_unused=autoencoder)
     switch = drw_epoch(t)
-    for epoch in range(start, t.epochs):
-        lr = lr_at(epoch, t)
+    total = pretrain + t.epochs
+    for epoch in range(start, total):
+        reconstructing = epoch < pretrain
+        if pretrain and epoch == pretrain and not frozen:  # separate mode: freeze the encoder, train the head
+            frozen, optimizer = True, _optimizer(model, t, frozen=True)
+            ddp = distributed.wrap(model, ctx, find_unused=autoencoder)
+        phase_epoch = epoch if reconstructing else epoch - pretrain
+        lr = lr_at(phase_epoch, dataclasses.replace(t, epochs=pretrain) if reconstructing else t)
         for group in optimizer.param_groups:
             group["lr"] = lr
         started = time.time()
-        weight = class_weight_at(epoch, switch, counts, t)
-        stats = train_one_epoch(ddp, loss_fn, optimizer, loader, epoch, weight, ctx.device)
+        weight = None if reconstructing else class_weight_at(phase_epoch, switch, counts, t)
+        mode = "reconstruct" if reconstructing else ("joint" if t.ae_mode == "joint" else "classify")
+        stats = train_one_epoch(ddp, loss_fn, optimizer, loader, epoch, weight, ctx.device, mode, t.recon_weight,
+                                frozen)
         loss_sum, correct, seen = distributed.all_reduce_sum(list(stats), ctx.device)
         if ctx.is_main:
-            row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+            row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
+                   "train_top1": float("nan") if reconstructing else correct / seen,
                    "images_per_s": seen / (time.time() - started),
                    "class_weight_max": 1.0 if weight is None else float(weight.max())}  # shows when DRW starts
             row.update(_prefixed("test", evaluate(model, test, augment, loss_fn, counts, cfg, ctx.device)))
             if val is not None:
                 row.update(_prefixed("val", evaluate(model, val, augment, loss_fn, counts, cfg, ctx.device)))
             history.append(row)
-            print(_epoch_line(row, t.epochs), flush=True)
+            print(_epoch_line(row, total), flush=True)
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                           "history": history, "config": to_dict(cfg), "provenance": provenance, "run_id": run_id},
@@ -153,10 +178,21 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
             _log_epochs(tracker, history)  # after the checkpoint: a kill never logs an epoch twice
         distributed.barrier()
 
+    if hasattr(loader, "close"):
+        loader.close()
     result = None
     if ctx.is_main:
         result = _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path)
     return distributed.broadcast_object(result)
+
+
+def _optimizer(model, t, frozen: bool) -> torch.optim.Optimizer:
+    """SGD on every parameter, or on the head alone with the backbone frozen."""
+    if frozen:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    params = model.head.parameters() if frozen else model.parameters()
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def _log_epochs(tracker, history: list[dict]) -> None:
@@ -217,6 +253,8 @@ def _exportable(model: Classifier, loss_fn, augment: Augment, cfg: Config) -> to
     """The deployable classifier: [0, 1] images in, logits out (post-hoc adjusted if configured)."""
     from models import PosthocAdjusted, Standardized
 
+    if hasattr(model, "classifier"):  # an autoencoder: the exported model drops the decoder
+        model = model.classifier()
     net = model if not cfg.train.posthoc_tau else PosthocAdjusted(model, loss_fn.log_prior.detach().cpu(),
                                                                   cfg.train.posthoc_tau)
     return Standardized(net, augment.mean.flatten().tolist(), augment.std.flatten().tolist())

@@ -122,3 +122,93 @@ def test_unknown_method_lists_the_recipes(capsys):
         train_job.main(["--splits", "x", "--method", "ldam_drv"])
     err = capsys.readouterr().err
     assert "no recipe 'ldam_drv'" in err and "ldam_drw" in err
+
+
+def test_petastorm_loader_gives_every_rank_equal_steps_from_disjoint_shards(splits):
+    from pipeline.data import Augment, parquet_files
+    from pipeline.petastorm_loader import PetastormLoader
+
+    assert len(parquet_files(str(splits / "labeled"))) >= 2, "needs row groups for two shards"
+    cfg = resolve([], [("train.batch_size", "16")]).train
+    ranks = [PetastormLoader(str(splits / "labeled"), None, cfg, Augment([0.5], [0.5], "none"), rank=r, world=2)
+             for r in range(2)]
+    try:
+        seen = []
+        for loader in ranks:
+            batches = list(loader.epoch(0, with_ids=True))
+            rows = json.loads((splits / "manifest.json").read_text())["totals"]["labeled"]
+            assert len(batches) == len(loader) == (rows // 2) // 8  # rows // world // per-rank batch
+            assert all(x.shape == (8, 1, 8, 8) and x.dtype == torch.float32 for x, _, _ in batches)
+            seen.append({i for _, _, ids in batches for i in ids})
+    finally:
+        for loader in ranks:
+            loader.close()
+    assert not seen[0] & seen[1]  # row-group shards do not overlap
+    labeled_ids = set(read_ids(splits / "labeled"))
+    assert seen[0] | seen[1] <= labeled_ids
+
+
+def read_ids(path):
+    from tests.conftest import read_table
+
+    return read_table(path).column("id").to_pylist()
+
+
+def test_fit_on_the_petastorm_path(splits, tmp_path):
+    result = fit(cfg_for(splits, tmp_path, "ce", epochs=2, loader="petastorm"))
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.params["provenance.loader"] == "petastorm"
+    assert 0 <= result["final_test_top1"] <= 1
+
+
+def test_auto_loader_streams_when_the_split_exceeds_the_memory_limit(splits, tmp_path):
+    result = fit(cfg_for(splits, tmp_path, "ce", epochs=1, loader="auto", memory_limit_mb=0))
+    assert mlflow.get_run(result["run_id"]).data.params["provenance.loader"] == "petastorm"
+
+
+def test_petastorm_refuses_samplers_it_cannot_draw(splits, tmp_path):
+    from pipeline.data import DataError
+
+    with pytest.raises(DataError, match="cannot draw sampler 'class_balanced'"):
+        fit(cfg_for(splits, tmp_path, "resample", epochs=1, loader="petastorm"))
+
+
+@pytest.mark.parametrize("mode", ["classify", "joint", "separate"])
+def test_autoencoder_classifier_trains_in_each_mode(splits, tmp_path, mode):
+    cfg = cfg_for(splits, tmp_path, "ce", epochs=1, model="unet_ae", ae_mode=mode, ae_epochs=1)
+    result = fit(cfg)
+    client = mlflow.tracking.MlflowClient()
+    steps = [m.step for m in client.get_metric_history(result["run_id"], "train_loss")]
+    assert steps == ([0, 1] if mode == "separate" else [0])  # separate: 1 reconstruction + 1 classifier epoch
+    exported = mlflow.pytorch.load_model(result["model_uri"], map_location="cpu")
+    assert not any("decoder" in k for k in exported.state_dict())
+    assert exported(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_separate_mode_keeps_the_encoder_frozen_after_reconstruction(splits, tmp_path):
+    cfg = cfg_for(splits, tmp_path, "ce", epochs=2, model="unet_ae", ae_mode="separate", ae_epochs=1)
+    ckpt_dir = tmp_path / "runs"
+    import pipeline.train as train_module
+
+    snapshots = {}
+    original = train_module._save_atomic
+
+    def spy(obj, path):
+        snapshots[obj["epoch"]] = {k: v.clone() for k, v in obj["model"].items()}
+        original(obj, path)
+
+    train_module._save_atomic = spy
+    try:
+        fit(cfg)
+    finally:
+        train_module._save_atomic = original
+    encoder = [k for k in snapshots[0] if k.startswith("backbone.")]
+    assert encoder and all(torch.equal(snapshots[0][k], snapshots[2][k]) for k in encoder)  # BN stats included
+    assert not torch.equal(snapshots[1]["head.weight"], snapshots[2]["head.weight"])
+
+
+def test_autoencoder_modes_need_an_autoencoder_model(splits, tmp_path):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.ae_mode=joint needs an autoencoder model"):
+        fit(cfg_for(splits, tmp_path, "ce", epochs=1, ae_mode="joint"))

@@ -96,3 +96,16 @@ def test_normed_head_outputs_scaled_cosines():
     out = model(torch.randn(3, 3, 32, 32))
     cosines = out / 30.0
     assert cosines.abs().max() <= 1.0 + 1e-5 and cosines.abs().max() > 0.01
+
+
+@pytest.mark.parametrize("name", ["unet_ae", "mobilenetv2_ae"])
+def test_autoencoders_reconstruct_the_input_shape_and_export_without_the_decoder(name):
+    model = create_model(name, num_classes=4, in_channels=3, image_size=32)
+    x = torch.randn(2, 3, 32, 32)
+    logits, recon = model(x, output="both")
+    assert logits.shape == (2, 4) and recon.shape == x.shape
+    assert model(x, output="reconstruction").shape == x.shape
+    plain = model.classifier()
+    assert not any(k.startswith("decoder") for k in plain.state_dict())
+    model.eval()
+    assert torch.allclose(plain(x), model(x))  # same encoder and head

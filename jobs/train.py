@@ -29,6 +29,8 @@ def main(argv=None) -> dict:
     parser.flag("--num-processes", key="train.num_processes")
     parser.flag("--experiment", key="train.experiment", help="MLflow experiment")
     parser.flag("--seed", key="train.seed")
+    parser.flag("--pretrained", key="train.pretrained", metavar="RUN_ID|PATH",
+                help="initialise the backbone from a run's checkpoint (the head is dropped)")
     parser.flag("--resume", key="train.resume", switch=True, help="continue from the run's last checkpoint")
     _, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"},
                             layers=lambda c: [str(METHODS / f"{c.train.method}.yaml")] if c.train.method else [])

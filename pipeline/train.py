@@ -132,9 +132,14 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     history: list[dict] = state["history"] if state else []
     start = state["epoch"] + 1 if state else 0
 
-    provenance = {"git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
+    provenance = {**(state["provenance"] if state else {}),  # a resumed run keeps what it started from
+                  "git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
                   "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device),
                   "loader": loader_kind}
+    if t.pretrained and not state:  # a resumed run has the pre-trained weights in its checkpoint already
+        from pipeline.pretrained import load_backbone
+
+        provenance.update(load_backbone(model, t.pretrained))
     tracker = _tracker(cfg, manifest, name, state) if ctx.is_main else None
     run_id = distributed.broadcast_object(tracker.run_id if tracker else None)
     if tracker and not state:
@@ -206,7 +211,10 @@ def _log_epochs(tracker, history: list[dict]) -> None:
 def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict]):
     from pipeline.tracking import Tracker
 
-    return Tracker(cfg.train.experiment, name, run_tags(cfg, manifest), run_id=state["run_id"] if state else None)
+    tags = run_tags(cfg, manifest)
+    if cfg.train.pretrained:
+        tags["pretrained"] = cfg.train.pretrained
+    return Tracker(cfg.train.experiment, name, tags, run_id=state["run_id"] if state else None)
 
 
 def _prefixed(prefix: str, metrics: dict) -> dict:

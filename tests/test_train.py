@@ -212,3 +212,37 @@ def test_autoencoder_modes_need_an_autoencoder_model(splits, tmp_path):
 
     with pytest.raises(ConfigError, match="train.ae_mode=joint needs an autoencoder model"):
         fit(cfg_for(splits, tmp_path, "ce", epochs=1, ae_mode="joint"))
+
+
+def test_pretrained_run_initialises_the_backbone_and_is_recorded(splits, tmp_path):
+    from pipeline.pretrained import load_backbone
+
+    first = fit(cfg_for(splits, tmp_path / "a", "ce", epochs=1))
+    trained = torch.load(next((tmp_path / "a").rglob("checkpoint.pt")), weights_only=True)["model"]
+    from models import create_model
+
+    fresh = create_model("resnet32", num_classes=10, in_channels=1, image_size=8)
+    info = load_backbone(fresh, first["run_id"])  # by MLflow run id
+    assert info["pretrained_run_id"] == first["run_id"] and info["pretrained_method"] == "ce"
+    for key, value in fresh.backbone.state_dict().items():
+        assert torch.equal(value, trained[f"backbone.{key}"]), key
+    second = fit(cfg_for(splits, tmp_path / "b", "ldam_drw", epochs=1, pretrained=first["run_id"]))
+    run = mlflow.get_run(second["run_id"])
+    assert run.data.params["provenance.pretrained_run_id"] == first["run_id"]
+    assert run.data.tags["pretrained"] == first["run_id"]
+
+
+def test_pretrained_from_another_architecture_lists_the_offending_keys(splits, tmp_path):
+    from models import create_model
+    from pipeline.pretrained import PretrainedError, load_backbone
+
+    fit(cfg_for(splits, tmp_path, "ce", epochs=1))
+    ckpt = next(tmp_path.rglob("checkpoint.pt"))
+    smaller = create_model("resnet20", num_classes=10, in_channels=1, image_size=8)
+    with pytest.raises(PretrainedError, match=r"unexpected: layers\.\d+\..*"):
+        load_backbone(smaller, str(ckpt))
+    wrong_channels = create_model("resnet32", num_classes=10, in_channels=3, image_size=8)
+    with pytest.raises(PretrainedError, match=r"shape mismatch: stem\.0\.weight \(16, 1, 3, 3\) vs \(16, 3, 3, 3\)"):
+        load_backbone(wrong_channels, str(ckpt))
+    with pytest.raises(PretrainedError, match="neither a checkpoint file nor a run"):
+        load_backbone(smaller, "no-such-run")

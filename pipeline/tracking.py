@@ -75,7 +75,10 @@ class Tracker:
         self.mlflow.log_artifact(path, folder)
 
     def log_figure(self, figure, name: str) -> None:
+        import matplotlib.pyplot as plt
+
         self.mlflow.log_figure(figure, name)
+        plt.close(figure)  # pyplot keeps every figure alive until closed
 
     def log_model(self, model, example, name: str = "model") -> str:
         """An MLflow PyTorch model (pickle format: loads for any batch size) with the project's pins."""

@@ -86,7 +86,8 @@ class Tracker:
 
         info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
                                         input_example=example, pip_requirements=_requirements(),
-                                        code_paths=[str(PROJECT_ROOT / "models")])
+                                        # the classes the pickle refers to, importable where the project is not installed
+                                        code_paths=[str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "pipeline")])
         return info.model_uri
 
     def end(self, status: str = "FINISHED") -> None:

@@ -221,3 +221,32 @@ def test_a_corrupt_archive_is_named_in_the_error(spark, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path / "c", "--dataset", "cifar10", "--source", archive)
     assert "cannot read archive" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_cifar100_archive_uses_the_fine_labels_and_names(spark, tmp_path):
+    import io
+
+    rng = np.random.default_rng(0)
+    names = [f"fine{i:02d}".encode() for i in range(100)]
+
+    def batch(n, seed):
+        r = np.random.default_rng(seed)
+        return pickle.dumps({b"data": r.integers(0, 256, (n, 3072), dtype=np.uint8),
+                             b"fine_labels": [int(x) for x in r.integers(0, 100, n)],
+                             b"coarse_labels": [int(x) for x in r.integers(0, 20, n)]}, protocol=2)
+
+    members = {"meta": pickle.dumps({b"fine_label_names": names, b"coarse_label_names": []}, protocol=2),
+               "train": batch(7, 1), "test": batch(3, 2)}
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    report, images, _ = assert_accounted((run(tmp_path / "c", "--dataset", "cifar100", "--source", archive),
+                                          tmp_path / "c")[1])
+    assert report["num_classes"] == 100 and report["class_names"][7] == "fine07"
+    assert report["splits"]["train"]["total"] == 7 and report["splits"]["test"]["total"] == 3
+    expected = pickle.loads(members["train"], encoding="bytes")[b"fine_labels"]
+    got = {r["id"]: r["label"] for r in images.to_pylist()}
+    assert [got[f"train/{i:05d}"] for i in range(7)] == expected

@@ -122,6 +122,8 @@ class TrainConfig:
     ldam_s: float = 30.0  # s: the cosine head's logit scale, and the scale of LDAM's margins
     logit_tau: float = 1.0  # logit adjustment strength (Menon et al.)
     posthoc_tau: float = 0.0  # > 0: subtract tau * log prior from the logits at evaluation
+    objective: Literal["classify", "rotation"] = "classify"  # rotation: self-supervised pre-training (SSP)
+    pretrain_unlabeled: bool = False  # rotation: also learn from the unlabeled pool's images
     ae_mode: Literal["classify", "joint", "separate"] = "classify"  # autoencoder models: how to train them
     recon_weight: float = 1.0  # joint: loss = classification + recon_weight * reconstruction MSE
     ae_epochs: int = 10  # separate: reconstruction epochs before the classifier epochs (frozen encoder)
@@ -146,6 +148,13 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.cb_beta < 1:
             raise ConfigError(f"train.cb_beta must be in [0, 1), got {self.cb_beta}")
+        if self.objective == "rotation":
+            clash = {k: getattr(self, k) for k, ok in (("sampler", "random"), ("class_weights", "none"),
+                                                       ("ae_mode", "classify"), ("posthoc_tau", 0.0))
+                     if getattr(self, k) != ok}
+            if clash:
+                raise ConfigError(f"train.objective=rotation predicts rotations, not classes; these settings "
+                                  f"do not apply: {', '.join(f'train.{k}={v}' for k, v in clash.items())}")
 
 
 @dataclass

@@ -84,6 +84,22 @@ def load_split(split_dir: str, max_rows: Optional[int] = None) -> ImageSet:
                     torch.tensor(labels, dtype=torch.int64), table.column("id").to_pylist())
 
 
+ROTATIONS = ("0", "90", "180", "270")  # degrees counter-clockwise: the classes of rotation SSP
+
+
+def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image at 0/90/180/270 degrees, and the rotation index as label (Gidaris et al. 2018)."""
+    if images.shape[-1] != images.shape[-2]:
+        raise DataError(f"rotation pre-training needs square images, got {tuple(images.shape[-2:])}")
+    x = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(len(ROTATIONS))])
+    return x, torch.arange(len(ROTATIONS), device=images.device).repeat_interleave(len(images))
+
+
+def concat(sets: list[ImageSet]) -> ImageSet:
+    return ImageSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
+                    [i for s in sets for i in s.ids])
+
+
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units."""
     x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
@@ -164,10 +180,12 @@ def choose_loader(split_dir: str, cfg: TrainConfig) -> str:
 STATS_ROWS = 10_000  # images the normalisation statistics are measured on when streaming
 
 
-def make_loader(kind: str, split_dir: str, counts, cfg: TrainConfig, rank: int, world: int, device):
-    """(loader, sample of the split for statistics and shape) for ``kind`` = memory or petastorm."""
+def make_loader(kind: str, split_dir: Optional[str], counts, cfg: TrainConfig, rank: int, world: int, device,
+                data: Optional[ImageSet] = None):
+    """(loader, sample of the split for statistics and shape) for ``kind`` = memory or petastorm;
+    the memory loader takes already decoded ``data`` instead of ``split_dir`` when given."""
     if kind == "memory":
-        data = load_split(split_dir)
+        data = data if data is not None else load_split(split_dir)
         mean, std = channel_stats(data.images)
         augment = Augment(mean, std, cfg.augment, cfg.crop_padding)
         return MemoryLoader(data.to(device), counts, cfg, augment, rank, world), data

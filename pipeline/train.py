@@ -17,7 +17,8 @@ from torch.nn import functional as F
 from models import Classifier, create_model
 from pipeline import distributed, fs
 from pipeline.config import Config, ConfigError, to_dict
-from pipeline.data import Augment, ImageSet, choose_loader, eval_batches, load_split, make_loader
+from pipeline.data import (ROTATIONS, Augment, ImageSet, choose_loader, concat, eval_batches, load_split,
+                           make_loader, rotations)
 from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
 from pipeline.metrics import evaluate_logits
 from pipeline.provenance import git_commit
@@ -26,15 +27,18 @@ from pipeline.splits import MANIFEST
 
 
 def objective(model, loss_fn, x, y, class_weight, mode: str, recon_weight: float):
-    """(loss, logits or None) of one batch: ``classify``, ``joint`` (classification + reconstruction)
-    or ``reconstruct`` (the autoencoder alone)."""
+    """(loss, logits or None, their targets) of one batch: ``classify``, ``joint`` (classification +
+    reconstruction), ``reconstruct`` (the autoencoder alone) or ``rotation`` (SSP: which of 4
+    rotations each image shows)."""
     if mode == "reconstruct":
-        return F.mse_loss(model(x, output="reconstruction"), x), None
+        return F.mse_loss(model(x, output="reconstruction"), x), None, y
     if mode == "joint":
         logits, recon = model(x, output="both")
-        return loss_fn(logits, y, class_weight) + recon_weight * F.mse_loss(recon, x), logits
+        return loss_fn(logits, y, class_weight) + recon_weight * F.mse_loss(recon, x), logits, y
+    if mode == "rotation":
+        x, y = rotations(x)
     logits = model(x)
-    return loss_fn(logits, y, class_weight), logits
+    return loss_fn(logits, y, class_weight), logits, y
 
 
 def train_one_epoch(model, loss_fn, optimizer, loader, epoch: int, class_weight: Optional[torch.Tensor],
@@ -47,13 +51,13 @@ def train_one_epoch(model, loss_fn, optimizer, loader, epoch: int, class_weight:
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y in loader.epoch(epoch):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logits = objective(model, loss_fn, x, y, class_weight, mode, recon_weight)
+        loss, logits, targets = objective(model, loss_fn, x, y, class_weight, mode, recon_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(y)
-        correct += 0 if logits is None else (logits.argmax(1) == y).sum().item()
-        seen += len(y)
+        loss_sum += loss.item() * len(targets)
+        correct += 0 if logits is None else (logits.argmax(1) == targets).sum().item()
+        seen += len(targets)
     return loss_sum, correct, seen
 
 
@@ -80,7 +84,8 @@ def run_name(cfg: Config, manifest: dict) -> str:
     return f"{manifest['source']['dataset']}-r{ratio:g}-{cfg.train.method or cfg.train.loss}-s{cfg.train.seed}"
 
 
-def run_tags(cfg: Config, manifest: dict, stage: str = "base") -> dict[str, str]:
+def run_tags(cfg: Config, manifest: dict) -> dict[str, str]:
+    stage = "pretrain" if cfg.train.objective == "rotation" else "ssp" if cfg.train.pretrained else "base"
     return {"dataset": manifest["source"]["dataset"], "imbalance_ratio": f"{manifest['params']['imbalance_ratio']:g}",
             "method": cfg.train.method or cfg.train.loss, "stage": stage, "seed": str(cfg.train.seed),
             "model": cfg.train.model}
@@ -99,13 +104,17 @@ def fit(cfg: Config) -> dict:
 def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     t = cfg.train
     manifest = json.loads(fs.read_text(fs.join(t.splits, MANIFEST)))
-    counts, names = manifest["class_counts"]["labeled"], manifest["class_names"]
-    labeled_dir = fs.join(t.splits, "labeled")
-    loader_kind = choose_loader(labeled_dir, t)
-    loader, sample = make_loader(loader_kind, labeled_dir, counts, t, ctx.rank, ctx.world, ctx.device)
+    rotation = t.objective == "rotation"
+    if rotation:
+        names, counts, loader_kind, loader, sample, test, val = _rotation_data(t, ctx)
+    else:
+        counts, names = manifest["class_counts"]["labeled"], manifest["class_names"]
+        labeled_dir = fs.join(t.splits, "labeled")
+        loader_kind = choose_loader(labeled_dir, t)
+        loader, sample = make_loader(loader_kind, labeled_dir, counts, t, ctx.rank, ctx.world, ctx.device)
+        test = load_split(fs.join(t.splits, "test"))
+        val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
     augment = loader.augment
-    test = load_split(fs.join(t.splits, "test"))
-    val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
     _, channels, height, width = sample.images.shape
 
     torch.manual_seed(t.seed)  # the same initial weights on every rank
@@ -162,7 +171,8 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
             group["lr"] = lr
         started = time.time()
         weight = None if reconstructing else class_weight_at(phase_epoch, switch, counts, t)
-        mode = "reconstruct" if reconstructing else ("joint" if t.ae_mode == "joint" else "classify")
+        mode = ("reconstruct" if reconstructing else "rotation" if rotation
+                else "joint" if t.ae_mode == "joint" else "classify")
         stats = train_one_epoch(ddp, loss_fn, optimizer, loader, epoch, weight, ctx.device, mode, t.recon_weight,
                                 frozen)
         loss_sum, correct, seen = distributed.all_reduce_sum(list(stats), ctx.device)
@@ -189,6 +199,20 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     if ctx.is_main:
         result = _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path)
     return distributed.broadcast_object(result)
+
+
+def _rotation_data(t, ctx: distributed.Context):
+    """SSP data: the labeled split's images (and the pool's, if asked) without their labels; the
+    test images, each at the four rotations, to measure rotation accuracy."""
+    parts = ["labeled"] + (["unlabeled"] if t.pretrain_unlabeled else [])
+    images = concat([load_split(fs.join(t.splits, p)) for p in parts])
+    unlabeled = ImageSet(images.images, torch.zeros(len(images), dtype=torch.int64), images.ids)
+    loader, sample = make_loader("memory", None, [len(unlabeled)], t, ctx.rank, ctx.world, ctx.device,
+                                 data=unlabeled)  # one pseudo-class: the sampler only shuffles
+    test = load_split(fs.join(t.splits, "test"))
+    x, y = rotations(test.images)
+    counts = [len(unlabeled)] * len(ROTATIONS)  # every rotation is equally frequent
+    return list(ROTATIONS), counts, "memory", loader, sample, ImageSet(x, y, test.ids * len(ROTATIONS)), None
 
 
 def _optimizer(model, t, frozen: bool) -> torch.optim.Optimizer:

@@ -246,3 +246,38 @@ def test_pretrained_from_another_architecture_lists_the_offending_keys(splits, t
         load_backbone(wrong_channels, str(ckpt))
     with pytest.raises(PretrainedError, match="neither a checkpoint file nor a run"):
         load_backbone(smaller, "no-such-run")
+
+
+def test_rotations_are_four_views_labelled_by_angle():
+    from pipeline.data import DataError, rotations
+
+    images = torch.arange(2 * 1 * 3 * 3, dtype=torch.uint8).reshape(2, 1, 3, 3)
+    x, y = rotations(images)
+    assert x.shape == (8, 1, 3, 3) and y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert torch.equal(x[2], torch.rot90(images[0], 1, dims=(1, 2)))
+    assert torch.equal(x[4], images[0].flip(1).flip(2))  # 180 degrees
+    with pytest.raises(DataError, match="square images"):
+        rotations(torch.zeros(1, 1, 4, 6, dtype=torch.uint8))
+
+
+def test_ssp_pretraining_job_then_fine_tuning_records_the_chain(spark, splits, tmp_path):
+    from jobs import pretrain as pretrain_job
+
+    pre = pretrain_job.main(["--splits", str(splits), "--epochs", "1", "--include-unlabeled", "--experiment",
+                             "tests-ssp", "--set", f"train.run_dir={tmp_path}", "--set", "train.augment=none"])
+    run = mlflow.get_run(pre["run_id"])
+    assert run.data.tags["stage"] == "pretrain" and run.data.tags["method"] == "ssp_rotation"
+    assert run.data.params["objective"] == "rotation" and run.data.params["pretrain_unlabeled"] == "True"
+    head = torch.load(next(tmp_path.rglob("checkpoint.pt")), weights_only=True)["model"]["head.weight"]
+    assert head.shape[0] == 4  # the rotation head
+    tuned = fit(cfg_for(splits, tmp_path / "ft", "ce", epochs=1, pretrained=pre["run_id"]))
+    tuned_run = mlflow.get_run(tuned["run_id"])
+    assert tuned_run.data.tags["stage"] == "ssp"
+    assert tuned_run.data.params["provenance.pretrained_method"] == "ssp_rotation"
+
+
+def test_rotation_objective_rejects_settings_that_do_not_apply():
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.sampler=class_balanced"):
+        resolve([str(ROOT / "conf/methods/ssp_rotation.yaml")], [("train.sampler", "class_balanced")])

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from pipeline.cli import JobParser, run_spark_job
 from pipeline.launch import launch
-from pipeline.train import fit
+from pipeline.train import fit, with_absolute_paths
 
 METHODS = Path(__file__).resolve().parent.parent / "conf" / "methods"
 
 
 def train(spark, cfg) -> dict:
+    cfg = with_absolute_paths(cfg)  # the processes may run in another working directory (executors)
     return launch(spark, fit, cfg, num_processes=cfg.train.num_processes, device=cfg.train.device)
 
 

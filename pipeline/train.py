@@ -91,6 +91,17 @@ def run_tags(cfg: Config, manifest: dict) -> dict[str, str]:
             "model": cfg.train.model}
 
 
+def with_absolute_paths(cfg: Config) -> Config:
+    """A copy whose path-valued keys no longer depend on the driver's working directory: the
+    processes may start elsewhere (TorchDistributor runs them in executor folders on a cluster)."""
+    t = cfg.train
+    pretrained = fs.normalize(t.pretrained) if t.pretrained and os.path.exists(t.pretrained) else t.pretrained
+    train = dataclasses.replace(
+        t, splits=fs.normalize(t.splits) if t.splits else t.splits, run_dir=fs.normalize(t.run_dir),
+        weights_path=fs.normalize(t.weights_path) if t.weights_path else None, pretrained=pretrained)
+    return dataclasses.replace(cfg, train=train)
+
+
 def fit(cfg: Config) -> dict:
     """Train ``cfg.train`` on the labeled split of ``cfg.train.splits``; returns the same summary on
     every rank (TorchDistributor hands back only one rank's value)."""

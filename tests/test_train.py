@@ -281,3 +281,17 @@ def test_rotation_objective_rejects_settings_that_do_not_apply():
 
     with pytest.raises(ConfigError, match="train.sampler=class_balanced"):
         resolve([str(ROOT / "conf/methods/ssp_rotation.yaml")], [("train.sampler", "class_balanced")])
+
+
+def test_launch_config_has_absolute_paths_but_keeps_run_ids(tmp_path, monkeypatch):
+    from pipeline.train import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    cfg = resolve([], [("train.splits", "runs/lt"), ("train.run_dir", "runs/train"), ("train.pretrained", "ckpt.pt")])
+    out = with_absolute_paths(cfg).train
+    assert out.splits == str(tmp_path / "runs/lt") and out.run_dir == str(tmp_path / "runs/train")
+    assert out.pretrained == str(tmp_path / "ckpt.pt")
+    run_id = resolve([], [("train.pretrained", "0123abcd")])
+    assert with_absolute_paths(run_id).train.pretrained == "0123abcd"
+    assert cfg.train.splits == "runs/lt"  # the original is not changed

@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo mlflow-ui test test-all bench-ingest bench-train bench-cifar10-lt clean
+.PHONY: venv demo mlflow-ui test test-all bench-ingest bench-train bench-cifar10-lt cluster-check clean
 
 venv: $(VENV)/.installed
 
@@ -50,6 +50,9 @@ bench-ingest: venv
 
 bench-train: venv
 	$(PY) bench/train.py --archive ../shared/data/cifar10-jpeg.tar.gz
+
+cluster-check: venv  # a standalone Spark cluster + MLflow server on loopback, the jobs against it
+	bash bench/cluster.sh
 
 bench-cifar10-lt: venv  # the 200-epoch reference protocol; meant for a GPU
 	$(PY) bench/cifar10_lt.py --archive ../shared/data/cifar10-jpeg.tar.gz --methods ce,ldam_drw

@@ -5,8 +5,8 @@ unlabeled pool's, if asked), launched through TorchDistributor and tracked in ML
 "pretrain"). Use the run id with jobs/train.py --pretrained."""
 from pathlib import Path
 
-from jobs.train import summary, train
 from pipeline.cli import JobParser, run_spark_job
+from pipeline.launch import launch_fit, result_summary
 
 RECIPE = Path(__file__).resolve().parent.parent / "conf" / "methods" / "ssp_rotation.yaml"
 
@@ -24,7 +24,7 @@ def main(argv=None) -> dict:
     parser.flag("--resume", key="train.resume", switch=True, help="continue from the run's last checkpoint")
     _, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"}, layers=lambda c: [str(RECIPE)])
     cfg.train.method = cfg.train.method or "ssp_rotation"
-    return run_spark_job(cfg, train, summary)
+    return run_spark_job(cfg, launch_fit, result_summary)
 
 
 if __name__ == "__main__":

@@ -5,19 +5,9 @@ launched through TorchDistributor and tracked in MLflow."""
 from pathlib import Path
 
 from pipeline.cli import JobParser, run_spark_job
-from pipeline.launch import launch
-from pipeline.train import fit, with_absolute_paths
+from pipeline.launch import launch_fit, result_summary
 
 METHODS = Path(__file__).resolve().parent.parent / "conf" / "methods"
-
-
-def train(spark, cfg) -> dict:
-    cfg = with_absolute_paths(cfg)  # the processes may run in another working directory (executors)
-    return launch(spark, fit, cfg, num_processes=cfg.train.num_processes, device=cfg.train.device)
-
-
-def summary(result: dict) -> str:
-    return "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items())
 
 
 def main(argv=None) -> dict:
@@ -35,7 +25,7 @@ def main(argv=None) -> dict:
     parser.flag("--resume", key="train.resume", switch=True, help="continue from the run's last checkpoint")
     _, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"},
                             layers=lambda c: [str(METHODS / f"{c.train.method}.yaml")] if c.train.method else [])
-    return run_spark_job(cfg, train, summary)
+    return run_spark_job(cfg, launch_fit, result_summary)
 
 
 if __name__ == "__main__":

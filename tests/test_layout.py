@@ -30,3 +30,15 @@ def test_top_level_layout():
     for path in ("jobs", "pipeline", "models", "streaming", "conf", "tests", "bench", "docker-compose.yml",
                  "README.md", "pyproject.toml", "Makefile", ".ci/run"):
         assert (ROOT / path).exists(), path
+
+
+def test_jobs_import_only_the_library():
+    """spark-submit puts only jobs/ on sys.path: a job importing another job fails there."""
+    import ast
+
+    for job in sorted((ROOT / "jobs").glob("*.py")):
+        for node in ast.walk(ast.parse(job.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("jobs"), f"{job.name} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("jobs") for a in node.names), job.name

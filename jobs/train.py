@@ -14,15 +14,9 @@ def main(argv=None) -> dict:
     parser = JobParser(__doc__)
     methods = sorted(p.stem for p in METHODS.glob("*.yaml"))
     parser.flag("--method", key="train.method", help=f"a recipe: {', '.join(methods)}")
-    parser.flag("--splits", key="train.splits", help="a jobs/longtail.py output directory")
-    parser.flag("--model", key="train.model")
-    parser.flag("--epochs", key="train.epochs")
-    parser.flag("--num-processes", key="train.num_processes")
-    parser.flag("--experiment", key="train.experiment", help="MLflow experiment")
-    parser.flag("--seed", key="train.seed")
+    parser.training_flags()
     parser.flag("--pretrained", key="train.pretrained", metavar="RUN_ID|PATH",
                 help="initialise the backbone from a run's checkpoint (the head is dropped)")
-    parser.flag("--resume", key="train.resume", switch=True, help="continue from the run's last checkpoint")
     _, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"},
                             layers=lambda c: [str(METHODS / f"{c.train.method}.yaml")] if c.train.method else [])
     return run_spark_job(cfg, launch_fit, result_summary)

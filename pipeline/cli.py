@@ -57,6 +57,16 @@ class JobParser(argparse.ArgumentParser):
         else:
             self.add_argument(*names, action=_Override, key=key, **kw)
 
+    def training_flags(self) -> None:
+        """The flags every job that launches ``fit`` takes."""
+        self.flag("--splits", key="train.splits", help="a jobs/longtail.py output directory")
+        self.flag("--model", key="train.model")
+        self.flag("--epochs", key="train.epochs")
+        self.flag("--num-processes", key="train.num_processes")
+        self.flag("--experiment", key="train.experiment", help="MLflow experiment")
+        self.flag("--seed", key="train.seed")
+        self.flag("--resume", key="train.resume", switch=True, help="continue from the run's last checkpoint")
+
     def resolve(self, argv: list[str] | None = None, required: dict[str, str] | None = None,
                 layers: Callable[[Config], list[str]] | None = None) -> tuple[argparse.Namespace, Config]:
         """Parse and resolve the config. ``required`` maps config keys that must be set to their flag;

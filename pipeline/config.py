@@ -139,6 +139,9 @@ class TrainConfig:
     run_dir: str = "runs/train"  # checkpoints and local artifacts; a folder per run
     resume: bool = False
     pretrained: Optional[str] = None  # an MLflow run id or a checkpoint path (SSP)
+    pseudo_labels: Optional[str] = None  # semi-supervised: a jobs/pseudolabel.py output directory
+    unlabeled_share: float = 0.5  # semi: share of each batch drawn from the pseudo-labeled images
+    unlabeled_weight: float = 1.0  # semi: loss = labeled loss + unlabeled_weight * pseudo-labeled loss
 
     def validate(self) -> None:
         if len(self.lr_milestones) != len(self.lr_factors):
@@ -148,6 +151,12 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.cb_beta < 1:
             raise ConfigError(f"train.cb_beta must be in [0, 1), got {self.cb_beta}")
+        if not 0 < self.unlabeled_share < 1:
+            raise ConfigError(f"train.unlabeled_share must be in (0, 1), got {self.unlabeled_share}")
+        if self.unlabeled_weight < 0:
+            raise ConfigError(f"train.unlabeled_weight must be >= 0, got {self.unlabeled_weight}")
+        if self.objective == "rotation" and self.pseudo_labels:
+            raise ConfigError("train.pseudo_labels: rotation pre-training does not use labels, pseudo or not")
         if self.objective == "rotation":
             clash = {k: getattr(self, k) for k, ok in (("sampler", "random"), ("class_weights", "none"),
                                                        ("ae_mode", "classify"), ("posthoc_tau", 0.0))
@@ -158,11 +167,43 @@ class TrainConfig:
 
 
 @dataclass
+class PseudoLabelConfig:
+    """Streaming pseudo-labelling (jobs/pseudolabel.py): score the unlabeled pool with a base model."""
+    model: Optional[str] = None  # an MLflow run id or model URI (runs:/<id>/model, models:/name/1)
+    input: Optional[str] = None  # the unlabeled Parquet directory, e.g. SPLITS/unlabeled
+    out: Optional[str] = None  # OUT/labels, OUT/balance, OUT/stream.json
+    checkpoint: Optional[str] = None  # the query's checkpoint; None: OUT/_checkpoint
+    truth: Optional[str] = None  # hidden labels (id, label) of the pool; None: INPUT/../unlabeled_truth if present
+    trigger: Literal["available-now", "continuous"] = "available-now"
+    interval_s: float = 2.0  # continuous: seconds between micro-batch triggers
+    timeout_s: float = 0.0  # continuous: stop after this many seconds (0: run until stopped)
+    max_files_per_trigger: int = 1  # input files per micro-batch
+    select: str = "all"  # a registered selection policy: all, threshold, class_threshold, top_k_per_class
+    tau: float = 0.95  # threshold, class_threshold: confidence threshold (of the most predicted class)
+    alpha: float = 1.0  # class_threshold: tau_c = tau * (n_c / n_max) ** alpha, n_c = predictions of class c
+    top_k: int = 100  # top_k_per_class: the k most confident predictions of each class
+    batch_size: int = 512  # images per forward pass
+    threads_per_task: int = 1  # torch threads in each Python worker (a worker per core on local[*])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    experiment: Optional[str] = None  # MLflow experiment of the "pseudolabel" run; None: the base model's
+
+    def validate(self) -> None:
+        for key in ("max_files_per_trigger", "batch_size", "threads_per_task", "top_k"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"pseudolabel.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.tau <= 1:
+            raise ConfigError(f"pseudolabel.tau must be in [0, 1], got {self.tau}")
+        if self.interval_s <= 0 or self.timeout_s < 0:
+            raise ConfigError("pseudolabel.interval_s must be > 0 and pseudolabel.timeout_s >= 0")
+
+
+@dataclass
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     longtail: LongTailConfig = field(default_factory=LongTailConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pseudolabel: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

@@ -70,6 +70,39 @@ REJECT_REASONS = {
     "duplicate": "the same path listed twice in one split",
 }
 
+# Pseudo-labels (jobs/pseudolabel.py, OUT/labels/batch_id=N/): every scored image once. The micro-batch
+# id is the directory's partition value, so Spark readers get it as a column and no file repeats it.
+LABEL_COLUMNS: tuple[Column, ...] = (
+    Column("id", pa.string(), False, "the image's id in the unlabeled pool"),
+    Column("predicted", pa.int32(), False, "argmax class index"),
+    Column("confidence", pa.float32(), False, "softmax probability of the predicted class"),
+    Column("probs", pa.list_(pa.float32()), False, "the full softmax vector, class order of class_names"),
+    Column("model_run_id", pa.string(), False, "MLflow run of the scoring model"),
+    Column("scored_at", pa.timestamp("us", tz="UTC"), False, "when the micro-batch was scored"),
+)
+LABEL_BATCH = "batch_id"  # partition column of OUT/labels
+
+# The class balance of the pseudo-labels (OUT/balance/batch-N.parquet): one row per class per micro-batch.
+BALANCE_COLUMNS: tuple[Column, ...] = (
+    Column("batch_id", pa.int64(), False, "streaming micro-batch"),
+    Column("class_index", pa.int32(), False, ""),
+    Column("class_name", pa.string(), False, ""),
+    Column("batch_count", pa.int64(), False, "predictions of the class in this micro-batch"),
+    Column("cumulative_count", pa.int64(), False, "predictions of the class up to this micro-batch"),
+    Column("selected_count", pa.int64(), False, "cumulative pseudo-labels the selection policy keeps"),
+    Column("batch_mean_confidence", pa.float64(), True, "mean confidence of this batch's predictions of the class"),
+    Column("mean_confidence", pa.float64(), True, "cumulative mean confidence of the class's predictions"),
+    Column("labeled_count", pa.int64(), False, "images of the class in the labeled split"),
+    Column("true_count", pa.int64(), True, "hidden truth: scored images that belong to the class"),
+    Column("precision", pa.float64(), True, "hidden truth: share of the kept pseudo-labels of the class that are right"),
+    Column("recall", pa.float64(), True, "hidden truth: share of the scored images of the class kept with it"),
+    Column("batch_rows", pa.int64(), False, "images in this micro-batch"),
+    Column("cumulative_rows", pa.int64(), False, "images scored up to this micro-batch"),
+    Column("rows_per_s", pa.float64(), False, "batch_rows / latency_s"),
+    Column("latency_s", pa.float64(), False, "wall time of the micro-batch: read, decode, score, write"),
+    Column("committed_at", pa.timestamp("us", tz="UTC"), False, "when the balance row was written"),
+)
+
 CLASS_NAMES_KEY = "class_names"  # Spark column metadata on `label`, also in ingest.json / manifest.json
 
 
@@ -80,7 +113,10 @@ def arrow_schema(columns: tuple[Column, ...]) -> pa.Schema:
 def spark_schema(columns: tuple[Column, ...]):
     from pyspark.sql import types as T
 
-    to_spark = {pa.string(): T.StringType(), pa.int32(): T.IntegerType(), pa.binary(): T.BinaryType()}
+    to_spark = {pa.string(): T.StringType(), pa.int32(): T.IntegerType(), pa.int64(): T.LongType(),
+                pa.binary(): T.BinaryType(), pa.float32(): T.FloatType(), pa.float64(): T.DoubleType(),
+                pa.list_(pa.float32()): T.ArrayType(T.FloatType(), False),
+                pa.timestamp("us", tz="UTC"): T.TimestampType()}
     return T.StructType([T.StructField(c.name, to_spark[c.arrow], c.nullable) for c in columns])
 
 

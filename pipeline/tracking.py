@@ -59,7 +59,9 @@ class Tracker:
             self.mlflow.log_params(dict(items[i:i + 100]))
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
-        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        # run_id explicit: Spark calls a streaming query's foreachBatch from another thread, where
+        # MLflow's (thread-local) active run is not set
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, run_id=self.run_id)
 
     def last_step(self, key: str) -> Optional[int]:
         history = self.mlflow.tracking.MlflowClient().get_metric_history(self.run_id, key)

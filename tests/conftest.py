@@ -94,3 +94,14 @@ def read_table(path: Path):
 
 def ingest_report(out: Path) -> dict:
     return json.loads((out / "ingest.json").read_text())
+
+
+SUBMIT = Path(sys.executable).parent / "spark-submit"
+
+
+def submit_command(*args) -> tuple[list[str], dict]:
+    """A spark-submit command line and environment, as a user runs the jobs (local[2], this venv)."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1"}
+    return [str(SUBMIT), "--master", "local[2]", "--driver-java-options",
+            "-Dlog4j.configurationFile=conf/log4j2.properties", *map(str, args)], env

@@ -1,20 +1,16 @@
 """The jobs as users run them: spark-submit, a config file from conf/, flags layered on top."""
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.conftest import submit_command
+
 ROOT = Path(__file__).resolve().parent.parent
-SUBMIT = Path(sys.executable).parent / "spark-submit"
 
 
 def submit(*args, timeout=300):
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "SPARK_LOCAL_IP": "127.0.0.1"}
-    return subprocess.run([str(SUBMIT), "--master", "local[2]", "--driver-java-options",
-                           "-Dlog4j.configurationFile=conf/log4j2.properties", *map(str, args)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    command, env = submit_command(*args)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_ingest_then_longtail_under_spark_submit_with_a_config_file(tmp_path):

@@ -1,0 +1,36 @@
+"""spark-submit jobs/pseudolabel.py --model RUN_ID|MODEL_URI --input DIR --out OUT [--checkpoint CKPT]
+    [--trigger available-now|continuous] [--max-files-per-trigger N] [--select POLICY]
+
+Score the unlabeled pool with a base classifier from MLflow as a Structured Streaming query, and
+write pseudo-labels (OUT/labels), their class balance (OUT/balance, read by the dashboard) and a
+"pseudolabel" MLflow run. Killed and started again with the same checkpoint, it resumes: every
+image is labeled exactly once."""
+from pipeline.cli import JobParser, run_spark_job
+from streaming.pseudolabel import run_pseudolabel, summary
+from streaming.select import POLICIES
+
+
+def main(argv=None) -> dict:
+    parser = JobParser(__doc__)
+    parser.flag("--model", key="pseudolabel.model", metavar="RUN_ID|MODEL_URI",
+                help="a jobs/train.py run id, or runs:/<id>/model, models:/<name>/<version>")
+    parser.flag("--input", key="pseudolabel.input", metavar="DIR", help="the unlabeled Parquet pool (SPLITS/unlabeled)")
+    parser.flag("--out", key="pseudolabel.out", metavar="OUT")
+    parser.flag("--checkpoint", key="pseudolabel.checkpoint", metavar="CKPT", help="default: OUT/_checkpoint")
+    parser.flag("--truth", key="pseudolabel.truth", metavar="DIR",
+                help="hidden labels (id, label) for precision/recall; default: INPUT/../unlabeled_truth")
+    parser.flag("--trigger", key="pseudolabel.trigger", choices=["available-now", "continuous"])
+    parser.flag("--interval", key="pseudolabel.interval_s", metavar="SECONDS", help="continuous: trigger interval")
+    parser.flag("--timeout", key="pseudolabel.timeout_s", metavar="SECONDS", help="continuous: stop after this long")
+    parser.flag("--max-files-per-trigger", key="pseudolabel.max_files_per_trigger", metavar="N")
+    parser.flag("--select", key="pseudolabel.select", metavar="POLICY", help=f"one of {', '.join(POLICIES)}")
+    parser.flag("--tau", key="pseudolabel.tau")
+    parser.flag("--top-k", key="pseudolabel.top_k")
+    parser.flag("--experiment", key="pseudolabel.experiment", help="MLflow experiment; default: the model's")
+    _, cfg = parser.resolve(argv, required={"pseudolabel.model": "--model", "pseudolabel.input": "--input DIR",
+                                            "pseudolabel.out": "--out OUT"})
+    return run_spark_job(cfg, run_pseudolabel, summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The pseudo-labelling stream: a Structured Streaming query over the unlabeled Parquet pool that
+scores each micro-batch with a base classifier from MLflow (``streaming.score.score``) and writes
+the labels, the class balance and the "pseudolabel" MLflow run's step metrics (streaming.sinks).
+
+Restarting with the same output and checkpoint continues where the last committed micro-batch
+ended; the output records the model and the policy, and a restart with others is refused."""
+from __future__ import annotations
+
+import posixpath
+import signal
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline import fs, schema
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.provenance import git_commit, stamp
+from streaming import sinks
+from streaming.balance import balance_metrics, balance_table, imbalance_ratio
+from streaming.score import ScoringModel, resolve, score
+from streaming.select import Policy, from_config
+
+TRUTH = "unlabeled_truth"  # written beside SPLITS/unlabeled by jobs/longtail.py
+
+
+class StreamError(PipelineError):
+    pass
+
+
+def base_run(model: ScoringModel) -> dict:
+    """The base model's run: tags, experiment, and the manifest of the splits it was trained on."""
+    import mlflow
+
+    run = mlflow.tracking.MlflowClient(model.tracking_uri).get_run(model.run_id)
+    if run.data.tags.get("stage") == "pretrain":
+        raise StreamError(f"run {model.run_id} is a rotation pre-training (it predicts rotations, not classes); "
+                          f"pseudo-label with a classifier")
+    try:
+        manifest = mlflow.artifacts.load_dict(f"runs:/{model.run_id}/manifest.json")
+    except Exception as e:
+        raise StreamError(f"run {model.run_id} has no manifest.json artifact (not a jobs/train.py run?): {e}") from None
+    experiment = mlflow.tracking.MlflowClient(model.tracking_uri).get_experiment(run.info.experiment_id).name
+    return {"tags": run.data.tags, "name": run.info.run_name, "experiment": experiment, "manifest": manifest}
+
+
+def truth_path(cfg) -> Optional[str]:
+    if cfg.truth:
+        if not fs.exists(cfg.truth):
+            raise StreamError(f"pseudolabel.truth: {fs.normalize(cfg.truth)} does not exist")
+        return fs.normalize(cfg.truth)
+    sibling = fs.join(posixpath.dirname(fs.normalize(cfg.input).rstrip("/")), TRUTH)
+    return sibling if fs.exists(sibling) else None
+
+
+def load_truth(path: Optional[str]) -> Optional[dict[str, int]]:
+    if path is None:
+        return None
+    from pipeline.data import parquet_files
+
+    ids, labels = [], []
+    for file in parquet_files(path):
+        fsys, p = fs.filesystem(file)
+        t = pq.read_table(p, filesystem=fsys, columns=["id", "label"])
+        ids += t.column("id").to_pylist()
+        labels += t.column("label").to_pylist()
+    return dict(zip(ids, labels))
+
+
+def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, truth: Optional[str],
+                 checkpoint: str) -> dict:
+    p = cfg.pseudolabel
+    manifest = base["manifest"]
+    return {"model_uri": model.uri, "model_run_id": model.run_id, "tracking_uri": model.tracking_uri,
+            "policy": policy.params(), "input": fs.normalize(p.input), "truth": truth, "checkpoint": checkpoint,
+            "class_names": manifest["class_names"], "labeled_counts": manifest["class_counts"]["labeled"],
+            "splits_manifest_sha256": manifest.get("manifest_sha256"),
+            "base_run": {"name": base["name"], "experiment": base["experiment"],
+                         **{k: base["tags"].get(k) for k in ("dataset", "imbalance_ratio", "method", "seed", "stage")}}}
+
+
+def _check_same_stream(old: dict, new: dict, out: str) -> None:
+    for key in ("model_uri", "policy", "input"):
+        if old.get(key) != new[key]:
+            raise StreamError(f"{out} holds pseudo-labels of another stream ({key}: {old.get(key)!r}, now "
+                              f"{new[key]!r}); use a new --out (and --checkpoint), or delete the old output")
+
+
+def run_pseudolabel(spark, cfg: Config) -> dict:
+    p = cfg.pseudolabel
+    policy = from_config(p)
+    model = resolve(p.model, p.device, p.batch_size, p.threads_per_task)
+    base = base_run(model)
+    if not fs.exists(p.input):
+        raise StreamError(f"pseudolabel.input: {fs.normalize(p.input)} does not exist")
+    out = fs.normalize(p.out)
+    checkpoint = fs.normalize(p.checkpoint) if p.checkpoint else fs.join(out, "_checkpoint")
+    info = _stream_info(cfg, model, policy, base, truth_path(p), checkpoint)
+    previous = sinks.read_stream_info(out) if fs.exists(fs.join(out, sinks.STREAM)) else None
+    if previous:
+        _check_same_stream(previous, info, out)
+    truth = load_truth(info["truth"])
+    names, labeled = info["class_names"], info["labeled_counts"]
+
+    from pipeline.tracking import Tracker
+
+    tags = {**{k: v for k, v in info["base_run"].items() if k in ("dataset", "imbalance_ratio", "method", "seed")
+               and v is not None},
+            "stage": "pseudolabel", "parent_run_id": model.run_id, "policy": policy.name,
+            "model": base["tags"].get("model", "")}
+    tracker = Tracker(p.experiment or base["experiment"], f"{base['name']}-pl-{policy.name}", tags,
+                      run_id=previous["run_id"] if previous else None)
+    info.update(run_id=tracker.run_id, **({"created_at": previous["created_at"]} if previous else stamp()))
+    fs.write_json(fs.join(out, sinks.STREAM), info)
+    if not previous:
+        tracker.log_params({"pseudolabel": {k: v for k, v in vars(p).items() if k not in ("select", "tau", "alpha",
+                                                                                          "top_k")},
+                            "policy": policy.params(), "git_commit": git_commit(), "base_run_id": model.run_id})
+        tracker.log_dict(info, "stream.json")
+
+    def process(batch_df, batch_id: int) -> None:
+        started = time.time()
+        sinks.write_labels(score(batch_df, model), out, batch_id)
+        latency = time.time() - started
+        labels = sinks.read_labels(out, upto=batch_id, columns=["id", "predicted", "confidence"])
+        in_batch = labels.column(schema.LABEL_BATCH).to_numpy() == batch_id
+        hidden = None if truth is None else np.array([truth.get(i, -1) for i in labels.column("id").to_pylist()])
+        table = balance_table(batch_id, labels.column("predicted").to_numpy(),
+                              labels.column("confidence").to_numpy(), in_batch, names, labeled, policy,
+                              latency, hidden)
+        sinks.write_balance(out, batch_id, table)
+        logged = tracker.last_step("pl_rows_total")
+        if logged is None or batch_id > logged:  # a replayed batch is not logged twice
+            tracker.log_metrics(balance_metrics(table), step=batch_id)
+        print(f"batch {batch_id}: {int(in_batch.sum())} images in {latency:.2f} s "
+              f"({int(in_batch.sum()) / max(latency, 1e-9):.0f} img/s), {len(in_batch)} scored so far", flush=True)
+
+    reader = (spark.readStream.schema(schema.spark_schema(schema.IMAGE_COLUMNS))
+              .option("maxFilesPerTrigger", p.max_files_per_trigger).parquet(fs.spark_path(p.input)))
+    writer = (reader.writeStream.foreachBatch(process).option("checkpointLocation", fs.spark_path(checkpoint))
+              .queryName(f"pseudolabel-{tracker.run_id[:8]}"))
+    if p.trigger == "available-now":
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{p.interval_s} seconds")
+    query = writer.start()
+    stop = _stop_on_signals(query)
+    status = "FINISHED"
+    try:
+        if p.trigger == "available-now":
+            query.awaitTermination()
+        else:
+            query.awaitTermination(p.timeout_s or None)
+            query.stop()
+        if query.exception() is not None:
+            raise StreamError(f"the pseudo-label query failed: {query.exception()}")
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        if stop.is_set():
+            status = "KILLED"
+        tracker.end(status)
+    return summary_of(out, info)
+
+
+def _stop_on_signals(query) -> threading.Event:
+    """SIGTERM/SIGINT stop the query between micro-batches' commits instead of killing the driver."""
+    stopped = threading.Event()
+
+    def handler(signum, frame):
+        stopped.set()
+        query.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+    return stopped
+
+
+def summary_of(out: str, info: dict) -> dict:
+    last = sinks.latest_balance(out)
+    result = {"run_id": info["run_id"], "out": out, "model_run_id": info["model_run_id"],
+              "policy": info["policy"]["name"]}
+    if last is None:
+        return {**result, "batches": 0, "scored": 0}
+    rows = last.to_pylist()
+    selected = [r["selected_count"] for r in rows]
+    result.update(batches=len(sinks.committed_batches(out)), scored=rows[0]["cumulative_rows"],
+                  selected=sum(selected), selected_imbalance_ratio=imbalance_ratio(selected))
+    if rows[0]["true_count"] is not None:
+        right = sum((r["precision"] or 0) * r["selected_count"] for r in rows)
+        result["precision"] = right / max(1, sum(selected))
+    return result
+
+
+def summary(result: dict) -> str:
+    lines = [f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items()]
+    return "\n".join(lines)

@@ -1,0 +1,228 @@
+"""Pseudo-labelling: the selection policies and balance math (pure), and the Structured Streaming
+job for real: available-now, continuous mode picking up a file added while it runs, and restarts
+after SIGKILL that lose and duplicate nothing."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from jobs import ingest as ingest_job, longtail as longtail_job, pseudolabel as pseudolabel_job
+from pipeline.config import resolve
+from pipeline.train import fit
+from streaming import sinks
+from streaming.balance import balance_metrics, balance_table
+from streaming.score import resolve as resolve_model, score
+from streaming.select import POLICIES, Policy, class_thresholds
+from tests.conftest import submit_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- selection policies and balance: pure ----------------------------------------------------
+
+PRED = np.array([0, 0, 0, 0, 1, 1, 2])
+CONF = np.array([0.9, 0.6, 0.99, 0.7, 0.5, 0.8, 0.3])
+
+
+def test_every_policy_is_registered_and_records_only_its_parameters():
+    assert set(POLICIES) == {"all", "threshold", "class_threshold", "top_k_per_class"}
+    assert Policy("threshold", tau=0.8).params() == {"name": "threshold", "tau": 0.8}
+    assert Policy("top_k_per_class", top_k=5).params() == {"name": "top_k_per_class", "top_k": 5}
+
+
+def test_all_keeps_everything_and_threshold_keeps_the_confident():
+    assert Policy("all").select(PRED, CONF, 3).all()
+    assert Policy("threshold", tau=0.7).select(PRED, CONF, 3).tolist() == [1, 0, 1, 1, 0, 1, 0]
+
+
+def test_class_threshold_lowers_the_bar_for_rarely_predicted_classes():
+    # class 0 predicted 4x, class 1 2x, class 2 once: thresholds 0.8, 0.4, 0.2 with alpha 1
+    assert class_thresholds(PRED, 3, 0.8, 1.0) == pytest.approx([0.8, 0.4, 0.2])
+    keep = Policy("class_threshold", tau=0.8, alpha=1.0).select(PRED, CONF, 3)
+    assert keep.tolist() == [1, 0, 1, 0, 1, 1, 1]  # the tail's 0.3 passes, the head's 0.7 does not
+
+
+def test_top_k_per_class_keeps_the_k_most_confident_of_each_class():
+    keep = Policy("top_k_per_class", top_k=2).select(PRED, CONF, 3)
+    assert keep.tolist() == [1, 0, 1, 0, 1, 1, 1]
+    tie = Policy("top_k_per_class", top_k=1).select(np.array([1, 1]), np.array([0.5, 0.5]), 2)
+    assert tie.tolist() == [True, False]  # ties: the earliest scored
+
+
+def test_balance_counts_and_hidden_truth_precision_recall_by_hand():
+    truth = np.array([0, 1, 0, 0, 1, 2, -1])  # the last image's label is unknown
+    in_batch = np.array([0, 0, 0, 0, 1, 1, 1], dtype=bool)
+    table = balance_table(3, PRED, CONF, in_batch, ["a", "b", "c"], [50, 10, 2], Policy("threshold", tau=0.7),
+                          latency_s=0.5, truth=truth)
+    rows = table.to_pylist()
+    assert [r["batch_count"] for r in rows] == [0, 2, 1]
+    assert [r["cumulative_count"] for r in rows] == [4, 2, 1]
+    assert [r["selected_count"] for r in rows] == [3, 1, 0]  # 0.9, 0.99, 0.7 | 0.8 | -
+    assert [r["true_count"] for r in rows] == [3, 2, 1]
+    # kept as class 0: ids 0, 2, 3 (truth 0, 0, 0) -> precision 1, recall 3/3; kept as 1: id 5 (truth 2)
+    assert [r["precision"] for r in rows] == [1.0, 0.0, None]
+    assert [r["recall"] for r in rows] == [1.0, 0.0, 0.0]
+    assert rows[0]["rows_per_s"] == pytest.approx(3 / 0.5) and rows[0]["cumulative_rows"] == 7
+    assert rows[1]["batch_mean_confidence"] == pytest.approx(0.65)
+    metrics = balance_metrics(table)
+    assert metrics["pl_selected_total"] == 4 and metrics["pl_count_a"] == 4 and metrics["pl_precision"] == 0.75
+    assert "pl_imbalance_ratio" not in metrics  # class c has no pseudo-label: infinite, not logged
+
+
+# --- the streaming job -------------------------------------------------------------------------
+
+FILES = 6  # Parquet files in the unlabeled pool: one micro-batch each with --max-files-per-trigger 1
+
+
+@pytest.fixture(scope="module")
+def base(spark, tmp_path_factory):
+    """Long-tailed digits with a 600-image unlabeled pool in 6 files, and a base model trained on them."""
+    root = tmp_path_factory.mktemp("pseudolabel")
+    ingest_job.main(["--dataset", "digits", "--out", str(root / "digits")])
+    longtail_job.main(["--data", str(root / "digits"), "--out", str(root / "lt"), "--imbalance-ratio", "10",
+                       "--labeled-max", "60", "--unlabeled-max", "60", "--set", f"longtail.files_per_split={FILES}"])
+    sets = {"splits": root / "lt", "run_dir": root / "runs", "epochs": 8, "batch_size": 32, "augment": "none",
+            "experiment": "tests-pl", "method": "ce"}
+    result = fit(resolve([str(ROOT / "conf/methods/ce.yaml")], [(f"train.{k}", str(v)) for k, v in sets.items()]))
+    return {"splits": root / "lt", "run_id": result["run_id"], "root": root}
+
+
+def label_ids(out) -> list[str]:
+    return sinks.read_labels(str(out), columns=["id"]).column("id").to_pylist()
+
+
+def pool_ids(splits) -> list[str]:
+    from pipeline.data import read_table
+
+    return read_table(str(splits / "unlabeled"), columns=["id"]).column("id").to_pylist()
+
+
+def test_available_now_labels_the_pool_once_like_batch_scoring(spark, base, tmp_path):
+    out = tmp_path / "pl"
+    result = pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"),
+                                   "--out", str(out), "--select", "class_threshold", "--tau", "0.9"])
+    ids = label_ids(out)
+    assert sorted(ids) == sorted(pool_ids(base["splits"])) and len(set(ids)) == len(ids) == 600
+    assert result["batches"] == FILES and result["scored"] == 600
+
+    # the stream and a batch read scored by the same function agree
+    batch = score(spark.read.parquet(str(base["splits"] / "unlabeled")), resolve_model(base["run_id"])).toPandas()
+    streamed = sinks.read_labels(str(out)).to_pandas().set_index("id").loc[batch["id"]]
+    assert (streamed["predicted"].to_numpy() == batch["predicted"].to_numpy()).all()
+    assert np.allclose(np.stack(streamed["probs"]), np.stack(batch["probs"]), atol=1e-6)
+    assert (streamed["model_run_id"] == base["run_id"]).all()
+    assert np.allclose(np.stack(streamed["probs"]).sum(1), 1, atol=1e-5)
+
+    # Spark reads the labels with their micro-batch id (the partition column)
+    assert sorted(r[0] for r in spark.read.parquet(str(out / "labels")).select("batch_id").distinct().collect()) \
+        == list(range(FILES))
+
+    balance = sinks.read_balance(str(out)).to_pandas()
+    last = balance[balance.batch_id == FILES - 1]
+    assert last.cumulative_rows.iloc[0] == 600 and last.cumulative_count.sum() == 600
+    assert (balance.groupby("batch_id").batch_count.sum() == 100).all()
+    truth = json.loads((base["splits"] / "manifest.json").read_text())["class_counts"]["unlabeled"]
+    assert last.true_count.tolist() == truth  # the hidden truth was found beside the pool
+    assert last.labeled_count.tolist() == json.loads((base["splits"] / "manifest.json").read_text())[
+        "class_counts"]["labeled"]
+    assert last.precision.notna().any() and last.recall.notna().all()
+
+    info = sinks.read_stream_info(str(out))
+    assert info["policy"] == {"name": "class_threshold", "tau": 0.9, "alpha": 1.0}
+    run = mlflow.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pseudolabel"
+    assert run.data.tags["parent_run_id"] == base["run_id"] and run.data.params["policy.name"] == "class_threshold"
+    history = mlflow.tracking.MlflowClient().get_metric_history(result["run_id"], "pl_rows_total")
+    assert [(m.step, m.value) for m in history] == [(b, 100.0 * (b + 1)) for b in range(FILES)]
+
+
+def test_a_restart_with_another_policy_is_refused(spark, base, tmp_path):
+    args = ["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"), "--out", str(tmp_path / "pl"),
+            "--max-files-per-trigger", "6"]
+    pseudolabel_job.main(args)
+    with pytest.raises(SystemExit):
+        pseudolabel_job.main(args + ["--select", "threshold"])
+
+
+def test_unknown_policy_and_missing_model_fail_with_their_names(spark, base, tmp_path, capsys):
+    common = ["--input", str(base["splits"] / "unlabeled"), "--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit):
+        pseudolabel_job.main(["--model", base["run_id"], "--select", "treshold", *common])
+    assert "unknown selection policy 'treshold' (did you mean threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pseudolabel_job.main(["--model", "0" * 32, *common])
+    assert f"cannot find model '{'0' * 32}'" in capsys.readouterr().err
+
+
+def start(*args, log: Path) -> subprocess.Popen:
+    command, env = submit_command("jobs/pseudolabel.py", *args)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the job ended early:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+def test_continuous_mode_picks_up_a_file_added_while_running(base, tmp_path):
+    pool = sorted((base["splits"] / "unlabeled").glob("*.parquet"))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for f in pool[:2]:
+        shutil.copy(f, inbox / f.name)
+    out, log = tmp_path / "pl", tmp_path / "job.log"
+    proc = start("--model", base["run_id"], "--input", inbox, "--out", out, "--trigger", "continuous",
+                 "--interval", "1", "--truth", base["splits"] / "unlabeled_truth", log=log)
+    try:
+        wait_for(lambda: len(label_ids(out)) == 200, proc, log)
+        shutil.copy(pool[2], tmp_path / "staging.parquet")  # appear whole: write aside, then rename in
+        os.replace(tmp_path / "staging.parquet", inbox / pool[2].name)
+        wait_for(lambda: len(label_ids(out)) == 300, proc, log)
+        assert sinks.latest_balance(str(out)).column("cumulative_rows")[0].as_py() == 300
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # stops the query; the MLflow run is marked KILLED
+        proc.wait(timeout=60)
+    import pyarrow.parquet as pq
+
+    copied = [i for f in pool[:3] for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+    assert sorted(label_ids(out)) == sorted(copied)
+    run_id = sinks.read_stream_info(str(out))["run_id"]
+    assert mlflow.get_run(run_id).info.status == "KILLED"
+
+
+def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_path):
+    out, log = tmp_path / "pl", tmp_path / "job.log"
+    args = ["--model", base["run_id"], "--input", base["splits"] / "unlabeled", "--out", out,
+            "--select", "top_k_per_class", "--top-k", "20"]
+    for kill_after in (1, 3):  # committed micro-batches before each SIGKILL
+        proc = start(*args, log=log)
+        wait_for(lambda: len(sinks.committed_batches(str(out))) >= kill_after, proc, log)
+        time.sleep(0.3 * kill_after)  # land the kill inside a later micro-batch, not only between them
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert len(sinks.committed_batches(str(out))) < FILES, "killed too late to test the restart"
+    command, env = submit_command("jobs/pseudolabel.py", *args)
+    final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stdout[-3000:]
+
+    ids = label_ids(out)
+    assert len(ids) == len(set(ids)) == 600 and sorted(ids) == sorted(pool_ids(base["splits"]))
+    assert spark.read.parquet(str(out / "labels")).count() == 600  # Spark readers agree
+    balance = sinks.read_balance(str(out)).to_pandas()
+    assert sorted(balance.batch_id.unique()) == list(range(FILES))  # one balance per micro-batch, no gap
+    assert balance[balance.batch_id == FILES - 1].cumulative_rows.iloc[0] == 600
+    assert (balance[balance.batch_id == FILES - 1].selected_count <= 20).all()
+    run_id = sinks.read_stream_info(str(out))["run_id"]  # one MLflow run across the kills, every step once
+    steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "pl_rows_total")]
+    assert steps == list(range(FILES))

@@ -142,11 +142,12 @@ class TrainConfig:
     pseudo_labels: Optional[str] = None  # semi-supervised: a jobs/pseudolabel.py output directory
     unlabeled_share: float = 0.5  # semi: share of each batch drawn from the pseudo-labeled images
     unlabeled_weight: float = 1.0  # semi: loss = labeled loss + unlabeled_weight * pseudo-labeled loss
+    self_training_rounds: int = 1  # semi: > 1 re-labels the pool with each round's model and trains again
 
     def validate(self) -> None:
         if len(self.lr_milestones) != len(self.lr_factors):
             raise ConfigError("train.lr_milestones and train.lr_factors must have the same length")
-        for key in ("epochs", "batch_size", "num_processes", "reference_epochs"):
+        for key in ("epochs", "batch_size", "num_processes", "reference_epochs", "self_training_rounds"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.cb_beta < 1:

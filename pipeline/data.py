@@ -160,6 +160,41 @@ class MemoryLoader:
             yield self.augment(self.data.images[take], gen), self.data.labels[take]
 
 
+class MixedLoader:
+    """Semi-supervised batches (Yang & Xu 2020): each holds ``batch_size * (1 - unlabeled_share)``
+    labeled images drawn by the recipe's sampler, then ``batch_size * unlabeled_share`` pseudo-labeled
+    ones drawn uniformly; an epoch is one pass of the labeled sampler. Yields (x, y, n_labeled)."""
+
+    def __init__(self, labeled: ImageSet, pseudo: ImageSet, counts, cfg: TrainConfig, augment: Augment,
+                 rank: int = 0, world: int = 1):
+        if len(pseudo) == 0:
+            raise DataError("no pseudo-labeled images were selected: nothing to mix in")
+        self.labeled, self.pseudo, self.counts, self.cfg, self.augment = labeled, pseudo, np.asarray(counts), cfg, augment
+        self.rank, self.world = rank, world
+        per_rank = max(2, cfg.batch_size // world)
+        self.n_pseudo = min(per_rank - 1, max(1, round(per_rank * cfg.unlabeled_share)))
+        self.n_labeled = per_rank - self.n_pseudo
+        self.labeled_np, self.pseudo_np = labeled.labels.cpu().numpy(), pseudo.labels.cpu().numpy()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labeled) // self.world / self.n_labeled)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        lab = epoch_indices(self.cfg.sampler, self.labeled_np, self.counts, self.cfg.seed, epoch, self.rank, self.world)
+        steps = math.ceil(len(lab) / self.n_labeled)
+        pseudo_counts = np.bincount(self.pseudo_np, minlength=len(self.counts))
+        order = epoch_indices("random", self.pseudo_np, pseudo_counts, self.cfg.seed + 1, epoch, self.rank, self.world)
+        pse = np.resize(order, steps * self.n_pseudo)  # the pool is cycled when it is smaller than needed
+        gen = torch.Generator().manual_seed(hash((self.cfg.seed, epoch, self.rank)) % 2 ** 63)
+        device = self.labeled.images.device
+        for step in range(steps):
+            li = torch.from_numpy(lab[step * self.n_labeled:(step + 1) * self.n_labeled]).to(device)
+            pi = torch.from_numpy(pse[step * self.n_pseudo:(step + 1) * self.n_pseudo]).to(device)
+            x = torch.cat([self.labeled.images[li], self.pseudo.images[pi]])
+            y = torch.cat([self.labeled.labels[li], self.pseudo.labels[pi]])
+            yield self.augment(x, gen), y, len(li)
+
+
 def eval_batches(data: ImageSet, augment: Augment, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for start in range(0, len(data), batch):
         yield augment(data.images[start:start + batch], train=False), data.labels[start:start + batch]

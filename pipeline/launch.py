@@ -27,5 +27,33 @@ def launch_fit(spark, cfg) -> dict:
     return launch(spark, fit, cfg, num_processes=cfg.train.num_processes, device=cfg.train.device)
 
 
+def launch_semi(spark, cfg) -> dict:
+    """Semi-supervised training on ``cfg.train.pseudo_labels``; with ``self_training_rounds`` > 1,
+    each round's model re-labels the pool (the same policy, a new output beside the first) and the
+    next round trains on those labels. Every round is its own MLflow run, tagged with its parent."""
+    import dataclasses
+
+    from streaming.pseudolabel import run_pseudolabel
+    from streaming.sinks import read_stream_info
+
+    rounds, result = [], {}
+    for round_ in range(1, cfg.train.self_training_rounds + 1):
+        result = launch_fit(spark, cfg)
+        rounds.append({"round": round_, "run_id": result["run_id"], "pseudo_labels": cfg.train.pseudo_labels,
+                       "final_test_top1": result["final_test_top1"]})
+        if round_ == cfg.train.self_training_rounds:
+            break
+        info = read_stream_info(cfg.train.pseudo_labels)
+        policy = info["policy"]
+        out = f"{cfg.train.pseudo_labels.rstrip('/')}-round{round_ + 1}"
+        relabel = dataclasses.replace(cfg.pseudolabel, model=result["run_id"], input=info["input"], out=out,
+                                      checkpoint=None, truth=info["truth"], trigger="available-now",
+                                      select=policy["name"], **{k: v for k, v in policy.items() if k != "name"})
+        labeled = run_pseudolabel(spark, dataclasses.replace(cfg, pseudolabel=relabel))
+        rounds[-1]["next_pseudolabel_run_id"] = labeled["run_id"]
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, pseudo_labels=out))
+    return {**result, "rounds": rounds} if len(rounds) > 1 else result
+
+
 def result_summary(result: dict) -> str:
     return "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items())

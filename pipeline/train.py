@@ -17,8 +17,8 @@ from torch.nn import functional as F
 from models import Classifier, create_model
 from pipeline import distributed, fs
 from pipeline.config import Config, ConfigError, to_dict
-from pipeline.data import (ROTATIONS, Augment, ImageSet, choose_loader, concat, eval_batches, load_split,
-                           make_loader, rotations)
+from pipeline.data import (ROTATIONS, Augment, ImageSet, MixedLoader, choose_loader, concat, eval_batches,
+                           load_split, make_loader, rotations)
 from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
 from pipeline.metrics import evaluate_logits
 from pipeline.provenance import git_commit
@@ -26,10 +26,12 @@ from pipeline.schedule import drw_epoch, lr_at
 from pipeline.splits import MANIFEST
 
 
-def objective(model, loss_fn, x, y, class_weight, mode: str, recon_weight: float):
-    """(loss, logits or None, their targets) of one batch: ``classify``, ``joint`` (classification +
-    reconstruction), ``reconstruct`` (the autoencoder alone) or ``rotation`` (SSP: which of 4
-    rotations each image shows)."""
+def objective(model, loss_fn, x, y, class_weight, mode: str, recon_weight: float = 1.0,
+              n_labeled: Optional[int] = None, unlabeled_weight: float = 1.0):
+    """(loss, logits or None, their targets) of one batch: ``classify``, ``semi`` (the first
+    ``n_labeled`` images labeled, the rest pseudo-labeled: labeled loss + unlabeled_weight x
+    pseudo-labeled loss), ``joint`` (classification + reconstruction), ``reconstruct`` (the
+    autoencoder alone) or ``rotation`` (SSP: which of 4 rotations each image shows)."""
     if mode == "reconstruct":
         return F.mse_loss(model(x, output="reconstruction"), x), None, y
     if mode == "joint":
@@ -38,20 +40,26 @@ def objective(model, loss_fn, x, y, class_weight, mode: str, recon_weight: float
     if mode == "rotation":
         x, y = rotations(x)
     logits = model(x)
+    if mode == "semi":
+        n = n_labeled
+        pseudo = loss_fn(logits[n:], y[n:], class_weight) if n < len(y) else logits.sum() * 0
+        return loss_fn(logits[:n], y[:n], class_weight) + unlabeled_weight * pseudo, logits, y
     return loss_fn(logits, y, class_weight), logits, y
 
 
 def train_one_epoch(model, loss_fn, optimizer, loader, epoch: int, class_weight: Optional[torch.Tensor],
                     device, mode: str = "classify", recon_weight: float = 1.0,
-                    frozen_backbone: bool = False) -> tuple[float, float, int]:
-    """One pass over this process's shard; returns (summed loss, correct, images) for all-reduce."""
+                    frozen_backbone: bool = False, unlabeled_weight: float = 1.0) -> tuple[float, float, int]:
+    """One pass over this process's shard; returns (summed loss, correct, images) for all-reduce.
+    A loader yields (images, labels) or, semi-supervised, (images, labels, number labeled)."""
     model.train()
     if frozen_backbone:  # a frozen encoder keeps its batch-norm statistics too
         distributed.unwrap(model).backbone.eval()
     loss_sum, correct, seen = 0.0, 0, 0
-    for x, y in loader.epoch(epoch):
+    for x, y, *n_labeled in loader.epoch(epoch):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logits, targets = objective(model, loss_fn, x, y, class_weight, mode, recon_weight)
+        loss, logits, targets = objective(model, loss_fn, x, y, class_weight, mode, recon_weight,
+                                          *n_labeled, unlabeled_weight=unlabeled_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -79,13 +87,25 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)  # a kill never leaves a half-written checkpoint
 
 
-def run_name(cfg: Config, manifest: dict) -> str:
-    ratio = manifest["params"]["imbalance_ratio"]
-    return f"{manifest['source']['dataset']}-r{ratio:g}-{cfg.train.method or cfg.train.loss}-s{cfg.train.seed}"
+def run_name(cfg: Config, manifest: dict, semi: Optional[dict] = None) -> str:
+    """dataset-r<ratio>-<method>[-ssp][-semi<round>-<policy>]-s<seed>: also the checkpoint folder."""
+    t, ratio = cfg.train, manifest["params"]["imbalance_ratio"]
+    parts = [manifest["source"]["dataset"], f"r{ratio:g}", t.method or t.loss]
+    if t.pretrained and t.objective != "rotation":
+        parts.append("ssp")
+    if semi:
+        parts.append(f"semi{semi['round'] if semi['round'] > 1 else ''}-{semi['policy']['name']}")
+    return "-".join(parts + [f"s{t.seed}"])
+
+
+def stage_of(cfg: Config) -> str:
+    t = cfg.train
+    return ("pretrain" if t.objective == "rotation" else "semi" if t.pseudo_labels
+            else "ssp" if t.pretrained else "base")
 
 
 def run_tags(cfg: Config, manifest: dict) -> dict[str, str]:
-    stage = "pretrain" if cfg.train.objective == "rotation" else "ssp" if cfg.train.pretrained else "base"
+    stage = stage_of(cfg)
     return {"dataset": manifest["source"]["dataset"], "imbalance_ratio": f"{manifest['params']['imbalance_ratio']:g}",
             "method": cfg.train.method or cfg.train.loss, "stage": stage, "seed": str(cfg.train.seed),
             "model": cfg.train.model}
@@ -98,7 +118,8 @@ def with_absolute_paths(cfg: Config) -> Config:
     pretrained = fs.normalize(t.pretrained) if t.pretrained and os.path.exists(t.pretrained) else t.pretrained
     train = dataclasses.replace(
         t, splits=fs.normalize(t.splits) if t.splits else t.splits, run_dir=fs.normalize(t.run_dir),
-        weights_path=fs.normalize(t.weights_path) if t.weights_path else None, pretrained=pretrained)
+        weights_path=fs.normalize(t.weights_path) if t.weights_path else None, pretrained=pretrained,
+        pseudo_labels=fs.normalize(t.pseudo_labels) if t.pseudo_labels else None)
     return dataclasses.replace(cfg, train=train)
 
 
@@ -125,6 +146,12 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
         loader, sample = make_loader(loader_kind, labeled_dir, counts, t, ctx.rank, ctx.world, ctx.device)
         test = load_split(fs.join(t.splits, "test"))
         val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
+    semi, loss_counts = None, counts
+    if t.pseudo_labels:
+        if loader_kind != "memory":
+            raise ConfigError("train.pseudo_labels: semi-supervised training needs train.loader=memory")
+        loader, semi = _semi_loader(t, manifest, loader, counts, ctx)
+        loss_counts = [a + b for a, b in zip(counts, semi["pseudo_counts"])]  # what the model is trained on
     augment = loader.augment
     _, channels, height, width = sample.images.shape
 
@@ -136,11 +163,11 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     if t.ae_mode != "classify" and not autoencoder:
         raise ConfigError(f"train.ae_mode={t.ae_mode} needs an autoencoder model (unet_ae, mobilenetv2_ae), "
                           f"not {t.model}")
-    loss_fn = create_loss(counts, t).to(ctx.device)
+    loss_fn = create_loss(loss_counts, t).to(ctx.device)
     pretrain = t.ae_epochs if t.ae_mode == "separate" else 0  # reconstruction epochs before classifying
     optimizer = _optimizer(model, t, frozen=False)
 
-    name = run_name(cfg, manifest)
+    name = run_name(cfg, manifest, semi)
     ckpt_path = Path(t.run_dir) / name / "checkpoint.pt"
     state = None
     if t.resume and ckpt_path.exists():
@@ -155,12 +182,12 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     provenance = {**(state["provenance"] if state else {}),  # a resumed run keeps what it started from
                   "git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
                   "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device),
-                  "loader": loader_kind}
+                  "loader": loader_kind, **({"semi": {k: v for k, v in semi.items() if k != "round"}} if semi else {})}
     if t.pretrained and not state:  # a resumed run has the pre-trained weights in its checkpoint already
         from pipeline.pretrained import load_backbone
 
         provenance.update(load_backbone(model, t.pretrained))
-    tracker = _tracker(cfg, manifest, name, state) if ctx.is_main else None
+    tracker = _tracker(cfg, manifest, name, state, semi) if ctx.is_main else None
     run_id = distributed.broadcast_object(tracker.run_id if tracker else None)
     if tracker and not state:
         tracker.log_params({**to_dict(cfg.train), "provenance": provenance})
@@ -181,11 +208,11 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         started = time.time()
-        weight = None if reconstructing else class_weight_at(phase_epoch, switch, counts, t)
-        mode = ("reconstruct" if reconstructing else "rotation" if rotation
+        weight = None if reconstructing else class_weight_at(phase_epoch, switch, loss_counts, t)
+        mode = ("reconstruct" if reconstructing else "rotation" if rotation else "semi" if semi
                 else "joint" if t.ae_mode == "joint" else "classify")
         stats = train_one_epoch(ddp, loss_fn, optimizer, loader, epoch, weight, ctx.device, mode, t.recon_weight,
-                                frozen)
+                                frozen, t.unlabeled_weight)
         loss_sum, correct, seen = distributed.all_reduce_sum(list(stats), ctx.device)
         if ctx.is_main:
             row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
@@ -210,6 +237,29 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     if ctx.is_main:
         result = _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path)
     return distributed.broadcast_object(result)
+
+
+def _semi_loader(t, manifest: dict, labeled_loader, counts, ctx: distributed.Context):
+    """The mixed labeled + pseudo-labeled loader, and what the run records about its pseudo-labels."""
+    from streaming.sinks import selected_pseudo_labels
+
+    ids, labels, info = selected_pseudo_labels(t.pseudo_labels)
+    if info["class_names"] != manifest["class_names"]:
+        raise ConfigError(f"train.pseudo_labels: {t.pseudo_labels} labels classes {info['class_names'][:5]}..., "
+                          f"the splits have {manifest['class_names'][:5]}...")
+    pool = load_split(info["input"])
+    where = {i: n for n, i in enumerate(pool.ids)}
+    missing = [i for i in ids if i not in where]
+    if missing:
+        raise ConfigError(f"train.pseudo_labels: {len(missing)} pseudo-labeled ids are not in {info['input']}, "
+                          f"e.g. {missing[:3]}")
+    rows = torch.tensor([where[i] for i in ids], dtype=torch.int64)
+    pseudo = ImageSet(pool.images[rows], torch.from_numpy(labels), ids).to(ctx.device)
+    loader = MixedLoader(labeled_loader.data, pseudo, counts, t, labeled_loader.augment, ctx.rank, ctx.world)
+    pseudo_counts = np.bincount(labels, minlength=len(counts)).tolist()
+    return loader, {"pseudo_labels": fs.normalize(t.pseudo_labels), "pseudolabel_run_id": info["run_id"],
+                    "base_run_id": info["model_run_id"], "policy": info["policy"], "pseudo_counts": pseudo_counts,
+                    "pseudo_total": len(ids), "round": info.get("round", 0) + 1}
 
 
 def _rotation_data(t, ctx: distributed.Context):
@@ -243,12 +293,15 @@ def _log_epochs(tracker, history: list[dict]) -> None:
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=row["epoch"])
 
 
-def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict]):
+def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], semi: Optional[dict] = None):
     from pipeline.tracking import Tracker
 
     tags = run_tags(cfg, manifest)
     if cfg.train.pretrained:
         tags["pretrained"] = cfg.train.pretrained
+    if semi:  # the chain: base model -> pseudolabel run -> this run
+        tags.update(parent_run_id=semi["pseudolabel_run_id"], base_run_id=semi["base_run_id"],
+                    policy=semi["policy"]["name"], round=str(semi["round"]))
     return Tracker(cfg.train.experiment, name, tags, run_id=state["run_id"] if state else None)
 
 

@@ -78,6 +78,7 @@ def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, t
             "policy": policy.params(), "input": fs.normalize(p.input), "truth": truth, "checkpoint": checkpoint,
             "class_names": manifest["class_names"], "labeled_counts": manifest["class_counts"]["labeled"],
             "splits_manifest_sha256": manifest.get("manifest_sha256"),
+            "round": int(base["tags"].get("round", 0)),  # the self-training round of the scoring model
             "base_run": {"name": base["name"], "experiment": base["experiment"],
                          **{k: base["tags"].get(k) for k in ("dataset", "imbalance_ratio", "method", "seed", "stage")}}}
 

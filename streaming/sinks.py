@@ -132,3 +132,18 @@ def latest_balance(out: str) -> Optional[pa.Table]:
         return None
     last = pc.max(table["batch_id"]).as_py()
     return table.filter(pc.equal(table["batch_id"], last))
+
+
+def selected_pseudo_labels(out: str) -> tuple[list[str], np.ndarray, dict]:
+    """(ids, pseudo-labels, stream info) of the committed predictions the output's own policy keeps,
+    in scoring order: exactly what the stream's balance counted as selected."""
+    from streaming.select import Policy
+
+    info = read_stream_info(out)
+    table = read_labels(out, columns=["id", "predicted", "confidence"])
+    if table.num_rows == 0:
+        raise OutputError(f"{fs.normalize(out)}: no committed pseudo-labels yet")
+    predicted = table.column("predicted").to_numpy().astype(np.int64)
+    keep = Policy(**info["policy"]).select(predicted, table.column("confidence").to_numpy(), len(info["class_names"]))
+    ids = table.column("id").to_pylist()
+    return [i for i, k in zip(ids, keep) if k], predicted[keep], info

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 
 from jobs import ingest as ingest_job, longtail as longtail_job, pseudolabel as pseudolabel_job
 from pipeline.config import resolve
@@ -226,3 +227,48 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
     run_id = sinks.read_stream_info(str(out))["run_id"]  # one MLflow run across the kills, every step once
     steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "pl_rows_total")]
     assert steps == list(range(FILES))
+
+
+# --- semi-supervised training on the pseudo-labels ----------------------------------------------
+
+def test_mixed_batches_hold_the_labeled_share_and_cover_the_labeled_set_once():
+    from pipeline.config import TrainConfig
+    from pipeline.data import Augment, ImageSet, MixedLoader
+
+    images = lambda n: torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8)
+    labeled = ImageSet(images(40), torch.tensor([0] * 30 + [1] * 10), [f"l{i}" for i in range(40)])
+    pseudo = ImageSet(images(7), torch.tensor([1] * 7), [f"u{i}" for i in range(7)])
+    cfg = TrainConfig(batch_size=8, unlabeled_share=0.25, augment="none")
+    loader = MixedLoader(labeled, pseudo, [30, 10], cfg, Augment([0.5], [0.5], "none"))
+    batches = list(loader.epoch(0))
+    assert [n for _, _, n in batches] == [6] * 6 + [4] and len(batches) == len(loader)
+    assert all(len(y) - n == 2 for _, y, n in batches)  # 2 pseudo-labeled images in every batch
+    assert sum(n for _, _, n in batches) == 40
+    pseudo_part = np.concatenate([y[n:].numpy() for _, y, n in batches])
+    assert (pseudo_part == 1).all() and len(pseudo_part) == 14  # the 7 pseudo-labels cycled twice
+
+
+def test_train_semi_rounds_are_runs_linked_to_their_pseudo_labels(spark, base, tmp_path):
+    from jobs import train_semi as train_semi_job
+
+    pl = tmp_path / "pl"
+    labeled = pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"),
+                                    "--out", str(pl), "--select", "threshold", "--tau", "0.5",
+                                    "--max-files-per-trigger", "3"])
+    result = train_semi_job.main(["--splits", str(base["splits"]), "--pseudo-labels", str(pl), "--method", "ce",
+                                  "--epochs", "2", "--rounds", "2", "--experiment", "tests-semi",
+                                  "--set", f"train.run_dir={tmp_path / 'runs'}", "--set", "train.augment=none",
+                                  "--set", "train.batch_size=32"])
+    first, second = result["rounds"]
+    run1, run2 = mlflow.get_run(first["run_id"]), mlflow.get_run(second["run_id"])
+    assert run1.data.tags["stage"] == run2.data.tags["stage"] == "semi"
+    assert run1.data.tags["parent_run_id"] == labeled["run_id"] and run1.data.tags["base_run_id"] == base["run_id"]
+    relabel = mlflow.get_run(first["next_pseudolabel_run_id"])  # round 1's model re-labelled the pool
+    assert relabel.data.tags["parent_run_id"] == first["run_id"] and relabel.data.tags["stage"] == "pseudolabel"
+    assert run2.data.tags["parent_run_id"] == relabel.info.run_id and run2.data.tags["round"] == "2"
+    assert run1.info.run_name.endswith("-semi-threshold-s0") and run2.info.run_name.endswith("-semi2-threshold-s0")
+    # the run trained on exactly the pseudo-labels the stream's balance counted as selected
+    selected = sinks.latest_balance(str(pl)).column("selected_count").to_pylist()
+    assert json.loads(run1.data.params["provenance.semi.pseudo_counts"]) == selected
+    assert int(run1.data.params["provenance.semi.pseudo_total"]) == sum(selected) == labeled["selected"]
+    assert run2.info.status == "FINISHED" and np.isfinite(run2.data.metrics["final_test_top1"])

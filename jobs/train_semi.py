@@ -1,0 +1,33 @@
+"""spark-submit jobs/train_semi.py --splits SPLITS --pseudo-labels OUT --method NAME [--pretrained RUN_ID]
+    [--unlabeled-share 0.5] [--unlabeled-weight 1] [--rounds R] [--epochs N] [--num-processes K]
+
+Semi-supervised training (Yang & Xu 2020): every batch mixes labeled images and the pseudo-labeled
+images that jobs/pseudolabel.py's selection policy kept, with any re-balancing recipe
+(conf/methods/NAME.yaml) and optionally an SSP initialisation. --rounds R > 1 self-trains: each
+round's model re-labels the pool and the next round trains on the new labels."""
+from pathlib import Path
+
+from pipeline.cli import JobParser, run_spark_job
+from pipeline.launch import launch_semi, result_summary
+
+METHODS = Path(__file__).resolve().parent.parent / "conf" / "methods"
+
+
+def main(argv=None) -> dict:
+    parser = JobParser(__doc__)
+    methods = sorted(p.stem for p in METHODS.glob("*.yaml") if p.stem != "ssp_rotation")
+    parser.flag("--method", key="train.method", help=f"a recipe: {', '.join(methods)}")
+    parser.training_flags()
+    parser.flag("--pseudo-labels", key="train.pseudo_labels", metavar="OUT", help="a jobs/pseudolabel.py output")
+    parser.flag("--pretrained", key="train.pretrained", metavar="RUN_ID|PATH",
+                help="initialise the backbone from a run's checkpoint (SSP)")
+    parser.flag("--unlabeled-share", key="train.unlabeled_share", help="share of each batch that is pseudo-labeled")
+    parser.flag("--unlabeled-weight", key="train.unlabeled_weight", help="weight of the pseudo-labeled loss")
+    parser.flag("--rounds", key="train.self_training_rounds", help="self-training rounds")
+    _, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS", "train.pseudo_labels": "--pseudo-labels OUT"},
+                            layers=lambda c: [str(METHODS / f"{c.train.method}.yaml")] if c.train.method else [])
+    return run_spark_job(cfg, launch_semi, result_summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo mlflow-ui test test-all bench-ingest bench-train bench-cifar10-lt cluster-check clean
+.PHONY: venv demo mlflow-ui test test-all bench-ingest bench-train bench-stream bench-cifar10-lt cluster-check clean
 
 venv: $(VENV)/.installed
 
@@ -26,11 +26,25 @@ DEMO := conf/experiments/digits_lt10.yaml
 DEMO_METHOD ?= ldam_drw
 MLFLOW_DB := sqlite:///$(abspath $(RUNS))/mlflow/mlflow.db
 
+D := $(RUNS)/demo
+RUN_ID = $$($(PY) -c 'import json, sys; print(json.load(open(sys.argv[1]))["run_id"])' $(1))
+
+# The whole chain on long-tailed digits: base models, SSP, streaming pseudo-labels, semi-supervised
+# models (with and without SSP), then the comparison table.
 demo: venv
-	$(SUBMIT) jobs/ingest.py --config $(DEMO) --out $(RUNS)/demo/digits --overwrite
-	$(SUBMIT) jobs/longtail.py --config $(DEMO) --data $(RUNS)/demo/digits --out $(RUNS)/demo/digits-lt10 --overwrite
-	$(SUBMIT) jobs/train.py --config $(DEMO) --splits $(RUNS)/demo/digits-lt10 --method ce
-	$(SUBMIT) jobs/train.py --config $(DEMO) --splits $(RUNS)/demo/digits-lt10 --method $(DEMO_METHOD)
+	$(SUBMIT) jobs/ingest.py --config $(DEMO) --out $(D)/digits --overwrite
+	$(SUBMIT) jobs/longtail.py --config $(DEMO) --data $(D)/digits --out $(D)/digits-lt10 --overwrite
+	$(SUBMIT) jobs/train.py --config $(DEMO) --splits $(D)/digits-lt10 --method ce --result $(D)/base.json
+	$(SUBMIT) jobs/train.py --config $(DEMO) --splits $(D)/digits-lt10 --method $(DEMO_METHOD)
+	$(SUBMIT) jobs/pretrain.py --config $(DEMO) --splits $(D)/digits-lt10 --result $(D)/pretrain.json
+	$(SUBMIT) jobs/train.py --config $(DEMO) --splits $(D)/digits-lt10 --method ce \
+	    --pretrained $(call RUN_ID,$(D)/pretrain.json)
+	rm -rf $(D)/pseudo-labels  # a fresh stream: its checkpoint would otherwise resume the last demo's
+	$(SUBMIT) jobs/pseudolabel.py --config $(DEMO) --model $(call RUN_ID,$(D)/base.json) \
+	    --input $(D)/digits-lt10/unlabeled --out $(D)/pseudo-labels --max-files-per-trigger 1
+	$(SUBMIT) jobs/train_semi.py --config $(DEMO) --splits $(D)/digits-lt10 --method ce --pseudo-labels $(D)/pseudo-labels
+	$(SUBMIT) jobs/train_semi.py --config $(DEMO) --splits $(D)/digits-lt10 --method ce --pseudo-labels $(D)/pseudo-labels \
+	    --pretrained $(call RUN_ID,$(D)/pretrain.json)
 	$(PY) jobs/compare.py --experiment digits-lt10
 	@echo "Compare the runs in the MLflow UI: make mlflow-ui  (then open http://127.0.0.1:5000)"
 
@@ -53,6 +67,9 @@ bench-train: venv
 
 cluster-check: venv  # a standalone Spark cluster + MLflow server on loopback, the jobs against it
 	bash bench/cluster.sh
+
+bench-stream: venv  # streaming pseudo-label throughput and latency on CIFAR-10-LT's unlabeled pool
+	$(PY) bench/stream.py --archive ../shared/data/cifar10-jpeg.tar.gz
 
 bench-cifar10-lt: venv  # the 200-epoch reference protocol; meant for a GPU
 	$(PY) bench/cifar10_lt.py --archive ../shared/data/cifar10-jpeg.tar.gz --methods ce,ldam_drw

@@ -16,8 +16,8 @@ def main(argv=None) -> dict:
     parser.flag("--split", key="ingest.split", help="manifest: the split its rows belong to")
     parser.flag("--root", key="ingest.root", help="manifest: base of relative paths")
     parser.flag("--overwrite", key="ingest.overwrite", switch=True, help="replace DIR atomically")
-    _, cfg = parser.resolve(argv, required={"ingest.out": "--out DIR"})
-    return run_spark_job(cfg, run_ingest, summary)
+    args, cfg = parser.resolve(argv, required={"ingest.out": "--out DIR"})
+    return run_spark_job(cfg, run_ingest, summary, args.result)
 
 
 if __name__ == "__main__":

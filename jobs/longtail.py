@@ -18,8 +18,8 @@ def main(argv=None) -> dict:
     parser.flag("--val-per-class", key="longtail.val_per_class", metavar="K")
     parser.flag("--seed", key="longtail.seed")
     parser.flag("--overwrite", key="longtail.overwrite", switch=True, help="replace SPLITS atomically")
-    _, cfg = parser.resolve(argv, required={"longtail.data": "--data DIR", "longtail.out": "--out SPLITS"})
-    return run_spark_job(cfg, run_longtail, summary)
+    args, cfg = parser.resolve(argv, required={"longtail.data": "--data DIR", "longtail.out": "--out SPLITS"})
+    return run_spark_job(cfg, run_longtail, summary, args.result)
 
 
 if __name__ == "__main__":

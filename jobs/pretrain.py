@@ -16,8 +16,8 @@ def main(argv=None) -> dict:
     parser.training_flags()
     parser.flag("--include-unlabeled", key="train.pretrain_unlabeled", switch=True,
                 help="also learn from the unlabeled pool's images")
-    _, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"}, layers=lambda c: [str(RECIPE)])
-    return run_spark_job(cfg, launch_fit, result_summary)
+    args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"}, layers=lambda c: [str(RECIPE)])
+    return run_spark_job(cfg, launch_fit, result_summary, args.result)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ def main(argv=None) -> dict:
     parser.flag("--tau", key="pseudolabel.tau")
     parser.flag("--top-k", key="pseudolabel.top_k")
     parser.flag("--experiment", key="pseudolabel.experiment", help="MLflow experiment; default: the model's")
-    _, cfg = parser.resolve(argv, required={"pseudolabel.model": "--model", "pseudolabel.input": "--input DIR",
+    args, cfg = parser.resolve(argv, required={"pseudolabel.model": "--model", "pseudolabel.input": "--input DIR",
                                             "pseudolabel.out": "--out OUT"})
-    return run_spark_job(cfg, run_pseudolabel, summary)
+    return run_spark_job(cfg, run_pseudolabel, summary, args.result)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ def main(argv=None) -> dict:
     parser.training_flags()
     parser.flag("--pretrained", key="train.pretrained", metavar="RUN_ID|PATH",
                 help="initialise the backbone from a run's checkpoint (the head is dropped)")
-    _, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"},
+    args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"},
                             layers=lambda c: [str(METHODS / f"{c.train.method}.yaml")] if c.train.method else [])
-    return run_spark_job(cfg, launch_fit, result_summary)
+    return run_spark_job(cfg, launch_fit, result_summary, args.result)
 
 
 if __name__ == "__main__":

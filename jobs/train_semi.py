@@ -24,9 +24,9 @@ def main(argv=None) -> dict:
     parser.flag("--unlabeled-share", key="train.unlabeled_share", help="share of each batch that is pseudo-labeled")
     parser.flag("--unlabeled-weight", key="train.unlabeled_weight", help="weight of the pseudo-labeled loss")
     parser.flag("--rounds", key="train.self_training_rounds", help="self-training rounds")
-    _, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS", "train.pseudo_labels": "--pseudo-labels OUT"},
+    args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS", "train.pseudo_labels": "--pseudo-labels OUT"},
                             layers=lambda c: [str(METHODS / f"{c.train.method}.yaml")] if c.train.method else [])
-    return run_spark_job(cfg, launch_semi, result_summary)
+    return run_spark_job(cfg, launch_semi, result_summary, args.result)
 
 
 if __name__ == "__main__":

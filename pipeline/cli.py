@@ -49,6 +49,7 @@ class JobParser(argparse.ArgumentParser):
         self.add_argument("--config", action="append", default=[], metavar="FILE",
                           help="YAML config layer (repeatable; later files win)")
         self.add_argument("--set", action=_Override, metavar="KEY=VALUE", help="override one config key")
+        self.add_argument("--result", metavar="FILE", help="also write the job's result (run id...) as JSON")
 
     def flag(self, *names: str, key: str, switch: bool = False, **kw) -> None:
         """A flag that sets config ``key``; ``switch`` makes it a boolean that sets true."""
@@ -92,9 +93,10 @@ class JobParser(argparse.ArgumentParser):
         return args, cfg
 
 
-def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str]) -> dict:
-    """Start the SparkSession, run ``job(spark, cfg)``, print its summary. An expected failure
-    (bad input, existing output, missing files) ends the job with a one-line message."""
+def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str], result_file: str | None = None) -> dict:
+    """Start the SparkSession, run ``job(spark, cfg)``, print its summary (and write it to
+    ``result_file`` as JSON, for the next job of a chain). An expected failure (bad input, existing
+    output, missing files) ends the job with a one-line message."""
     from pipeline.spark import session
 
     spark = session(cfg.spark)
@@ -103,6 +105,9 @@ def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str]) ->
     except (PipelineError, FileNotFoundError) as e:
         fail(str(e))
     print(summary(result))
+    if result_file:
+        Path(result_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(result_file).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 

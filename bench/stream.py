@@ -105,7 +105,9 @@ def main() -> None:
         print(f"{'steady state (later micro-batches)':<42}{rate:>10.0f}{steady.latency_s.median():>11.2f}"
               f"  (median; p90 {steady.latency_s.quantile(0.9):.2f})")
     print(f"{'whole query, wall clock':<42}{batches.batch_rows.sum() / wall:>10.0f}")
-    print(f"{f'model forward pass alone, {cores} threads':<42}{forward_ceiling(args.model, cores):>10.0f}")
+    alone = forward_ceiling(args.model, args.threads)
+    print(f"{f'forward pass alone, {args.threads} thread(s)':<42}{alone:>10.0f}"
+          f"  (x {cores} task slots = {alone * cores:.0f}: the bound for this device)")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ Restarting with the same output and checkpoint continues where the last committe
 ended; the output records the model and the policy, and a restart with others is refused."""
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import signal
 import threading
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -148,38 +149,41 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     else:
         writer = writer.trigger(processingTime=f"{p.interval_s} seconds")
     query = writer.start()
-    stop = _stop_on_signals(query)
-    status = "FINISHED"
-    try:
-        if p.trigger == "available-now":
-            query.awaitTermination()
-        else:
-            query.awaitTermination(p.timeout_s or None)
-            query.stop()
-        if query.exception() is not None:
-            raise StreamError(f"the pseudo-label query failed: {query.exception()}")
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        if stop.is_set():
-            status = "KILLED"
-        tracker.end(status)
+    status = "FAILED"
+    with _stop_on_signals(query) as stopped:
+        try:
+            if p.trigger == "available-now":
+                query.awaitTermination()
+            else:
+                query.awaitTermination(p.timeout_s or None)
+                query.stop()
+            if query.exception() is not None:
+                raise StreamError(f"the pseudo-label query failed: {query.exception()}")
+            status = "FINISHED"
+        finally:
+            tracker.end("KILLED" if stopped.is_set() else status)
     return summary_of(out, info)
 
 
-def _stop_on_signals(query) -> threading.Event:
-    """SIGTERM/SIGINT stop the query between micro-batches' commits instead of killing the driver."""
+@contextlib.contextmanager
+def _stop_on_signals(query) -> Iterator[threading.Event]:
+    """While the query runs, SIGTERM/SIGINT stop it between micro-batches instead of killing the
+    driver mid-write; the previous handlers come back afterwards."""
     stopped = threading.Event()
 
     def handler(signum, frame):
         stopped.set()
         query.stop()
 
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, handler)
-    return stopped
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield stopped
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stopped
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def summary_of(out: str, info: dict) -> dict:

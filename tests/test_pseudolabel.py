@@ -190,7 +190,9 @@ def test_continuous_mode_picks_up_a_file_added_while_running(base, tmp_path):
         shutil.copy(pool[2], tmp_path / "staging.parquet")  # appear whole: write aside, then rename in
         os.replace(tmp_path / "staging.parquet", inbox / pool[2].name)
         wait_for(lambda: len(label_ids(out)) == 300, proc, log)
-        assert sinks.latest_balance(str(out)).column("cumulative_rows")[0].as_py() == 300
+        # the balance of a micro-batch is written just after its labels
+        wait_for(lambda: sinks.latest_balance(str(out)).column("cumulative_rows")[0].as_py() == 300, proc, log,
+                 timeout=30)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # stops the query; the MLflow run is marked KILLED
         proc.wait(timeout=60)

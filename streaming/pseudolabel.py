@@ -150,13 +150,14 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
         writer = writer.trigger(processingTime=f"{p.interval_s} seconds")
     query = writer.start()
     status = "FAILED"
-    with _stop_on_signals(query) as stopped:
+    deadline = time.time() + p.timeout_s if p.trigger == "continuous" and p.timeout_s else None
+    with _stop_on_signals() as stopped:
         try:
-            if p.trigger == "available-now":
-                query.awaitTermination()
-            else:
-                query.awaitTermination(p.timeout_s or None)
-                query.stop()
+            # Wait in short slices so that a signal is acted on here, in the main thread: stopping
+            # the query from the signal handler would re-enter the Py4J call that is waiting.
+            while query.isActive and not stopped.is_set() and (deadline is None or time.time() < deadline):
+                query.awaitTermination(1)
+            query.stop()  # a micro-batch it interrupts is replayed on restart (idempotent per batch id)
             if query.exception() is not None:
                 raise StreamError(f"the pseudo-label query failed: {query.exception()}")
             status = "FINISHED"
@@ -166,19 +167,14 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(query) -> Iterator[threading.Event]:
-    """While the query runs, SIGTERM/SIGINT stop it between micro-batches instead of killing the
-    driver mid-write; the previous handlers come back afterwards."""
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """While the query runs, SIGTERM/SIGINT set the returned event (the caller stops the query)
+    instead of killing the driver mid-write; the previous handlers come back afterwards."""
     stopped = threading.Event()
-
-    def handler(signum, frame):
-        stopped.set()
-        query.stop()
-
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield stopped
         return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, lambda signum, frame: stopped.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield stopped
     finally:

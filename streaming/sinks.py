@@ -69,7 +69,8 @@ def committed_batches(out: str) -> dict[int, list[str]]:
 
 def read_labels(out: str, upto: Optional[int] = None, columns: Optional[list[str]] = None) -> pa.Table:
     """The committed pseudo-labels with their batch id, in scoring order (batch, then id)."""
-    names = columns or schema.names(schema.LABEL_COLUMNS)
+    wanted = columns or schema.names(schema.LABEL_COLUMNS)
+    names = wanted if "id" in wanted else ["id", *wanted]  # the id orders the rows
     arrow = schema.arrow_schema(schema.LABEL_COLUMNS)
     tables = []
     for batch, files in committed_batches(out).items():
@@ -80,10 +81,11 @@ def read_labels(out: str, upto: Optional[int] = None, columns: Optional[list[str
             t = pq.read_table(path, filesystem=fsys, columns=names)
             tables.append(t.append_column(schema.LABEL_BATCH, pa.array(np.full(t.num_rows, batch, np.int64))))
     if not tables:
-        empty = pa.schema([arrow.field(n) for n in names] + [pa.field(schema.LABEL_BATCH, pa.int64())])
+        empty = pa.schema([arrow.field(n) for n in wanted] + [pa.field(schema.LABEL_BATCH, pa.int64())])
         return empty.empty_table()
     table = pa.concat_tables(tables, promote_options="permissive")
-    return table.sort_by([(schema.LABEL_BATCH, "ascending"), ("id", "ascending")])
+    table = table.sort_by([(schema.LABEL_BATCH, "ascending"), ("id", "ascending")])
+    return table.select([*wanted, schema.LABEL_BATCH])
 
 
 def write_balance(out: str, batch_id: int, table: pa.Table) -> None:

@@ -105,3 +105,24 @@ def submit_command(*args) -> tuple[list[str], dict]:
            "SPARK_LOCAL_IP": "127.0.0.1"}
     return [str(SUBMIT), "--master", "local[2]", "--driver-java-options",
             "-Dlog4j.configurationFile=conf/log4j2.properties", *map(str, args)], env
+
+
+POOL_FILES = 6  # Parquet files in the stream tests' unlabeled pool
+
+
+@pytest.fixture(scope="session")
+def base(spark, tmp_path_factory):
+    """Long-tailed digits with a 600-image unlabeled pool in 6 files, and a base model trained on
+    them: what the streaming and dashboard tests score."""
+    from jobs import ingest as ingest_job, longtail as longtail_job
+    from pipeline.config import resolve
+    from pipeline.train import fit
+
+    root = tmp_path_factory.mktemp("pseudolabel")
+    ingest_job.main(["--dataset", "digits", "--out", str(root / "digits")])
+    longtail_job.main(["--data", str(root / "digits"), "--out", str(root / "lt"), "--imbalance-ratio", "10",
+                       "--labeled-max", "60", "--unlabeled-max", "60", "--set", f"longtail.files_per_split={POOL_FILES}"])
+    sets = {"splits": root / "lt", "run_dir": root / "runs", "epochs": 8, "batch_size": 32, "augment": "none",
+            "experiment": "tests-pl", "method": "ce"}
+    result = fit(resolve([str(ROOT / "conf/methods/ce.yaml")], [(f"train.{k}", str(v)) for k, v in sets.items()]))
+    return {"splits": root / "lt", "run_id": result["run_id"], "root": root}

@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from jobs import ingest as ingest_job, longtail as longtail_job, pseudolabel as pseudolabel_job
-from pipeline.config import resolve
-from pipeline.train import fit
+from jobs import pseudolabel as pseudolabel_job
 from streaming import sinks
 from streaming.balance import balance_metrics, balance_table
 from streaming.score import resolve as resolve_model, score
 from streaming.select import POLICIES, Policy, class_thresholds
-from tests.conftest import submit_command
+from tests.conftest import POOL_FILES, submit_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,20 +77,7 @@ def test_balance_counts_and_hidden_truth_precision_recall_by_hand():
 
 # --- the streaming job -------------------------------------------------------------------------
 
-FILES = 6  # Parquet files in the unlabeled pool: one micro-batch each with --max-files-per-trigger 1
-
-
-@pytest.fixture(scope="module")
-def base(spark, tmp_path_factory):
-    """Long-tailed digits with a 600-image unlabeled pool in 6 files, and a base model trained on them."""
-    root = tmp_path_factory.mktemp("pseudolabel")
-    ingest_job.main(["--dataset", "digits", "--out", str(root / "digits")])
-    longtail_job.main(["--data", str(root / "digits"), "--out", str(root / "lt"), "--imbalance-ratio", "10",
-                       "--labeled-max", "60", "--unlabeled-max", "60", "--set", f"longtail.files_per_split={FILES}"])
-    sets = {"splits": root / "lt", "run_dir": root / "runs", "epochs": 8, "batch_size": 32, "augment": "none",
-            "experiment": "tests-pl", "method": "ce"}
-    result = fit(resolve([str(ROOT / "conf/methods/ce.yaml")], [(f"train.{k}", str(v)) for k, v in sets.items()]))
-    return {"splits": root / "lt", "run_id": result["run_id"], "root": root}
+FILES = POOL_FILES  # one micro-batch each with --max-files-per-trigger 1
 
 
 def label_ids(out) -> list[str]:
@@ -274,3 +259,21 @@ def test_train_semi_rounds_are_runs_linked_to_their_pseudo_labels(spark, base, t
     assert json.loads(run1.data.params["provenance.semi.pseudo_counts"]) == selected
     assert int(run1.data.params["provenance.semi.pseudo_total"]) == sum(selected) == labeled["selected"]
     assert run2.info.status == "FINISHED" and np.isfinite(run2.data.metrics["final_test_top1"])
+
+
+def test_labels_read_in_scoring_order_whatever_columns_are_asked(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for batch, ids in ((1, ["b", "a"]), (0, ["c"])):
+        folder = tmp_path / "labels" / f"batch_id={batch}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"id": ids, "confidence": pa.array([0.5] * len(ids), pa.float32())}),
+                       folder / "part-0.parquet")
+        (folder / "_SUCCESS").touch()
+    (tmp_path / "labels" / "batch_id=2").mkdir()  # being written: no _SUCCESS, not read
+    pq.write_table(pa.table({"id": ["z"], "confidence": pa.array([0.1], pa.float32())}),
+                   tmp_path / "labels" / "batch_id=2" / "part-0.parquet")
+    table = sinks.read_labels(str(tmp_path), columns=["confidence"])
+    assert table.column_names == ["confidence", "batch_id"] and table.column("batch_id").to_pylist() == [0, 1, 1]
+    assert sinks.read_labels(str(tmp_path), columns=["id"]).column("id").to_pylist() == ["c", "a", "b"]

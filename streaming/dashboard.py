@@ -1,0 +1,165 @@
+"""The live pseudo-label dashboard (Dash + Plotly): the class balance a running jobs/pseudolabel.py
+writes to OUT/balance, refreshed every few seconds.
+
+    python -m streaming.dashboard --balance OUT/balance [--port 8050] [--interval 2]
+
+It shows pseudo-label counts per class (cumulative and latest micro-batch) next to the labeled
+split's counts and the hidden true counts, the imbalance ratio over time, mean confidence per class,
+the confidence histogram, rows/s and latency, per-class precision/recall when the truth is known,
+and which model, policy and input the stream uses. Nothing yet: a "waiting for data" state; an
+unreadable table: an error panel, and the page keeps polling."""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Optional
+
+import pandas as pd
+
+from pipeline import fs
+from streaming import sinks
+from streaming.balance import imbalance_ratio
+
+COLORS = {"predicted": "#4c78a8", "selected": "#f58518", "labeled": "#54a24b", "true": "#9d9d9d"}
+
+
+def load(balance_dir: str) -> dict:
+    """What the page shows, read fresh: {"state": waiting|ok|error, ...}. Never raises."""
+    out = fs.normalize(balance_dir).rstrip("/")
+    out = out[: -len(sinks.BALANCE)].rstrip("/") if fs.name(out) == sinks.BALANCE else out
+    try:
+        info = sinks.read_stream_info(out) if fs.exists(fs.join(out, sinks.STREAM)) else {}
+        table = sinks.read_balance(out).to_pandas()
+        if table.empty:
+            return {"state": "waiting", "info": info, "out": out}
+        labels = sinks.read_labels(out, columns=["confidence"])
+        return {"state": "ok", "info": info, "out": out, "balance": table,
+                "confidence": labels.column("confidence").to_numpy()}
+    except Exception as e:  # a half-copied or foreign file: show it, keep serving
+        return {"state": "error", "out": out, "error": f"{type(e).__name__}: {e}"}
+
+
+def figures(data: dict, log_scale: bool = False) -> dict:
+    """The page's Plotly figures from ``load``'s result (state ok)."""
+    import plotly.graph_objects as go
+
+    table: pd.DataFrame = data["balance"]
+    last_id = table.batch_id.max()
+    last = table[table.batch_id == last_id].sort_values("class_index")
+    names = last.class_name.tolist()
+    counts = go.Figure()
+    for key, column in (("predicted", "cumulative_count"), ("selected", "selected_count"),
+                        ("labeled", "labeled_count"), ("true", "true_count")):
+        if last[column].notna().all():
+            counts.add_bar(name={"predicted": "pseudo-labels (all predictions)", "selected": "kept by the policy",
+                                 "labeled": "labeled split", "true": "hidden truth"}[key],
+                           x=names, y=last[column].tolist(), marker_color=COLORS[key])
+    counts.update_layout(barmode="group", title=f"Images per class after micro-batch {last_id}",
+                         yaxis_type="log" if log_scale else "linear", legend_orientation="h")
+
+    recent = table[table.batch_id > last_id - 5]
+    latest = go.Figure([go.Bar(name=f"batch {b}", x=g.class_name, y=g.batch_count)
+                        for b, g in recent.groupby("batch_id")])
+    latest.update_layout(barmode="group", title="Predictions per class, latest micro-batches",
+                         yaxis_type="log" if log_scale else "linear")
+
+    per_batch = table.groupby("batch_id")
+    ratios = per_batch.selected_count.apply(lambda c: imbalance_ratio(c.tolist()))
+    present = per_batch.selected_count.apply(lambda c: imbalance_ratio([n for n in c.tolist() if n] or [1]))
+    missing = per_batch.selected_count.apply(lambda c: int((c == 0).sum()))
+    ratio = go.Figure([
+        go.Scatter(x=ratios.index, y=[r if math.isfinite(r) else None for r in ratios], mode="lines+markers",
+                   name="all classes (gap: a class has none)"),
+        go.Scatter(x=present.index, y=present.tolist(), mode="lines+markers", line_dash="dot",
+                   name="classes that have some", text=[f"{m} classes with none" for m in missing])])
+    ratio.update_layout(title="Imbalance ratio of the kept pseudo-labels (n_max / n_min)", xaxis_title="micro-batch",
+                        legend_orientation="h")
+
+    confidence = go.Figure(go.Bar(x=names, y=last.mean_confidence.tolist(), marker_color=COLORS["predicted"]))
+    confidence.update_layout(title="Mean confidence per predicted class", yaxis_range=[0, 1])
+
+    histogram = go.Figure(go.Histogram(x=data["confidence"], xbins={"start": 0, "end": 1, "size": 0.05}))
+    histogram.update_layout(title="Confidence of every prediction so far", xaxis_title="confidence")
+
+    first = per_batch.first()
+    speed = go.Figure([go.Scatter(x=first.index, y=first.rows_per_s, name="images/s", mode="lines+markers"),
+                       go.Scatter(x=first.index, y=first.latency_s, name="latency (s)", yaxis="y2",
+                                  mode="lines+markers")])
+    speed.update_layout(title="Throughput and latency per micro-batch", xaxis_title="micro-batch",
+                        yaxis2={"overlaying": "y", "side": "right", "title": "s"})
+
+    quality = None
+    if last.precision.notna().any() or last.recall.notna().any():
+        quality = go.Figure([go.Bar(name="precision", x=names, y=last.precision.tolist()),
+                             go.Bar(name="recall", x=names, y=last.recall.tolist())])
+        quality.update_layout(barmode="group", title="Kept pseudo-labels against the hidden truth",
+                              yaxis_range=[0, 1])
+    return {"counts": counts, "latest": latest, "ratio": ratio, "confidence": confidence,
+            "histogram": histogram, "speed": speed, "quality": quality}
+
+
+def describe(data: dict) -> list[str]:
+    """The header lines: what the stream is and how far it got."""
+    info = data.get("info") or {}
+    lines = [f"output: {data['out']}"]
+    if info:
+        policy = ", ".join(f"{k}={v}" for k, v in info["policy"].items() if k != "name")
+        lines += [f"model: {info['model_uri']} (run {info['model_run_id']}, {info['base_run'].get('method')} "
+                  f"{info['base_run'].get('stage')})",
+                  f"policy: {info['policy']['name']}" + (f" ({policy})" if policy else ""),
+                  f"input: {info['input']}", f"pseudolabel run: {info.get('run_id')}"]
+    if data["state"] == "ok":
+        last = data["balance"][data["balance"].batch_id == data["balance"].batch_id.max()]
+        lines.append(f"scored: {int(last.cumulative_rows.iloc[0])} images in "
+                     f"{data['balance'].batch_id.nunique()} micro-batches; kept: {int(last.selected_count.sum())}")
+    return lines
+
+
+def create_app(balance_dir: str, interval_s: float = 2.0):
+    from dash import Dash, Input, Output, dcc, html
+
+    app = Dash(__name__, title="Pseudo-label balance")
+    graph_ids = ("counts", "latest", "ratio", "confidence", "histogram", "speed", "quality")
+    app.layout = html.Div([
+        html.H2("Pseudo-label class balance"),
+        html.Div(id="header"),
+        html.Div(id="status", style={"fontWeight": "bold", "margin": "8px 0"}),
+        dcc.Checklist(id="log-scale", options=[{"label": " log scale", "value": "log"}], value=[]),
+        *[dcc.Graph(id=g, style={"display": "none"}) for g in graph_ids],
+        dcc.Interval(id="tick", interval=int(interval_s * 1000)),
+    ], style={"fontFamily": "sans-serif", "maxWidth": "1100px", "margin": "auto"})
+
+    @app.callback([Output("header", "children"), Output("status", "children"), Output("status", "style"),
+                   *[Output(g, "figure") for g in graph_ids], *[Output(g, "style") for g in graph_ids]],
+                  [Input("tick", "n_intervals"), Input("log-scale", "value")])
+    def refresh(_, scale):
+        data = load(balance_dir)
+        hidden, shown = {"display": "none"}, {"display": "block"}
+        empty = [{}] * len(graph_ids)
+        if data["state"] == "error":
+            return ([html.Div(data["out"])], f"Error reading the balance table: {data['error']}",
+                    {"color": "white", "background": "#c0392b", "padding": "8px"}, *empty, *[hidden] * len(graph_ids))
+        header = [html.Div(line) for line in describe(data)]
+        if data["state"] == "waiting":
+            return (header, "Waiting for data: no micro-batch has been committed yet.",
+                    {"color": "#555", "padding": "8px"}, *empty, *[hidden] * len(graph_ids))
+        figs = figures(data, log_scale="log" in (scale or []))
+        return (header, f"Live: micro-batch {int(data['balance'].batch_id.max())}", {"color": "#1e7d32"},
+                *[figs[g] or {} for g in graph_ids], *[shown if figs[g] else hidden for g in graph_ids])
+
+    return app
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--balance", required=True, help="OUT/balance of jobs/pseudolabel.py (or OUT)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8050)
+    ap.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    args = ap.parse_args(argv)
+    print(f"dashboard of {fs.normalize(args.balance)} on http://{args.host}:{args.port}", flush=True)
+    create_app(args.balance, args.interval).run(host=args.host, port=args.port, debug=False)
+
+
+if __name__ == "__main__":
+    main()

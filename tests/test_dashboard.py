@@ -1,0 +1,113 @@
+"""The pseudo-label dashboard: its states on bad or missing input, and a real headless Chromium
+watching the class bars grow while a real stream fills the balance table."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streaming import dashboard
+from tests.conftest import submit_command
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def test_no_output_yet_is_waiting_and_a_broken_file_is_an_error_naming_it(tmp_path):
+    assert dashboard.load(str(tmp_path / "nothing" / "balance"))["state"] == "waiting"
+    (tmp_path / "out" / "balance").mkdir(parents=True)
+    (tmp_path / "out" / "balance" / "batch-00000000.parquet").write_bytes(b"not parquet")
+    data = dashboard.load(str(tmp_path / "out" / "balance"))
+    assert data["state"] == "error" and "batch-00000000.parquet" in data["error"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        if os.environ.get("REQUIRE_BROWSER"):  # .ci/run installs Debian's chromium: there it must run
+            pytest.fail("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,2400"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def wait(condition, what: str, timeout: float = 120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+COUNT_BARS = ("var g = document.getElementById('counts').getElementsByClassName('js-plotly-plot')[0];"
+              "return g && g.data && g.data.length ? g.data[0].y.reduce(function (a, b) { return a + b; }, 0) : null;")
+
+
+def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path):
+    driver = browser()
+    pool = sorted((base["splits"] / "unlabeled").glob("*.parquet"))
+    inbox, out = tmp_path / "inbox", tmp_path / "pl"
+    inbox.mkdir()
+    port = free_port()
+    procs = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "streaming.dashboard", "--balance", str(out / "balance"),
+                                       "--port", str(port), "--interval", "0.5"], cwd=ROOT, start_new_session=True,
+                                      stdout=(tmp_path / "dash.log").open("w"), stderr=subprocess.STDOUT))
+        url = f"http://127.0.0.1:{port}/"
+        wait(lambda: _up(url), "the dashboard to serve")
+        driver.get(url)
+        status = lambda: driver.find_element("id", "status").text
+        wait(lambda: "Waiting for data" in status(), "the waiting state")
+
+        command, env = submit_command("jobs/pseudolabel.py", "--model", base["run_id"], "--input", inbox, "--out",
+                                      out, "--trigger", "continuous", "--interval", "1",
+                                      "--truth", base["splits"] / "unlabeled_truth")
+        procs.append(subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                                      stdout=(tmp_path / "job.log").open("w"), stderr=subprocess.STDOUT))
+        for f in pool[:2]:
+            shutil.copy(f, inbox / f.name)
+        wait(lambda: driver.execute_script(COUNT_BARS) == 200, "bars summing to the first 200 images", 180)
+        assert "Live" in status() and "scored: 200 images" in driver.find_element("id", "header").text
+
+        shutil.copy(pool[2], tmp_path / "staging.parquet")  # a new file arrives whole
+        os.replace(tmp_path / "staging.parquet", inbox / pool[2].name)
+        wait(lambda: driver.execute_script(COUNT_BARS) == 300, "the bars to take in the new file")
+        assert "scored: 300 images" in driver.find_element("id", "header").text
+        quality = driver.find_element("id", "quality")  # the hidden truth is known: precision/recall shown
+        assert quality.is_displayed()
+        shot = Path(os.environ.get("DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def _up(url: str) -> bool:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(url, timeout=2).status == 200
+    except OSError:
+        return False

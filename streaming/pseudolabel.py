@@ -151,7 +151,9 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     query = writer.start()
     status = "FAILED"
     deadline = time.time() + p.timeout_s if p.trigger == "continuous" and p.timeout_s else None
-    with _stop_on_signals() as stopped:
+    # spark-submit's JVM gets the same SIGTERM and may take this process down with it: the run is
+    # marked KILLED from the handler itself, before anything else can go wrong
+    with _stop_on_signals(on_signal=lambda: tracker.end("KILLED")) as stopped:
         try:
             # Wait in short slices so that a signal is acted on here, in the main thread: stopping
             # the query from the signal handler would re-enter the Py4J call that is waiting.
@@ -167,14 +169,21 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """While the query runs, SIGTERM/SIGINT set the returned event (the caller stops the query)
-    instead of killing the driver mid-write; the previous handlers come back afterwards."""
+def _stop_on_signals(on_signal) -> Iterator[threading.Event]:
+    """While the query runs, SIGTERM/SIGINT call ``on_signal`` and set the returned event (the
+    caller stops the query) instead of killing the driver mid-write; the previous handlers come
+    back afterwards."""
     stopped = threading.Event()
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield stopped
         return
-    previous = {sig: signal.signal(sig, lambda signum, frame: stopped.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, frame):
+        if not stopped.is_set():
+            stopped.set()
+            on_signal()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield stopped
     finally:

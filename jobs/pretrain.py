@@ -3,12 +3,8 @@
 Self-supervised pre-training (SSP) by rotation prediction on the labeled split's images (and the
 unlabeled pool's, if asked), launched through TorchDistributor and tracked in MLflow (stage
 "pretrain"). Use the run id with jobs/train.py --pretrained."""
-from pathlib import Path
-
-from pipeline.cli import JobParser, run_spark_job
+from pipeline.cli import RECIPES, JobParser, run_spark_job
 from pipeline.launch import launch_fit, result_summary
-
-RECIPE = Path(__file__).resolve().parent.parent / "conf" / "methods" / "ssp_rotation.yaml"
 
 
 def main(argv=None) -> dict:
@@ -16,7 +12,7 @@ def main(argv=None) -> dict:
     parser.training_flags()
     parser.flag("--include-unlabeled", key="train.pretrain_unlabeled", switch=True,
                 help="also learn from the unlabeled pool's images")
-    args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"}, layers=lambda c: [str(RECIPE)])
+    args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"}, layers=lambda c: [str(RECIPES / "ssp_rotation.yaml")])
     return run_spark_job(cfg, launch_fit, result_summary, args.result)
 
 

@@ -5,18 +5,13 @@ Semi-supervised training (Yang & Xu 2020): every batch mixes labeled images and 
 images that jobs/pseudolabel.py's selection policy kept, with any re-balancing recipe
 (conf/methods/NAME.yaml) and optionally an SSP initialisation. --rounds R > 1 self-trains: each
 round's model re-labels the pool and the next round trains on the new labels."""
-from pathlib import Path
-
-from pipeline.cli import JobParser, run_spark_job
+from pipeline.cli import JobParser, recipe_layers, run_spark_job
 from pipeline.launch import launch_semi, result_summary
-
-METHODS = Path(__file__).resolve().parent.parent / "conf" / "methods"
 
 
 def main(argv=None) -> dict:
     parser = JobParser(__doc__)
-    methods = sorted(p.stem for p in METHODS.glob("*.yaml") if p.stem != "ssp_rotation")
-    parser.flag("--method", key="train.method", help=f"a recipe: {', '.join(methods)}")
+    parser.method_flag(exclude=("ssp_rotation",))
     parser.training_flags()
     parser.flag("--pseudo-labels", key="train.pseudo_labels", metavar="OUT", help="a jobs/pseudolabel.py output")
     parser.flag("--pretrained", key="train.pretrained", metavar="RUN_ID|PATH",
@@ -25,7 +20,7 @@ def main(argv=None) -> dict:
     parser.flag("--unlabeled-weight", key="train.unlabeled_weight", help="weight of the pseudo-labeled loss")
     parser.flag("--rounds", key="train.self_training_rounds", help="self-training rounds")
     args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS", "train.pseudo_labels": "--pseudo-labels OUT"},
-                            layers=lambda c: [str(METHODS / f"{c.train.method}.yaml")] if c.train.method else [])
+                               layers=recipe_layers)
     return run_spark_job(cfg, launch_semi, result_summary, args.result)
 
 

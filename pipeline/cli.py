@@ -10,8 +10,15 @@ from typing import Callable
 
 from pipeline.config import Config, ConfigError, resolve
 from pipeline.errors import PipelineError
+from pipeline.provenance import PROJECT_ROOT
 
 _OVERRIDES = "_overrides"
+RECIPES = PROJECT_ROOT / "conf" / "methods"  # conf/methods/<name>.yaml: the training recipes
+
+
+def recipe_layers(cfg: Config) -> list[str]:
+    """The YAML of the recipe ``train.method`` names (none when it names none): a ``layers`` for resolve."""
+    return [str(RECIPES / f"{cfg.train.method}.yaml")] if cfg.train.method else []
 
 
 class _Override(argparse.Action):
@@ -57,6 +64,10 @@ class JobParser(argparse.ArgumentParser):
             self.add_argument(*names, action=_Override, key=key, const="true", nargs=0, **kw)
         else:
             self.add_argument(*names, action=_Override, key=key, **kw)
+
+    def method_flag(self, exclude: tuple[str, ...] = ()) -> None:
+        methods = sorted(p.stem for p in RECIPES.glob("*.yaml") if p.stem not in exclude)
+        self.flag("--method", key="train.method", help=f"a recipe: {', '.join(methods)}")
 
     def training_flags(self) -> None:
         """The flags every job that launches ``fit`` takes."""

@@ -71,6 +71,16 @@ def metric_name(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)
 
 
+def overall_precision(rows: list[dict]) -> Optional[float]:
+    """Share of all kept pseudo-labels that are right, from one micro-batch's balance rows; None
+    without hidden truth."""
+    if rows[0]["true_count"] is None:
+        return None
+    kept = sum(r["selected_count"] for r in rows)
+    right = sum(r["precision"] * r["selected_count"] for r in rows if r["precision"] is not None)
+    return right / kept if kept else 0.0
+
+
 def balance_metrics(table: pa.Table) -> dict[str, float]:
     """The figures of one micro-batch's balance as MLflow step metrics (same names in every run)."""
     rows = table.to_pylist()
@@ -86,8 +96,7 @@ def balance_metrics(table: pa.Table) -> dict[str, float]:
         for key in ("mean_confidence", "precision", "recall"):
             if r[key] is not None:
                 metrics[f"pl_{key}_{name}"] = r[key]
-    if first["true_count"] is not None:
-        kept = sum(r["selected_count"] for r in rows)
-        right = sum(r["precision"] * r["selected_count"] for r in rows if r["precision"] is not None)
-        metrics["pl_precision"] = right / kept if kept else 0.0
+    precision = overall_precision(rows)
+    if precision is not None:
+        metrics["pl_precision"] = precision
     return {k: v for k, v in metrics.items() if np.isfinite(v)}

@@ -14,14 +14,13 @@ import time
 from typing import Iterator, Optional
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline import fs, schema
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.provenance import git_commit, stamp
 from streaming import sinks
-from streaming.balance import balance_metrics, balance_table, imbalance_ratio
+from streaming.balance import balance_metrics, balance_table, imbalance_ratio, overall_precision
 from streaming.score import ScoringModel, resolve, score
 from streaming.select import Policy, from_config
 
@@ -60,15 +59,10 @@ def truth_path(cfg) -> Optional[str]:
 def load_truth(path: Optional[str]) -> Optional[dict[str, int]]:
     if path is None:
         return None
-    from pipeline.data import parquet_files
+    from pipeline.data import read_table
 
-    ids, labels = [], []
-    for file in parquet_files(path):
-        fsys, p = fs.filesystem(file)
-        t = pq.read_table(p, filesystem=fsys, columns=["id", "label"])
-        ids += t.column("id").to_pylist()
-        labels += t.column("label").to_pylist()
-    return dict(zip(ids, labels))
+    table = read_table(path, columns=["id", "label"])
+    return dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist()))
 
 
 def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, truth: Optional[str],
@@ -201,9 +195,9 @@ def summary_of(out: str, info: dict) -> dict:
     selected = [r["selected_count"] for r in rows]
     result.update(batches=len(sinks.committed_batches(out)), scored=rows[0]["cumulative_rows"],
                   selected=sum(selected), selected_imbalance_ratio=imbalance_ratio(selected))
-    if rows[0]["true_count"] is not None:
-        right = sum((r["precision"] or 0) * r["selected_count"] for r in rows)
-        result["precision"] = right / max(1, sum(selected))
+    precision = overall_precision(rows)
+    if precision is not None:
+        result["precision"] = precision
     return result
 
 

@@ -199,7 +199,7 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
         time.sleep(0.3 * kill_after)  # land the kill inside a later micro-batch, not only between them
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert len(sinks.committed_batches(str(out))) < FILES, "killed too late to test the restart"
+        assert len(label_ids(out)) < 600, "killed too late to test the restart"
     command, env = submit_command("jobs/pseudolabel.py", *args)
     final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stdout[-3000:]
@@ -207,13 +207,17 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
     ids = label_ids(out)
     assert len(ids) == len(set(ids)) == 600 and sorted(ids) == sorted(pool_ids(base["splits"]))
     assert spark.read.parquet(str(out / "labels")).count() == 600  # Spark readers agree
+    # A kill after Spark logged a batch's files but before it logged the batch's offsets makes the
+    # restart plan that batch afresh, with the next file too: batches need not be one per file.
+    batches = list(sinks.committed_batches(str(out)))
+    assert batches == list(range(len(batches))) and len(batches) <= FILES
     balance = sinks.read_balance(str(out)).to_pandas()
-    assert sorted(balance.batch_id.unique()) == list(range(FILES))  # one balance per micro-batch, no gap
-    assert balance[balance.batch_id == FILES - 1].cumulative_rows.iloc[0] == 600
-    assert (balance[balance.batch_id == FILES - 1].selected_count <= 20).all()
+    assert sorted(balance.batch_id.unique()) == batches, final.stdout[-3000:]  # one per micro-batch, no gap
+    last = balance[balance.batch_id == batches[-1]]
+    assert last.cumulative_rows.iloc[0] == 600 and (last.selected_count <= 20).all()
     run_id = sinks.read_stream_info(str(out))["run_id"]  # one MLflow run across the kills, every step once
     steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "pl_rows_total")]
-    assert steps == list(range(FILES))
+    assert steps == batches
 
 
 # --- semi-supervised training on the pseudo-labels ----------------------------------------------

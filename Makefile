@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo dashboard mlflow-ui test test-all bench-ingest bench-train bench-stream bench-cifar10-lt cluster-check clean
+.PHONY: venv demo sweep dashboard mlflow-ui test test-all bench-ingest bench-train bench-stream bench-cifar10-lt cluster-check clean
 
 venv: $(VENV)/.installed
 
@@ -47,6 +47,12 @@ demo: venv
 	    --pretrained $(call RUN_ID,$(D)/pretrain.json)
 	$(PY) jobs/compare.py --experiment digits-lt10
 	@echo "Compare the runs in the MLflow UI: make mlflow-ui  (then open http://127.0.0.1:5000)"
+
+GRID ?= conf/sweeps/digits_methods.yaml
+# A study (methods x imbalance ratios x seeds) as Spark tasks; its grid reads the demo's digits ingest.
+sweep: venv
+	test -f $(D)/digits/ingest.json || $(SUBMIT) jobs/ingest.py --config $(DEMO) --out $(D)/digits
+	$(SUBMIT) jobs/sweep.py --grid $(GRID)
 
 BALANCE ?= $(D)/pseudo-labels/balance
 dashboard: venv  # the live pseudo-label balance of a jobs/pseudolabel.py output (BALANCE=OUT/balance)

@@ -104,6 +104,12 @@ class JobParser(argparse.ArgumentParser):
         return args, cfg
 
 
+def overrides_of(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (key, raw value) pairs of a parsed command line's flags and --set, in order: for a job
+    that resolves several configs from one command line (jobs/sweep.py)."""
+    return list(getattr(args, _OVERRIDES, None) or [])
+
+
 def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str], result_file: str | None = None) -> dict:
     """Start the SparkSession, run ``job(spark, cfg)``, print its summary (and write it to
     ``result_file`` as JSON, for the next job of a chain). An expected failure (bad input, existing

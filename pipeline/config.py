@@ -143,6 +143,7 @@ class TrainConfig:
     unlabeled_share: float = 0.5  # semi: share of each batch drawn from the pseudo-labeled images
     unlabeled_weight: float = 1.0  # semi: loss = labeled loss + unlabeled_weight * pseudo-labeled loss
     self_training_rounds: int = 1  # semi: > 1 re-labels the pool with each round's model and trains again
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags of the run (a sweep names itself here)
 
     def validate(self) -> None:
         if len(self.lr_milestones) != len(self.lr_factors):

@@ -74,11 +74,15 @@ def open_input(uri: str):
     return fs.open_input_file(path)
 
 
-def write_text(uri: str, text: str) -> None:
+def write_bytes(uri: str, data: bytes) -> None:
     fs, path = filesystem(uri)
     fs.create_dir(posixpath.dirname(path), recursive=True)
     with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
+        f.write(data)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
 
 
 def to_json(obj, indent: int = 0) -> str:

@@ -5,9 +5,32 @@ tasks on the executors. TorchDistributor returns one rank's value, so the functi
 same value on every rank (``fit`` broadcasts it)."""
 from __future__ import annotations
 
+import os
+import tempfile
+import traceback
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from pipeline.errors import PipelineError
+
+
+class LaunchError(PipelineError):
+    pass
+
+
+def _reporting_errors(fn: Callable[..., Any], errors: str, *args) -> Any:
+    """Run ``fn`` in a launched process; if it raises, leave the traceback where the launcher can
+    read it (TorchDistributor itself only says that training failed)."""
+    try:
+        return fn(*args)
+    except BaseException:
+        try:
+            Path(errors, f"rank{os.environ.get('RANK', '0')}.txt").write_text(traceback.format_exc())
+        except OSError:  # e.g. an executor that does not share the driver's disk
+            pass
+        raise
 
 
 def launch(spark, fn: Callable[..., Any], *args, num_processes: int = 1, device: str = "auto") -> Any:
@@ -15,7 +38,17 @@ def launch(spark, fn: Callable[..., Any], *args, num_processes: int = 1, device:
 
     use_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     local_mode = spark.sparkContext.master.startswith("local")
-    return TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu).run(fn, *args)
+    distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu)
+    with tempfile.TemporaryDirectory(prefix="launch-errors-") as errors:
+        try:
+            return distributor.run(_reporting_errors, fn, errors, *args)
+        except RuntimeError as e:
+            reports = sorted(Path(errors).glob("rank*.txt"))
+            if not reports:
+                raise
+            text = reports[0].read_text()
+            cause = text.strip().splitlines()[-1]
+            raise LaunchError(f"training failed in {reports[0].stem.replace('rank', 'rank ')}: {cause}") from e
 
 
 def launch_fit(spark, cfg) -> dict:

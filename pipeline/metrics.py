@@ -19,10 +19,15 @@ def confusion(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
     return np.bincount(labels * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+def topk_hits(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per image: is its label among the k highest logits?"""
     k = min(k, logits.shape[1])
     topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return float((topk == labels[:, None]).any(axis=1).mean())
+    return (topk == labels[:, None]).any(axis=1)
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    return float(topk_hits(logits, labels, k).mean())
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -42,6 +47,14 @@ def shot_groups(train_counts: Sequence[int]) -> dict[str, np.ndarray]:
     counts = np.asarray(train_counts)
     return {"many": np.flatnonzero(counts > MANY), "medium": np.flatnonzero((counts >= FEW) & (counts <= MANY)),
             "few": np.flatnonzero(counts < FEW)}
+
+
+def per_class_mean(values: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Mean of ``values`` over the images of each class; NaN for a class with no image."""
+    support = np.bincount(labels, minlength=num_classes)
+    sums = np.bincount(labels, weights=values.astype(np.float64), minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, sums / support, np.nan)
 
 
 def evaluate_logits(logits: np.ndarray, labels: np.ndarray, train_counts: Sequence[int],
@@ -65,6 +78,7 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray, train_counts: Sequen
         "macro_f1": float(f1[present].mean()),
         "ece": expected_calibration_error(softmax(logits), labels),
         "per_class_accuracy": per_class.tolist(),
+        "per_class_top5": per_class_mean(topk_hits(logits, labels, 5), labels, num_classes).tolist(),
         "confusion": cm.tolist(),
     }
     for group, classes in shot_groups(train_counts).items():

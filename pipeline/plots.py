@@ -49,3 +49,85 @@ def curves_figure(history):
     b.legend()
     fig.tight_layout()
     return fig
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG (for a self-contained report); the figure stays open."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+# --- comparisons of runs (jobs/compare.py, jobs/sweep.py) --------------------------------------
+
+def accuracy_vs_ratio_figure(lines: dict[str, list[tuple[float, float, float]]], title: str):
+    """Final top-1 (mean +- std over seeds) against the imbalance ratio, one line per method.
+    ``lines``: label -> [(ratio, mean, std)] with accuracies in [0, 1]."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, points in sorted(lines.items()):
+        points = sorted(points)
+        x = [p[0] for p in points]
+        ax.errorbar(x, [p[1] * 100 for p in points], yerr=[0 if np.isnan(p[2]) else p[2] * 100 for p in points],
+                    marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ratios = sorted({p[0] for points in lines.values() for p in points})
+    ax.set_xticks(ratios)
+    ax.set_xticklabels([f"{r:g}" for r in ratios])
+    ax.minorticks_off()
+    ax.set(xlabel="imbalance ratio (log)", ylabel="final test top-1 (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_comparison_figure(accuracy: dict[str, np.ndarray], train_counts, class_names, title: str):
+    """Grouped bars: each compared method's per-class test accuracy; the training images per class
+    on a log axis beside them."""
+    labels = sorted(accuracy)
+    x = np.arange(len(class_names))
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(class_names) * max(1, len(labels)) ** 0.5), 4.5))
+    for i, label in enumerate(labels):
+        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(np.asarray(accuracy[label], dtype=float)) * 100,
+               width, label=label)
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 100), xticks=x, title=title)
+    ax.set_xticklabels(class_names, rotation=90)
+    ax2 = ax.twinx()
+    ax2.plot(x, train_counts, color="black", marker="o", linestyle="--", label="training images")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("training images (log)")
+    handles = ax.get_legend_handles_labels()
+    extra = ax2.get_legend_handles_labels()
+    ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_grid_figure(matrices: dict[str, np.ndarray], class_names, title: str):
+    """Row-normalised confusion matrices of the compared methods, side by side (4 per row)."""
+    labels = sorted(matrices)
+    cols = min(4, len(labels))
+    rows = (len(labels) + cols - 1) // cols
+    size = max(3.0, 0.3 * len(class_names))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1, size * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    im = None
+    for ax, label in zip(axes.flat, labels):
+        cm = np.asarray(matrices[label], dtype=np.float64)
+        im = ax.imshow(cm / np.maximum(cm.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(label, fontsize=9)
+        ticks = range(len(class_names)) if len(class_names) <= 20 else []
+        ax.set(xticks=ticks, yticks=ticks, xlabel="predicted")
+        if ticks:
+            ax.set_xticklabels(class_names, rotation=90, fontsize=7)
+            ax.set_yticklabels(class_names, fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("true")
+    fig.suptitle(title)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+    return fig

@@ -49,6 +49,7 @@ class Tracker:
         mlflow.set_experiment(experiment)
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
         self.run_id = self.run.info.run_id
+        self.tags = dict(tags)
 
     def log_params(self, params: dict) -> None:
         flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in _flatten(params).items()}
@@ -74,7 +75,19 @@ class Tracker:
         self.mlflow.log_dict(obj, name)
 
     def log_artifact(self, path: str, folder: Optional[str] = None) -> None:
-        self.mlflow.log_artifact(path, folder)
+        """Log a file (a local path or a URI the pipeline's filesystems read) into ``folder``."""
+        from pipeline import fs
+
+        if os.path.exists(path):
+            self.mlflow.log_artifact(path, folder, run_id=self.run_id)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, fs.name(path))
+            Path(local).write_bytes(fs.read_bytes(path))
+            self.mlflow.log_artifact(local, folder, run_id=self.run_id)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.mlflow.log_text(text, name, run_id=self.run_id)
 
     def log_figure(self, figure, name: str) -> None:
         import matplotlib.pyplot as plt
@@ -94,6 +107,55 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status)
+
+
+def search_runs(experiment: str, filter_string: str = ""):
+    """The runs of ``experiment`` matching an MLflow filter, as a pandas DataFrame (empty if the
+    experiment does not exist yet)."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return pd.DataFrame()
+    return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string)
+
+
+def load_json_artifact(run_id: str, path: str) -> dict:
+    """A JSON artifact of a run (e.g. final_test_metrics.json)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
+
+
+def record_failure(experiment: str, run_name: str, tags: dict[str, str], error: str) -> str:
+    """A FAILED run standing for work that failed before it could open its own run (bad config,
+    missing input): the error is kept as a tag and as error.txt. Returns its run id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.tracking.MlflowClient()  # not mlflow.start_run: the caller may have a run open
+    run = client.create_run(client.get_experiment_by_name(experiment).experiment_id, run_name=run_name,
+                            tags={**tags, "error": error[-1000:]})
+    client.log_text(run.info.run_id, error, "error.txt")
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def set_run_tag(run_id: str, key: str, value: str) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.tracking.MlflowClient().set_tag(run_id, key, value)
+
+
+def end_active_run(status: str) -> None:
+    """End this process's open MLflow run, if any, with ``status`` (FAILED, KILLED)."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.end_run(status)
 
 
 class NullTracker:

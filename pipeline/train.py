@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from models import Classifier, create_model
 from pipeline import distributed, fs
 from pipeline.config import Config, ConfigError, to_dict
+from pipeline.errors import PipelineError
 from pipeline.data import (ROTATIONS, Augment, ImageSet, MixedLoader, choose_loader, concat, eval_batches,
                            load_split, make_loader, rotations)
 from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
@@ -123,12 +124,24 @@ def with_absolute_paths(cfg: Config) -> Config:
     return dataclasses.replace(cfg, train=train)
 
 
+class TrainingDiverged(PipelineError):
+    pass
+
+
 def fit(cfg: Config) -> dict:
     """Train ``cfg.train`` on the labeled split of ``cfg.train.splits``; returns the same summary on
     every rank (TorchDistributor hands back only one rank's value)."""
+    from pipeline.tracking import end_active_run
+
     ctx = distributed.setup(cfg.train.device)
     try:
         return _fit(cfg, ctx)
+    except KeyboardInterrupt:
+        end_active_run("KILLED")
+        raise
+    except BaseException:
+        end_active_run("FAILED")  # the run says it failed instead of staying "running" for ever
+        raise
     finally:
         distributed.teardown()
 
@@ -214,6 +227,9 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
         stats = train_one_epoch(ddp, loss_fn, optimizer, loader, epoch, weight, ctx.device, mode, t.recon_weight,
                                 frozen, t.unlabeled_weight)
         loss_sum, correct, seen = distributed.all_reduce_sum(list(stats), ctx.device)
+        if not np.isfinite(loss_sum):  # every rank sees the same sum, so every rank stops here
+            raise TrainingDiverged(f"epoch {epoch + 1}: the training loss is {loss_sum / seen} (diverged); "
+                                   f"lower train.lr (now {t.lr:g}) or check the data")
         if ctx.is_main:
             row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
                    "train_top1": float("nan") if reconstructing else correct / seen,
@@ -235,7 +251,8 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
         loader.close()
     result = None
     if ctx.is_main:
-        result = _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path)
+        result = _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path,
+                         manifest, provenance)
     return distributed.broadcast_object(result)
 
 
@@ -296,7 +313,7 @@ def _log_epochs(tracker, history: list[dict]) -> None:
 def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], semi: Optional[dict] = None):
     from pipeline.tracking import Tracker
 
-    tags = run_tags(cfg, manifest)
+    tags = {**cfg.train.tags, **run_tags(cfg, manifest)}
     if cfg.train.pretrained:
         tags["pretrained"] = cfg.train.pretrained
     if semi:  # the chain: base model -> pseudolabel run -> this run
@@ -318,8 +335,9 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return line.replace("nan%", "  - ")
 
 
-def _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path) -> dict:
-    from pipeline import plots
+def _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path, manifest,
+            provenance) -> dict:
+    from pipeline import plots, run_report
 
     final = evaluate(model, test, augment, loss_fn, counts, cfg, ctx.device)
     best = max(history, key=lambda h: h["test_top1"])
@@ -333,14 +351,23 @@ def _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history,
     tracker.log_metrics({k: v for k, v in summary.items() if k != "run_id" and np.isfinite(v)})
     tracker.log_metrics({f"final_test_class_acc_{n}": a for n, a in zip(names, final["per_class_accuracy"])
                          if np.isfinite(a)})
-    tracker.log_dict({"class_names": names, "train_counts": counts, **final}, "final_test_metrics.json")
-    tracker.log_figure(plots.confusion_figure(final["confusion"], names), "confusion_matrix.png")
-    tracker.log_figure(plots.per_class_figure(final["per_class_accuracy"], counts, names), "per_class_accuracy.png")
-    tracker.log_figure(plots.curves_figure(history), "learning_curves.png")
+    final = {"class_names": names, "train_counts": counts, **final}
+    tracker.log_dict(final, "final_test_metrics.json")
+    figures = {"confusion_matrix": plots.confusion_figure(final["confusion"], names),
+               "per_class_accuracy": plots.per_class_figure(final["per_class_accuracy"], counts, names),
+               "learning_curves": plots.curves_figure(history)}
+    pngs = {name: plots.png_bytes(fig) for name, fig in figures.items()}
+    for name, fig in figures.items():
+        tracker.log_figure(fig, f"{name}.png")
     tracker.log_artifact(str(ckpt_path), "checkpoint")
     export = _exportable(model, loss_fn, augment, cfg).cpu().eval()
     example = test.images[:2].float().div(255).numpy()  # batch of 2: the logged model is not tied to batch 1
     summary["model_uri"] = tracker.log_model(export, example)
+    tracker.log_text(run_report.render({
+        "run_id": tracker.run_id, "run_name": ckpt_path.parent.name, "experiment": cfg.train.experiment,
+        "tags": tracker.tags, "summary": summary, "provenance": provenance, "config": to_dict(cfg),
+        "manifest": manifest, "final": final, "figures": pngs, "history": history,
+        "model_uri": summary["model_uri"], "checkpoint": str(ckpt_path)}), "report.html")
     tracker.end()
     return summary
 

@@ -15,8 +15,13 @@ def test_defaults_yaml_is_the_dump_of_the_code_defaults():
 
 
 def test_every_shipped_yaml_resolves():
+    from pipeline.sweep import children, load_grid
+
     for path in sorted(CONF.rglob("*.yaml")):
-        resolve([str(path)])
+        if path.parent.name == "sweeps":  # sweep grids: each child's config must resolve
+            assert children(load_grid(str(path)))
+        else:
+            resolve([str(path)])
 
 
 def test_layers_apply_in_order_and_extends_is_relative_to_the_file():

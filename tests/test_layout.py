@@ -16,16 +16,6 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert {"demo", "test", "venv", "bench-ingest"} <= set(targets)
 
 
-def test_compose_services_refer_to_files_that_exist():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    for name, service in compose["services"].items():
-        if "build" in service:
-            context = ROOT / (service["build"] if isinstance(service["build"], str) else service["build"]["context"])
-            assert (context / "Dockerfile").is_file(), name
-        for volume in service.get("volumes", []):
-            assert volume.startswith("./"), f"{name}: only project-relative bind mounts for now"
-
-
 def test_top_level_layout():
     for path in ("jobs", "pipeline", "models", "streaming", "conf", "tests", "bench", "docker-compose.yml",
                  "README.md", "pyproject.toml", "Makefile", ".ci/run"):

@@ -68,6 +68,8 @@ def test_metrics_agree_with_scikit_learn():
     assert out["many_accuracy"] == pytest.approx(recall[[0, 1, 2]].mean())  # > 100 images
     assert out["medium_accuracy"] == pytest.approx(recall[[3, 4]].mean())  # 20..100
     assert out["few_accuracy"] == pytest.approx(recall[[5, 6]].mean())  # < 20
+    top5 = [skm.top_k_accuracy_score(labels[labels == c], logits[labels == c], k=5, labels=range(7)) for c in range(7)]
+    assert out["per_class_top5"] == pytest.approx(top5)
 
 
 def test_ece_by_hand():

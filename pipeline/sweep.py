@@ -1,0 +1,284 @@
+"""Studies over methods x imbalance ratios x seeds (``jobs/sweep.py --grid conf/sweeps/NAME.yaml``).
+
+A grid names the ingest to carve long-tailed splits from (one per ratio, reused while its settings
+hold), the config layers every child starts from, the axes, and overrides for some children. Each
+child is one ``fit``: small ones run side by side as Spark tasks (one training per task, on the
+executors), large ones one after another through TorchDistributor. One parent MLflow run groups the
+children (MLflow's nesting tag); a child that fails is recorded as FAILED with its error and the
+sweep goes on; a rerun skips the children that finished with the same resolved config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from pipeline import fs
+from pipeline.cli import RECIPES
+from pipeline.config import Config, ConfigError, apply_mapping, resolve, to_dict
+from pipeline.provenance import PROJECT_ROOT
+
+MATCH_KEYS = ("method", "imbalance_ratio", "seed")
+
+
+@dataclass
+class Grid:
+    name: str = ""  # the sweep: the parent run's name and the children's "sweep" tag
+    data: Optional[str] = None  # a jobs/ingest.py output; each ratio's splits are carved from it
+    out: Optional[str] = None  # OUT/splits/r<rho>, OUT/compare.*; None: runs/sweeps/<name>
+    config: list[str] = field(default_factory=list)  # config layers of every child (relative to the grid file)
+    methods: list[str] = field(default_factory=list)  # recipes (conf/methods/<name>.yaml)
+    imbalance_ratios: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    set: dict = field(default_factory=dict)  # config key -> value, for every child
+    overrides: list[dict] = field(default_factory=list)  # {match: {method|imbalance_ratio|seed: v}, set: {...}}
+    execution: Literal["auto", "tasks", "distributor"] = "auto"
+    small_mb: int = 256  # auto: a one-process child whose labeled images (decoded) fit in this runs as a task
+    threads_per_task: int = 1  # torch threads of each task (tasks share the executor's cores)
+
+    def validate(self, origin: str) -> None:
+        for key in ("name", "data", "methods", "imbalance_ratios", "seeds"):
+            if not getattr(self, key):
+                raise ConfigError(f"{origin}: sweep key '{key}' is required")
+        unknown = [m for m in self.methods if not (RECIPES / f"{m}.yaml").is_file()]
+        if unknown:
+            known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+            raise ConfigError(f"{origin}: methods: no recipe {unknown[0]!r}; known: {', '.join(known)}")
+        for i, o in enumerate(self.overrides):
+            where = f"{origin}: overrides[{i}]"
+            if set(o) != {"match", "set"} or not isinstance(o["match"], dict) or not isinstance(o["set"], dict):
+                raise ConfigError(f"{where}: expected {{match: {{...}}, set: {{...}}}}, got {o!r}")
+            bad = [k for k in o["match"] if k not in MATCH_KEYS]
+            if bad:
+                raise ConfigError(f"{where}.match: unknown key {bad[0]!r}; use {', '.join(MATCH_KEYS)}")
+        if self.small_mb < 0 or self.threads_per_task < 1:
+            raise ConfigError(f"{origin}: small_mb must be >= 0 and threads_per_task >= 1")
+
+
+def load_grid(path: str) -> Grid:
+    """Read and check a grid file; config layers are made relative to it."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"sweep grid {path} does not exist (see conf/sweeps/)")
+    data = yaml.safe_load(file.read_text()) or {}
+    grid = Grid()
+    apply_mapping(grid, data, origin=str(file))
+    grid.validate(str(file))
+    grid.config = [str((file.parent / c).resolve()) for c in grid.config]
+    grid.out = grid.out or str(PROJECT_ROOT / "runs" / "sweeps" / grid.name)
+    return grid
+
+
+@dataclass
+class Child:
+    method: str
+    imbalance_ratio: float
+    seed: int
+    cfg: Config
+    config_sha: str  # of the resolved training config: a rerun skips a finished child only if it is unchanged
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}/rho={self.imbalance_ratio:g}/seed={self.seed}"
+
+    def tagged(self, sweep: str, parent_run_id: str) -> Config:
+        """The child's config with the tags that tie its MLflow run to the sweep (and nest it)."""
+        tags = {**self.cfg.train.tags, "sweep": sweep, "sweep_child": self.key, "sweep_config_sha": self.config_sha,
+                "mlflow.parentRunId": parent_run_id}
+        return dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, tags=tags))
+
+
+def _raw(value: Any) -> str:
+    """A YAML value as the text ``--set`` takes (strings as they are)."""
+    if isinstance(value, str):
+        return value
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30).strip()
+    return text[:-3].strip() if text.endswith("\n...") else text  # a scalar's document-end marker
+
+
+def _matches(match: dict, method: str, ratio: float, seed: int) -> bool:
+    values = {"method": method, "imbalance_ratio": ratio, "seed": seed}
+    return all(float(v) == ratio if k == "imbalance_ratio" else str(v) == str(values[k]) for k, v in match.items())
+
+
+def split_dir(grid: Grid, ratio: float) -> str:
+    return fs.join(grid.out, "splits", f"r{ratio:g}")
+
+
+def base_config(grid: Grid, extra_layers: list[str], cli: list[tuple[str, str]], ratio: float,
+                method: Optional[str] = None, seed: Optional[int] = None) -> Config:
+    """One child's resolved config. Layers, later wins: its recipe, the grid's config files, the
+    job's --config files; then the grid's ``set``, matching ``overrides``, the job's --set, and
+    finally the child's own axes (which nothing overrides)."""
+    layers = ([str(RECIPES / f"{method}.yaml")] if method else []) + grid.config + extra_layers
+    overrides = [(k, _raw(v)) for k, v in grid.set.items()]
+    for o in grid.overrides:
+        if method is not None and _matches(o["match"], method, ratio, seed):
+            overrides += [(k, _raw(v)) for k, v in o["set"].items()]
+    overrides += list(cli)
+    overrides += [("longtail.data", grid.data), ("longtail.out", split_dir(grid, ratio)),
+                  ("longtail.imbalance_ratio", _raw(ratio)), ("train.splits", split_dir(grid, ratio))]
+    if method is not None:
+        overrides += [("train.method", method), ("train.seed", str(seed))]
+    try:
+        return resolve(layers, overrides)
+    except ConfigError as e:
+        where = f"{method}/rho={ratio:g}/seed={seed}" if method else f"rho={ratio:g}"
+        raise ConfigError(f"sweep {grid.name} ({where}): {e}") from None
+
+
+def children(grid: Grid, extra_layers: list[str] = (), cli: list[tuple[str, str]] = ()) -> list[Child]:
+    out = []
+    for ratio in grid.imbalance_ratios:
+        for method in grid.methods:
+            for seed in grid.seeds:
+                cfg = base_config(grid, list(extra_layers), list(cli), ratio, method, seed)
+                sha = hashlib.sha256(json.dumps(to_dict(cfg.train), sort_keys=True).encode()).hexdigest()[:16]
+                out.append(Child(method, ratio, seed, cfg, sha))
+    return out
+
+
+def ensure_splits(spark, grid: Grid, extra_layers: list[str], cli: list[tuple[str, str]]) -> dict[float, str]:
+    """Carve each ratio's splits, unless a previous run of the sweep already did with the same settings."""
+    from pipeline.splits import MANIFEST, run_longtail
+
+    made = {}
+    for ratio in grid.imbalance_ratios:
+        cfg = base_config(grid, extra_layers, cli, ratio)
+        out = split_dir(grid, ratio)
+        wanted = {k: v for k, v in to_dict(cfg.longtail).items() if k not in ("out", "overwrite", "data")}
+        if fs.exists(fs.join(out, MANIFEST)):
+            have = json.loads(fs.read_text(fs.join(out, MANIFEST)))
+            same = {k: v for k, v in have["params"].items() if k not in ("out", "overwrite", "data")} == wanted
+            if same and have["source"]["data"] == fs.normalize(grid.data):
+                made[ratio] = out
+                continue
+        run_longtail(spark, dataclasses.replace(cfg, longtail=dataclasses.replace(cfg.longtail, overwrite=True)))
+        made[ratio] = out
+    return made
+
+
+def is_small(child: Child, grid: Grid) -> bool:
+    if grid.execution != "auto":
+        return grid.execution == "tasks"
+    t = child.cfg.train
+    if t.num_processes > 1:
+        return False
+    manifest = json.loads(fs.read_text(fs.join(t.splits, "manifest.json")))
+    shape = manifest["image_shapes"][0]
+    decoded = manifest["totals"]["labeled"] * shape["height"] * shape["width"] * shape["channels"]
+    return decoded <= grid.small_mb * 2 ** 20
+
+
+def _run_in_task(item: tuple[str, Config], tracking: str, threads: int) -> dict:
+    """One child inside a Spark task: ``fit`` as a single process. Never raises: a failure comes
+    back as an outcome, so the other tasks of the sweep go on."""
+    import os
+
+    import torch
+
+    from pipeline.train import fit
+
+    key, cfg = item
+    os.environ["MLFLOW_TRACKING_URI"] = tracking  # executors track where the driver does
+    torch.set_num_threads(threads)
+    return _attempt(key, lambda: fit(cfg))
+
+
+def _attempt(key: str, run) -> dict:
+    started = time.time()
+    try:
+        result = run()
+        return {"key": key, "status": "FINISHED", "run_id": result["run_id"], "seconds": time.time() - started,
+                "final_test_top1": result["final_test_top1"]}
+    except Exception:
+        return {"key": key, "status": "FAILED", "error": traceback.format_exc(), "seconds": time.time() - started}
+
+
+def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[str, str]] = ()) -> dict:
+    from pipeline import report
+    from pipeline.launch import launch_fit
+    from pipeline.tracking import Tracker, record_failure, search_runs, set_run_tag, tracking_uri
+    from pipeline.train import with_absolute_paths
+
+    extra_layers, cli = list(extra_layers), list(cli)
+    todo = children(grid, extra_layers, cli)
+    experiment = todo[0].cfg.train.experiment
+    if len({c.cfg.train.experiment for c in todo}) > 1:
+        raise ConfigError(f"sweep {grid.name}: every child must log to one experiment (train.experiment)")
+    ensure_splits(spark, grid, extra_layers, cli)
+
+    parents = search_runs(experiment, f"tags.stage = 'sweep' and tags.sweep = '{grid.name}'")
+    parent = Tracker(experiment, grid.name, {"stage": "sweep", "sweep": grid.name},
+                     run_id=None if parents.empty else parents.sort_values("start_time").run_id.iloc[-1])
+    parent.log_params({"sweep": {k: v for k, v in to_dict(grid).items() if k not in ("out",)}})
+    parent.log_dict(to_dict(grid), "sweep.json")
+    attempt_ms = int(time.time() * 1000)
+
+    done = search_runs(experiment, f"tags.sweep = '{grid.name}' and attributes.status = 'FINISHED'")
+    finished = set()
+    if not done.empty and "tags.sweep_child" in done:
+        finished = set(zip(done["tags.sweep_child"], done["tags.sweep_config_sha"]))
+    skipped = [c for c in todo if (c.key, c.config_sha) in finished]
+    todo = [c for c in todo if (c.key, c.config_sha) not in finished]
+    as_task = {c.key: is_small(c, grid) for c in todo}
+    small = [c for c in todo if as_task[c.key]]
+    large = [c for c in todo if not as_task[c.key]]
+    print(f"sweep {grid.name}: {len(todo)} children to run ({len(small)} as Spark tasks, {len(large)} through "
+          f"TorchDistributor), {len(skipped)} finished before", flush=True)
+    outcomes = []
+    try:
+        if small:
+            uri, threads = tracking_uri(), grid.threads_per_task
+            items = [(c.key, with_absolute_paths(c.tagged(grid.name, parent.run_id))) for c in small]
+            outcomes += (spark.sparkContext.parallelize(items, len(items))
+                         .map(lambda item: _run_in_task(item, uri, threads)).collect())
+        for c in large:
+            outcomes.append(_attempt(c.key, lambda c=c: launch_fit(spark, c.tagged(grid.name, parent.run_id))))
+    except BaseException:  # Spark itself failed (a worker crashed hard) or the job was interrupted
+        parent.end("FAILED")
+        raise
+
+    by_key = {c.key: c for c in todo}
+    failed = []
+    for o in outcomes:
+        if o["status"] == "FINISHED":
+            continue
+        c = by_key[o["key"]]
+        own = search_runs(experiment, f"tags.sweep_child = '{c.key}' and tags.sweep_config_sha = '{c.config_sha}' "
+                                      f"and attributes.start_time >= {attempt_ms}")
+        if own.empty:  # failed before it could open its own run: the sweep records it
+            o["run_id"] = record_failure(experiment, f"{grid.name}-{c.key}",
+                                         c.tagged(grid.name, parent.run_id).train.tags, o["error"])
+        else:  # fit marked its run FAILED; the error goes with it
+            o["run_id"] = own.run_id.iloc[0]
+            set_run_tag(o["run_id"], "error", o["error"][-1000:])
+        failed.append(o)
+
+    runs = report.finished_runs(experiment, sweep=grid.name)
+    files = report.publish(runs, fs.join(grid.out, "compare"), parent) if not runs.empty else {}
+    parent.log_metrics({"children": len(todo) + len(skipped), "children_finished": len(outcomes) - len(failed),
+                        "children_failed": len(failed), "children_skipped": len(skipped)})
+    parent.end("FAILED" if failed else "FINISHED")
+    return {"sweep": grid.name, "experiment": experiment, "parent_run_id": parent.run_id,
+            "children": len(todo) + len(skipped), "finished": [o["key"] for o in outcomes if o["status"] == "FINISHED"],
+            "failed": {o["key"]: o["error"].strip().splitlines()[-1] for o in failed},
+            "skipped": [c.key for c in skipped], "outcomes": outcomes, "compare": files}
+
+
+def summary(result: dict) -> str:
+    lines = [f"sweep {result['sweep']} (experiment {result['experiment']}, parent run {result['parent_run_id']}): "
+             f"{result['children']} children, {len(result['finished'])} finished now, "
+             f"{len(result['skipped'])} skipped (finished before), {len(result['failed'])} failed"]
+    for key, error in result["failed"].items():
+        lines.append(f"  FAILED {key}: {error}")
+    if result["compare"].get("markdown"):
+        lines += ["", fs.read_text(result["compare"]["markdown"])]
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Sweeps: the grid file and its children (pure), then a real sweep on local Spark whose children
+run as Spark tasks, one failing on purpose, and reruns that skip what finished; the comparison
+plots and the per-run HTML report it leaves in MLflow."""
+import json
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from pipeline.config import ConfigError
+from pipeline.sweep import children, load_grid
+from tests.conftest import submit_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_grid(path: Path, **grid) -> Path:
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+GRID = dict(name="g", data="/somewhere/digits", config=[str(ROOT / "conf/experiments/digits_lt10.yaml")],
+            methods=["ce", "ldam_drw"], imbalance_ratios=[10, 100], seeds=[0, 1])
+
+
+def test_grid_expands_methods_ratios_seeds_and_applies_overrides_to_matching_children_only(tmp_path):
+    grid = load_grid(str(write_grid(tmp_path / "g.yaml", **GRID, set={"train.epochs": 3},
+                                    overrides=[{"match": {"method": "ldam_drw", "imbalance_ratio": 100},
+                                                "set": {"train.lr": 0.05, "train.seed": 99}}])))
+    kids = {c.key: c for c in children(grid)}
+    assert len(kids) == 8 and "ldam_drw/rho=100/seed=1" in kids
+    tuned, plain = kids["ldam_drw/rho=100/seed=1"].cfg.train, kids["ldam_drw/rho=10/seed=1"].cfg.train
+    assert (tuned.lr, plain.lr) == (0.05, 0.1) and tuned.epochs == plain.epochs == 3
+    assert tuned.seed == 1  # the child's own axes win over any override
+    assert tuned.loss == "ldam" and kids["ce/rho=10/seed=0"].cfg.train.loss == "ce"  # each child's recipe
+    assert tuned.splits.endswith("splits/r100") and tuned.batch_size == 32  # the grid's config layer
+    # the config hash (what a rerun compares) differs exactly where the resolved config does
+    assert kids["ldam_drw/rho=100/seed=1"].config_sha != kids["ldam_drw/rho=10/seed=1"].config_sha
+    again = {c.key: c.config_sha for c in children(grid)}
+    assert again == {k: c.config_sha for k, c in kids.items()}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ["ce", "no_such_recipe"]}, "no recipe 'no_such_recipe'"),
+    ({"seeds": []}, "sweep key 'seeds' is required"),
+    ({"overrides": [{"match": {"lr": 1}, "set": {}}]}, "overrides[0].match: unknown key 'lr'"),
+    ({"execution": "threads"}, "config key 'execution'"),
+    ({"methodz": ["ce"]}, "unknown config key 'methodz'"),
+])
+def test_a_bad_grid_names_the_file_and_the_key(tmp_path, change, message):
+    path = write_grid(tmp_path / "bad.yaml", **{**GRID, **change})
+    with pytest.raises(ConfigError) as e:
+        load_grid(str(path))
+    assert message in str(e.value) and "bad.yaml" in str(e.value)
+
+
+def test_a_bad_child_config_names_the_child(tmp_path):
+    grid = load_grid(str(write_grid(tmp_path / "g.yaml", **GRID, set={"train.epochs": "many"})))
+    with pytest.raises(ConfigError, match=r"sweep g \(ce/rho=10/seed=0\): config key 'train.epochs'"):
+        children(grid)
+
+
+def test_sweep_runs_children_as_spark_tasks_records_a_failed_child_and_reruns_only_what_did_not_finish(
+        base, tmp_path, mlflow_store):
+    grid = dict(name="tiny", data=str(base["root"] / "digits"), out=str(tmp_path / "out"),
+                config=[str(ROOT / "conf/experiments/digits_lt10.yaml")], methods=["ce", "focal"],
+                imbalance_ratios=[10], seeds=[0, 1],
+                set={"train.epochs": 2, "train.experiment": "tests-sweep", "train.run_dir": str(tmp_path / "train"),
+                     "longtail.labeled_max": 40},
+                overrides=[{"match": {"method": "focal", "seed": 1}, "set": {"train.lr": 1.0e+30}}])  # diverges
+    path = write_grid(tmp_path / "tiny.yaml", **grid)
+    command, env = submit_command("jobs/sweep.py", "--grid", path, "--result", tmp_path / "r1.json")
+    first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "4 children to run (4 as Spark tasks, 0 through TorchDistributor)" in first.stdout
+    r1 = json.loads((tmp_path / "r1.json").read_text())
+    assert sorted(r1["finished"]) == ["ce/rho=10/seed=0", "ce/rho=10/seed=1", "focal/rho=10/seed=0"]
+    assert list(r1["failed"]) == ["focal/rho=10/seed=1"] and "diverged" in r1["failed"]["focal/rho=10/seed=1"]
+
+    client = mlflow.tracking.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["tests-sweep"], filter_string="tags.sweep = 'tiny'")
+    runs = runs[runs["tags.stage"] != "sweep"]  # the children, without the parent
+    assert len(runs) == 4 and set(runs["tags.mlflow.parentRunId"]) == {r1["parent_run_id"]}
+    failed = runs[runs.status == "FAILED"]
+    assert failed["tags.sweep_child"].tolist() == ["focal/rho=10/seed=1"] and "diverged" in failed["tags.error"].iloc[0]
+    parent = client.get_run(r1["parent_run_id"])
+    assert parent.info.status == "FAILED" and parent.data.metrics["children_failed"] == 1
+    assert {"compare/compare.md", "compare/compare.csv", "compare/accuracy_vs_ratio_digits.png",
+            "compare/per_class_digits_r10.png", "compare/confusion_digits_r10.png"} <= {
+        a.path for a in client.list_artifacts(r1["parent_run_id"], "compare")}
+    table = (tmp_path / "out/compare/compare.md").read_text()
+    assert "| digits | 10 | ce | base | 2 |" in table and "| digits | 10 | focal | base | 1 |" in table
+
+    # each finished child carries its self-contained report
+    child = runs[runs.status == "FINISHED"].run_id.iloc[0]
+    report = mlflow.artifacts.load_text(f"runs:/{child}/report.html")
+    assert report.count('src="data:image/png;base64,') == 3 and 'src="http' not in report  # nothing fetched
+    assert "top-5 (%)" in report and report.count("<tr><td class=l>") >= 10  # a row per digit class
+    assert "mlflow.pytorch.load_model" in report and "manifest sha256" in report
+
+    # Rerun, the diverging child fixed and failing another way (before it can open its own run),
+    # through TorchDistributor this time: the three finished children are skipped.
+    grid["overrides"][0]["set"] = {"train.pretrained": str(tmp_path / "missing.pt")}
+    write_grid(path, **grid, execution="distributor")
+    from jobs import sweep as sweep_job
+
+    with pytest.raises(SystemExit) as e:
+        sweep_job.main(["--grid", str(path), "--result", str(tmp_path / "r2.json")])
+    assert e.value.code == 1
+    r2 = json.loads((tmp_path / "r2.json").read_text())
+    assert len(r2["skipped"]) == 3 and r2["parent_run_id"] == r1["parent_run_id"]
+    assert "missing.pt" in r2["failed"]["focal/rho=10/seed=1"]
+    recorded = client.get_run(r2["outcomes"][0]["run_id"])  # the sweep recorded the failure itself
+    assert recorded.info.status == "FAILED" and recorded.data.tags["sweep_child"] == "focal/rho=10/seed=1"
+    assert recorded.data.tags["mlflow.parentRunId"] == r1["parent_run_id"]
+
+    grid["overrides"] = []
+    write_grid(path, **grid, execution="distributor")
+    r3 = sweep_job.main(["--grid", str(path)])
+    assert r3["finished"] == ["focal/rho=10/seed=1"] and len(r3["skipped"]) == 3 and not r3["failed"]
+    assert client.get_run(r1["parent_run_id"]).info.status == "FINISHED"
+    assert "| digits | 10 | focal | base | 2 |" in (tmp_path / "out/compare/compare.md").read_text()

@@ -345,6 +345,14 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def from_dict(data: dict, origin: str = "") -> Config:
+    """The inverse of ``to_dict`` (e.g. a config handed to another process as JSON), type-checked."""
+    cfg = Config()
+    apply_mapping(cfg, data, origin=origin)
+    cfg.validate()
+    return cfg
+
+
 def dump(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 

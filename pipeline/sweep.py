@@ -178,18 +178,30 @@ def is_small(child: Child, grid: Grid) -> bool:
 
 
 def _run_in_task(item: tuple[str, Config], tracking: str, threads: int) -> dict:
-    """One child inside a Spark task: ``fit`` as a single process. Never raises: a failure comes
-    back as an outcome, so the other tasks of the sweep go on."""
+    """One child inside a Spark task, trained in a Python process of its own: a crash (segfault,
+    out-of-memory kill) costs that child only, and every training starts with fresh memory. Never
+    raises: a failure comes back as an outcome, so the other tasks of the sweep go on."""
     import os
-
-    import torch
-
-    from pipeline.train import fit
+    import subprocess
+    import sys
+    import tempfile
 
     key, cfg = item
-    os.environ["MLFLOW_TRACKING_URI"] = tracking  # executors track where the driver does
-    torch.set_num_threads(threads)
-    return _attempt(key, lambda: fit(cfg))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,  # executors track where the driver does
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the library, shipped or installed
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="sweep-child-") as tmp:
+        spec, outcome = Path(tmp, "child.json"), Path(tmp, "outcome.json")
+        spec.write_text(json.dumps({"key": key, "config": to_dict(cfg), "threads": threads}))
+        proc = subprocess.run([sys.executable, "-m", "pipeline.sweep", str(spec), str(outcome)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sys.stdout.write(proc.stdout)  # the training's log, in the executor's output
+        if outcome.exists():
+            return json.loads(outcome.read_text())
+    tail = "\n".join(proc.stdout.strip().splitlines()[-20:])
+    how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
+    return {"key": key, "status": "FAILED", "seconds": time.time() - started,
+            "error": f"{tail}\nthe training process {how} before reporting a result"}
 
 
 def _attempt(key: str, run) -> dict:
@@ -205,7 +217,7 @@ def _attempt(key: str, run) -> dict:
 def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[str, str]] = ()) -> dict:
     from pipeline import report
     from pipeline.launch import launch_fit
-    from pipeline.tracking import Tracker, record_failure, search_runs, set_run_tag, tracking_uri
+    from pipeline.tracking import Tracker, mark_failed, record_failure, search_runs, tracking_uri
     from pipeline.train import with_absolute_paths
 
     extra_layers, cli = list(extra_layers), list(cli)
@@ -257,9 +269,9 @@ def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[s
         if own.empty:  # failed before it could open its own run: the sweep records it
             o["run_id"] = record_failure(experiment, f"{grid.name}-{c.key}",
                                          c.tagged(grid.name, parent.run_id).train.tags, o["error"])
-        else:  # fit marked its run FAILED; the error goes with it
+        else:  # its run: marked FAILED by fit, or still RUNNING if the process was killed
             o["run_id"] = own.run_id.iloc[0]
-            set_run_tag(o["run_id"], "error", o["error"][-1000:])
+            mark_failed(o["run_id"], o["error"])
         failed.append(o)
 
     runs = report.finished_runs(experiment, sweep=grid.name)
@@ -282,3 +294,17 @@ def summary(result: dict) -> str:
     if result["compare"].get("markdown"):
         lines += ["", fs.read_text(result["compare"]["markdown"])]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m pipeline.sweep CHILD.json OUTCOME.json: one child (see _run_in_task)
+    import sys
+
+    import torch
+
+    from pipeline.config import from_dict
+    from pipeline.train import fit
+
+    child = json.loads(Path(sys.argv[1]).read_text())
+    torch.set_num_threads(child["threads"])
+    result = _attempt(child["key"], lambda: fit(from_dict(child["config"], origin=sys.argv[1])))
+    Path(sys.argv[2]).write_text(json.dumps(result))

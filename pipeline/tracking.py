@@ -143,11 +143,16 @@ def record_failure(experiment: str, run_name: str, tags: dict[str, str], error: 
     return run.info.run_id
 
 
-def set_run_tag(run_id: str, key: str, value: str) -> None:
+def mark_failed(run_id: str, error: str) -> None:
+    """Tag a run with the error that ended it and, if its process died before saying so (it still
+    reads RUNNING), end it as FAILED."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.tracking.MlflowClient().set_tag(run_id, key, value)
+    client = mlflow.tracking.MlflowClient()
+    client.set_tag(run_id, "error", error[-1000:])
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "FAILED")
 
 
 def end_active_run(status: str) -> None:

@@ -122,3 +122,32 @@ def test_sweep_runs_children_as_spark_tasks_records_a_failed_child_and_reruns_on
     assert r3["finished"] == ["focal/rho=10/seed=1"] and len(r3["skipped"]) == 3 and not r3["failed"]
     assert client.get_run(r1["parent_run_id"]).info.status == "FINISHED"
     assert "| digits | 10 | focal | base | 2 |" in (tmp_path / "out/compare/compare.md").read_text()
+
+
+def test_a_child_whose_training_process_is_killed_is_a_failed_outcome_not_a_failed_sweep(base, tmp_path):
+    """What the kernel's out-of-memory killer does to a training: SIGKILL. The Spark task that ran
+    the child survives (the training has a process of its own) and reports the child as failed."""
+    import threading
+    import time
+
+    from pipeline.config import resolve
+    from pipeline.sweep import _run_in_task
+    from pipeline.tracking import tracking_uri
+
+    cfg = resolve([str(ROOT / "conf/methods/ce.yaml"), str(ROOT / "conf/experiments/digits_lt10.yaml")],
+                  [("train.splits", str(base["splits"])), ("train.epochs", "500"),
+                   ("train.run_dir", str(tmp_path / "train")), ("train.experiment", "tests-sweep-kill")])
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(_run_in_task(("ce/rho=10/seed=0", cfg), tracking_uri(), 1)))
+    worker.start()
+    deadline = time.time() + 120
+    while not mlflow.search_runs(experiment_names=["tests-sweep-kill"]).shape[0]:  # training has begun
+        assert time.time() < deadline and worker.is_alive(), outcome
+        time.sleep(0.5)
+    child = subprocess.run(["pgrep", "-f", "--", "pipeline.sweep .*child.json"], capture_output=True, text=True)
+    pids = child.stdout.split()
+    assert len(pids) == 1, child
+    subprocess.run(["kill", "-KILL", pids[0]], check=True)
+    worker.join(60)
+    assert outcome["status"] == "FAILED" and outcome["key"] == "ce/rho=10/seed=0"
+    assert "the training process was killed by signal 9 before reporting a result" in outcome["error"]

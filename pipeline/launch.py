@@ -46,8 +46,7 @@ def launch(spark, fn: Callable[..., Any], *args, num_processes: int = 1, device:
             reports = sorted(Path(errors).glob("rank*.txt"))
             if not reports:
                 raise
-            text = reports[0].read_text()
-            cause = text.strip().splitlines()[-1]
+            cause = reports[0].read_text().strip().splitlines()[-1]  # "SomeError: what went wrong"
             raise LaunchError(f"training failed in {reports[0].stem.replace('rank', 'rank ')}: {cause}") from e
 
 

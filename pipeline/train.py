@@ -17,9 +17,9 @@ from torch.nn import functional as F
 from models import Classifier, create_model
 from pipeline import distributed, fs
 from pipeline.config import Config, ConfigError, to_dict
-from pipeline.errors import PipelineError
 from pipeline.data import (ROTATIONS, Augment, ImageSet, MixedLoader, choose_loader, concat, eval_batches,
                            load_split, make_loader, rotations)
+from pipeline.errors import PipelineError
 from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
 from pipeline.metrics import evaluate_logits
 from pipeline.provenance import git_commit

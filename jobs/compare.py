@@ -8,7 +8,8 @@ written to --out as compare.md, compare.csv and PNGs, and logged to a "compare" 
 import argparse
 
 from pipeline.provenance import PROJECT_ROOT
-from pipeline.report import CLASSIFIER_STAGES, compare, finished_runs, markdown, publish
+from pipeline import fs
+from pipeline.report import CLASSIFIER_STAGES, finished_runs, publish
 
 
 def main(argv=None) -> str:
@@ -38,8 +39,8 @@ def main(argv=None) -> str:
     if tracker:
         tracker.end()
     if args.csv:
-        compare(runs).to_csv(args.csv, index=False)
-    text = markdown(compare(runs))
+        fs.write_text(args.csv, fs.read_text(files["csv"]))
+    text = fs.read_text(files["markdown"]).rstrip("\n")
     print(text)
     print(f"\ntable and plots in {out}" + (f"; logged to MLflow run {tracker.run_id}" if tracker else ""))
     return text

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.metrics import FEW, MANY
+from pipeline.metrics import shot_groups
 
 HEADLINE = (("final_test_top1", "top-1"), ("final_test_top5", "top-5"), ("final_test_many_accuracy", "many-shot"),
             ("final_test_medium_accuracy", "medium-shot"), ("final_test_few_accuracy", "few-shot"),
@@ -44,8 +44,13 @@ def _image(png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _shot(count: int) -> str:
-    return "many" if count > MANY else "few" if count < FEW else "medium"
+def _shots(counts: list[int]) -> list[str]:
+    """Each class's shot group (many / medium / few), as metrics.shot_groups defines them."""
+    shot = [""] * len(counts)
+    for group, classes in shot_groups(counts).items():
+        for c in classes:
+            shot[c] = group
+    return shot
 
 
 def render(record: dict) -> str:
@@ -76,8 +81,9 @@ def render(record: dict) -> str:
              "<h2>Learning curves</h2>", _image(record["figures"]["learning_curves"], "learning curves"),
              "<h2>Per-class accuracy</h2>",
              _table(["class", "training images", "shot", "test images", "top-1 (%)", "top-5 (%)"],
-                    [[n, c, _shot(c), sup, _pct(a), _pct(t5)] for n, c, sup, a, t5 in
-                     zip(names, counts, support, final["per_class_accuracy"], final["per_class_top5"])]),
+                    [[n, c, shot, sup, _pct(a), _pct(t5)] for n, c, shot, sup, a, t5 in
+                     zip(names, counts, _shots(counts), support, final["per_class_accuracy"],
+                         final["per_class_top5"])]),
              _image(record["figures"]["per_class_accuracy"], "per-class accuracy against training images"),
              "<h2>Confusion matrix</h2>", _image(record["figures"]["confusion_matrix"], "confusion matrix"),
              _table(["true \\ predicted", *names], [[n, *row] for n, row in zip(names, final["confusion"])]),

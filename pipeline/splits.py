@@ -103,13 +103,18 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
         }
         # One fingerprint of the split contents (not of where they were written), for the provenance
         # of every run trained on them.
-        selection = {k: v for k, v in manifest["params"].items() if k not in ("data", "out", "overwrite")}
         manifest["manifest_sha256"] = hashlib.sha256(json.dumps(
-            {"class_names": class_names, "selection": selection, "ids_sha256": hashes}, sort_keys=True).encode()
+            {"class_names": class_names, "selection": selection(manifest["params"]), "ids_sha256": hashes},
+            sort_keys=True).encode()
         ).hexdigest()
         manifest.update(stamp(), duration_s=round(time.time() - started, 2))
         fs.write_json(fs.join(tmp, MANIFEST), manifest)
     return manifest
+
+
+def selection(params: dict) -> dict:
+    """The long-tail settings that decide which images a split holds (not where they are read or written)."""
+    return {k: v for k, v in params.items() if k not in ("data", "out", "overwrite")}
 
 
 def _read_back(spark: SparkSession, uri: str, num_classes: int) -> tuple[list[int], str]:

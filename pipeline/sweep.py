@@ -145,24 +145,19 @@ def children(grid: Grid, extra_layers: list[str] = (), cli: list[tuple[str, str]
     return out
 
 
-def ensure_splits(spark, grid: Grid, extra_layers: list[str], cli: list[tuple[str, str]]) -> dict[float, str]:
+def ensure_splits(spark, grid: Grid, extra_layers: list[str], cli: list[tuple[str, str]]) -> None:
     """Carve each ratio's splits, unless a previous run of the sweep already did with the same settings."""
-    from pipeline.splits import MANIFEST, run_longtail
+    from pipeline.splits import MANIFEST, run_longtail, selection
 
-    made = {}
     for ratio in grid.imbalance_ratios:
         cfg = base_config(grid, extra_layers, cli, ratio)
-        out = split_dir(grid, ratio)
-        wanted = {k: v for k, v in to_dict(cfg.longtail).items() if k not in ("out", "overwrite", "data")}
-        if fs.exists(fs.join(out, MANIFEST)):
-            have = json.loads(fs.read_text(fs.join(out, MANIFEST)))
-            same = {k: v for k, v in have["params"].items() if k not in ("out", "overwrite", "data")} == wanted
-            if same and have["source"]["data"] == fs.normalize(grid.data):
-                made[ratio] = out
+        manifest = fs.join(split_dir(grid, ratio), MANIFEST)
+        if fs.exists(manifest):
+            have = json.loads(fs.read_text(manifest))
+            if (selection(have["params"]) == selection(to_dict(cfg.longtail))
+                    and have["source"]["data"] == fs.normalize(grid.data)):
                 continue
         run_longtail(spark, dataclasses.replace(cfg, longtail=dataclasses.replace(cfg.longtail, overwrite=True)))
-        made[ratio] = out
-    return made
 
 
 def is_small(child: Child, grid: Grid) -> bool:
@@ -171,7 +166,9 @@ def is_small(child: Child, grid: Grid) -> bool:
     t = child.cfg.train
     if t.num_processes > 1:
         return False
-    manifest = json.loads(fs.read_text(fs.join(t.splits, "manifest.json")))
+    from pipeline.splits import MANIFEST
+
+    manifest = json.loads(fs.read_text(fs.join(t.splits, MANIFEST)))
     shape = manifest["image_shapes"][0]
     decoded = manifest["totals"]["labeled"] * shape["height"] * shape["width"] * shape["channels"]
     return decoded <= grid.small_mb * 2 ** 20

@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo sweep dashboard mlflow-ui test test-all bench-ingest bench-train bench-stream bench-cifar10-lt cluster-check clean
+.PHONY: venv demo sweep dashboard mlflow-ui test test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study cluster-check clean
 
 venv: $(VENV)/.installed
 
@@ -80,6 +80,13 @@ cluster-check: venv  # a standalone Spark cluster + MLflow server on loopback, t
 
 bench-stream: venv  # streaming pseudo-label throughput and latency on CIFAR-10-LT's unlabeled pool
 	$(PY) bench/stream.py --archive ../shared/data/cifar10-jpeg.tar.gz
+
+EPOCHS ?= 15
+study: venv  # CIFAR-10-LT through the real jobs: 4 recipes, then SSP, streaming pseudo-labels, semi (EPOCHS=15)
+	$(PY) bench/study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS)
+
+bench-equal-budget: venv  # this project vs the reference code, same budget, 3 seeds each (EPOCHS=15)
+	$(PY) bench/equal_budget.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS) --methods ce,ldam_drw
 
 bench-cifar10-lt: venv  # the 200-epoch reference protocol; meant for a GPU
 	$(PY) bench/cifar10_lt.py --archive ../shared/data/cifar10-jpeg.tar.gz --methods ce,ldam_drw

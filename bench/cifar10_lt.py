@@ -20,6 +20,7 @@ from pipeline.config import resolve  # noqa: E402
 from pipeline.train import fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = "conf/experiments/cifar10_lt100.yaml"  # CIFAR-10-LT: the reference normalisation constants
 # The reference implementation (Yang & Xu 2020 / Cao et al. 2019 code) on this JPEG copy, from
 # ../shared/data/README.md: CE final epoch; LDAM-DRW best epoch over its first 193 epochs.
 REFERENCE = {"ce": "64.8 (final)", "ldam_drw": "72.8 (best epoch)"}
@@ -36,7 +37,7 @@ def main() -> None:
     splits = ensure_splits(args.archive, Path(args.work))
     rows = []
     for method in args.methods.split(","):
-        cfg = resolve([str(ROOT / "conf/methods" / f"{method}.yaml")], [
+        cfg = resolve([str(ROOT / "conf/methods" / f"{method}.yaml"), str(ROOT / EXPERIMENT)], [
             ("train.splits", str(splits)), ("train.method", method), ("train.epochs", str(args.epochs)),
             ("train.seed", str(args.seed)), ("train.experiment", "bench-cifar10-lt100"),
             ("train.run_dir", str(Path(args.work) / "runs"))])

@@ -24,6 +24,7 @@ from pipeline.data import Augment, MemoryLoader, channel_stats, load_split  # no
 from pipeline.distributed import pick_device  # noqa: E402
 from pipeline.losses import create_loss  # noqa: E402
 from pipeline.petastorm_loader import PetastormLoader  # noqa: E402
+from pipeline.objectives import Classify  # noqa: E402
 from pipeline.train import train_one_epoch  # noqa: E402
 
 
@@ -75,7 +76,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.time()
-            _, _, seen = train_one_epoch(model, loss_fn, opt, loaders[kind], epoch, None, device)
+            _, _, seen = train_one_epoch(model, Classify(cfg), loss_fn, opt, loaders[kind], epoch, None, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rates.append((kind, epoch, seen / (time.time() - t0)))

@@ -1,11 +1,13 @@
 """spark-submit jobs/train_semi.py --splits SPLITS --pseudo-labels OUT --method NAME [--pretrained RUN_ID]
-    [--unlabeled-share 0.5] [--unlabeled-weight 1] [--rounds R] [--epochs N] [--num-processes K]
+    [--semi-batches union|fixed_share] [--rounds R] [--epochs N] [--num-processes K]
 
-Semi-supervised training (Yang & Xu 2020): every batch mixes labeled images and the pseudo-labeled
-images that jobs/pseudolabel.py's selection policy kept, with any re-balancing recipe
-(conf/methods/NAME.yaml) and optionally an SSP initialisation. --rounds R > 1 self-trains: each
-round's model re-labels the pool and the next round trains on the new labels."""
-from pipeline.cli import JobParser, recipe_layers, run_spark_job
+Semi-supervised training (Yang & Xu 2020): the labeled images and the pseudo-labeled images that
+jobs/pseudolabel.py's selection policy kept are shuffled together into batches of 256 with one loss
+(conf/stages/semi.yaml, as their train_semi.py), with any re-balancing recipe (conf/methods/NAME.yaml)
+and optionally an SSP initialisation. --semi-batches fixed_share instead gives every batch a fixed
+share of pseudo-labeled images (--unlabeled-share, --unlabeled-weight). --rounds R > 1 self-trains:
+each round's model re-labels the pool and the next round trains on the new labels."""
+from pipeline.cli import JobParser, run_spark_job, semi_layers
 from pipeline.launch import launch_semi, result_summary
 
 
@@ -16,11 +18,13 @@ def main(argv=None) -> dict:
     parser.flag("--pseudo-labels", key="train.pseudo_labels", metavar="OUT", help="a jobs/pseudolabel.py output")
     parser.flag("--pretrained", key="train.pretrained", metavar="RUN_ID|PATH",
                 help="initialise the backbone from a run's checkpoint (SSP)")
-    parser.flag("--unlabeled-share", key="train.unlabeled_share", help="share of each batch that is pseudo-labeled")
-    parser.flag("--unlabeled-weight", key="train.unlabeled_weight", help="weight of the pseudo-labeled loss")
+    parser.flag("--semi-batches", key="train.semi_batches", help="union (the reference) or fixed_share")
+    parser.flag("--unlabeled-share", key="train.unlabeled_share",
+                help="fixed_share: share of each batch that is pseudo-labeled")
+    parser.flag("--unlabeled-weight", key="train.unlabeled_weight", help="fixed_share: weight of the pseudo-labeled loss")
     parser.flag("--rounds", key="train.self_training_rounds", help="self-training rounds")
     args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS", "train.pseudo_labels": "--pseudo-labels OUT"},
-                               layers=recipe_layers)
+                               layers=semi_layers)
     return run_spark_job(cfg, launch_semi, result_summary, args.result)
 
 

@@ -99,13 +99,18 @@ class TrainConfig:
     (warm-up, lr milestones, DRW) are given for ``reference_epochs`` and scaled to ``epochs``."""
     splits: Optional[str] = None  # a jobs/longtail.py output directory
     method: Optional[str] = None  # the recipe (conf/methods/<name>.yaml) these settings came from
+    reference: Optional[str] = None  # the paper and public code the recipe reproduces (set by the recipe)
     model: str = "resnet32"  # a registered model
     head: Literal["linear", "normed"] = "linear"  # normed: cosine classifier (LDAM)
     weights_path: Optional[str] = None  # torchvision models: initial weights from a local file
     loss: str = "ce"  # a registered loss
     class_weights: str = "none"  # a registered per-class weighting: none, inverse, effective_number
     weights_schedule: Literal["always", "drw"] = "always"  # drw: weights only from drw_epoch on
+    # how class weights reduce over a batch (softmax losses): sum w_y ce / sum w_y (LDAM-DRW's
+    # F.cross_entropy(weight=w)) or sum w_y ce / N (Cui et al.'s TensorFlow code)
+    weighted_reduction: Literal["weighted_mean", "mean"] = "weighted_mean"
     sampler: str = "random"  # a registered sampler: random, class_balanced
+    sampler_weights: str = "inverse"  # class_balanced: the class weighting examples are drawn by
     epochs: int = 200
     reference_epochs: int = 200  # the schedule below is written for this many epochs
     batch_size: int = 128  # per step, over all processes
@@ -124,11 +129,16 @@ class TrainConfig:
     posthoc_tau: float = 0.0  # > 0: subtract tau * log prior from the logits at evaluation
     objective: Literal["classify", "rotation"] = "classify"  # rotation: self-supervised pre-training (SSP)
     pretrain_unlabeled: bool = False  # rotation: also learn from the unlabeled pool's images
+    # rotation: one random rotation per image, balanced within each batch (Yang & Xu's
+    # pretrain_rot.py), or all four rotations of every image (4 x batch images per step)
+    ssp_rotations: Literal["random", "all"] = "random"
     ae_mode: Literal["classify", "joint", "separate"] = "classify"  # autoencoder models: how to train them
     recon_weight: float = 1.0  # joint: loss = classification + recon_weight * reconstruction MSE
     ae_epochs: int = 10  # separate: reconstruction epochs before the classifier epochs (frozen encoder)
     augment: Literal["crop_flip", "crop", "flip", "none"] = "crop_flip"  # digits: no flips (a flipped 2 is no 2)
-    crop_padding: int = 4  # pixels
+    crop_padding: int = 4  # pixels of black border around the raw image before the random crop
+    norm_mean: Optional[list[float]] = None  # per-channel mean in [0, 1] units; None: measured on the labeled split
+    norm_std: Optional[list[float]] = None  # per-channel std; set together with norm_mean
     loader: Literal["auto", "memory", "petastorm"] = "auto"
     memory_limit_mb: int = 4096  # auto: decoded splits up to this size are held in memory
     eval_batch_size: int = 512
@@ -140,8 +150,11 @@ class TrainConfig:
     resume: bool = False
     pretrained: Optional[str] = None  # an MLflow run id or a checkpoint path (SSP)
     pseudo_labels: Optional[str] = None  # semi-supervised: a jobs/pseudolabel.py output directory
-    unlabeled_share: float = 0.5  # semi: share of each batch drawn from the pseudo-labeled images
-    unlabeled_weight: float = 1.0  # semi: loss = labeled loss + unlabeled_weight * pseudo-labeled loss
+    # semi: labeled and pseudo-labeled images shuffled together, one loss over the batch, an epoch one
+    # pass over both (Yang & Xu's train_semi.py), or a fixed share of pseudo-labeled images per batch
+    semi_batches: Literal["union", "fixed_share"] = "union"
+    unlabeled_share: float = 0.5  # semi, fixed_share: share of each batch drawn from the pseudo-labeled images
+    unlabeled_weight: float = 1.0  # semi, fixed_share: loss = labeled loss + unlabeled_weight * pseudo-labeled loss
     self_training_rounds: int = 1  # semi: > 1 re-labels the pool with each round's model and trains again
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags of the run (a sweep names itself here)
 
@@ -157,6 +170,10 @@ class TrainConfig:
             raise ConfigError(f"train.unlabeled_share must be in (0, 1), got {self.unlabeled_share}")
         if self.unlabeled_weight < 0:
             raise ConfigError(f"train.unlabeled_weight must be >= 0, got {self.unlabeled_weight}")
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise ConfigError("train.norm_mean and train.norm_std must be set together (or neither: measured)")
+        if self.norm_std is not None and (len(self.norm_std) != len(self.norm_mean) or min(self.norm_std) <= 0):
+            raise ConfigError(f"train.norm_std must be positive, one per channel of train.norm_mean, got {self.norm_std}")
         if self.objective == "rotation" and self.pseudo_labels:
             raise ConfigError("train.pseudo_labels: rotation pre-training does not use labels, pseudo or not")
         if self.objective == "rotation":

@@ -87,12 +87,31 @@ def load_split(split_dir: str, max_rows: Optional[int] = None) -> ImageSet:
 ROTATIONS = ("0", "90", "180", "270")  # degrees counter-clockwise: the classes of rotation SSP
 
 
-def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image at 0/90/180/270 degrees, and the rotation index as label (Gidaris et al. 2018)."""
+def _square(images: torch.Tensor) -> None:
     if images.shape[-1] != images.shape[-2]:
         raise DataError(f"rotation pre-training needs square images, got {tuple(images.shape[-2:])}")
+
+
+def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image at 0/90/180/270 degrees, and the rotation index as label (Gidaris et al. 2018)."""
+    _square(images)
     x = torch.cat([torch.rot90(images, k, dims=(2, 3)) for k in range(len(ROTATIONS))])
     return x, torch.arange(len(ROTATIONS), device=images.device).repeat_interleave(len(images))
+
+
+def random_rotations(images: torch.Tensor, gen: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image once, at a random rotation, and that rotation as label, as Yang & Xu's
+    pretrain_rot.py draws them: the labels are a random permutation of 0, 1, 2, 3 repeated, cut to
+    the batch, so every rotation appears equally often (+-1) in a batch."""
+    _square(images)
+    n, k = len(images), len(ROTATIONS)
+    tiled = torch.arange(k).repeat(n // k + 1)
+    labels = tiled[torch.randperm(len(tiled), generator=gen)][:n].to(images.device)
+    out = images.clone()
+    for r in range(1, k):
+        chosen = labels == r
+        out[chosen] = torch.rot90(images[chosen], r, dims=(2, 3))
+    return out, labels
 
 
 def concat(sets: list[ImageSet]) -> ImageSet:
@@ -106,9 +125,17 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return x.mean(1).tolist(), x.std(1).clamp(min=1e-3).tolist()
 
 
+def epoch_generator(seed: int, epoch: int, rank: int, stream: int = 0) -> torch.Generator:
+    """The randomness of one rank's epoch (``stream`` 0: augmentation; others for other draws): a pure
+    function of its arguments (ints hash the same in every process), so a resumed run draws what the
+    uninterrupted one drew."""
+    return torch.Generator().manual_seed(hash((seed, epoch, rank, stream)) % 2 ** 63)
+
+
 class Augment:
-    """Normalise, then (training) random crop with zero padding and horizontal flip, batched on the
-    batch's device with an explicit generator."""
+    """Training: a random crop of the raw image padded with black (torchvision's
+    ``RandomCrop(size, padding=p)``) and a horizontal flip; then, always, per-channel normalisation
+    (``ToTensor`` + ``Normalize(mean, std)``). Batched on the batch's device with an explicit generator."""
 
     def __init__(self, mean, std, kind: str = "crop_flip", padding: int = 4):
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
@@ -116,27 +143,27 @@ class Augment:
         self.kind, self.padding = kind, padding
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def __call__(self, x: torch.Tensor, gen: Optional[torch.Generator] = None, train: bool = True) -> torch.Tensor:
-        x = self.normalise(x)
-        if not train or self.kind == "none":
-            return x
-        n, _, h, w = x.shape
-        if self.kind in ("crop_flip", "crop") and self.padding:
-            p = self.padding
-            padded = F.pad(x, (p, p, p, p))
-            dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-            dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-            rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
-            cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
-            x = padded[torch.arange(n, device=x.device)[:, None, None, None],
-                       torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
-        if self.kind == "crop":
-            return x
-        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
-        return torch.where(flip[:, None, None, None], x.flip(3), x)
+        x = x.float().div_(255)
+        if train and self.kind in ("crop_flip", "crop") and self.padding:
+            x = self._crop(x, gen)
+        if train and self.kind in ("crop_flip", "flip"):
+            flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return self.normalise(x)
+
+    def _crop(self, x: torch.Tensor, gen: Optional[torch.Generator]) -> torch.Tensor:
+        n, c, h, w = x.shape
+        p = self.padding
+        padded = F.pad(x, (p, p, p, p))  # zeros of the raw image: a black border
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+        rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
+        cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
+        return padded[torch.arange(n, device=x.device)[:, None, None, None],
+                      torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
 
 
 class MemoryLoader:
@@ -152,8 +179,9 @@ class MemoryLoader:
         return math.ceil(len(self.data) // self.world / self.batch)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = epoch_indices(self.sampler, self.labels_np, self.counts, self.cfg.seed, epoch, self.rank, self.world)
-        gen = torch.Generator().manual_seed(hash((self.cfg.seed, epoch, self.rank)) % 2 ** 63)
+        idx = epoch_indices(self.sampler, self.labels_np, self.counts, self.cfg.seed, epoch, self.rank, self.world,
+                            self.cfg)
+        gen = epoch_generator(self.cfg.seed, epoch, self.rank)
         idx = torch.from_numpy(idx).to(self.data.images.device)
         for start in range(0, len(idx), self.batch):
             take = idx[start:start + self.batch]
@@ -161,14 +189,14 @@ class MemoryLoader:
 
 
 class MixedLoader:
-    """Semi-supervised batches (Yang & Xu 2020): each holds ``batch_size * (1 - unlabeled_share)``
-    labeled images drawn by the recipe's sampler, then ``batch_size * unlabeled_share`` pseudo-labeled
-    ones drawn uniformly; an epoch is one pass of the labeled sampler. Yields (x, y, n_labeled)."""
+    """Semi-supervised batches with a fixed share (``train.semi_batches=fixed_share``, a variant of
+    ours: Yang & Xu shuffle both sets together, see ``semi_loader``): each holds
+    ``batch_size * (1 - unlabeled_share)`` labeled images drawn by the recipe's sampler, then
+    ``batch_size * unlabeled_share`` pseudo-labeled ones drawn uniformly; an epoch is one pass of the
+    labeled sampler. Yields (x, y, n_labeled)."""
 
     def __init__(self, labeled: ImageSet, pseudo: ImageSet, counts, cfg: TrainConfig, augment: Augment,
                  rank: int = 0, world: int = 1):
-        if len(pseudo) == 0:
-            raise DataError("no pseudo-labeled images were selected: nothing to mix in")
         self.labeled, self.pseudo, self.counts, self.cfg, self.augment = labeled, pseudo, np.asarray(counts), cfg, augment
         self.rank, self.world = rank, world
         per_rank = max(2, cfg.batch_size // world)
@@ -180,12 +208,13 @@ class MixedLoader:
         return math.ceil(len(self.labeled) // self.world / self.n_labeled)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        lab = epoch_indices(self.cfg.sampler, self.labeled_np, self.counts, self.cfg.seed, epoch, self.rank, self.world)
+        lab = epoch_indices(self.cfg.sampler, self.labeled_np, self.counts, self.cfg.seed, epoch, self.rank, self.world,
+                            self.cfg)
         steps = math.ceil(len(lab) / self.n_labeled)
         pseudo_counts = np.bincount(self.pseudo_np, minlength=len(self.counts))
         order = epoch_indices("random", self.pseudo_np, pseudo_counts, self.cfg.seed + 1, epoch, self.rank, self.world)
         pse = np.resize(order, steps * self.n_pseudo)  # the pool is cycled when it is smaller than needed
-        gen = torch.Generator().manual_seed(hash((self.cfg.seed, epoch, self.rank)) % 2 ** 63)
+        gen = epoch_generator(self.cfg.seed, epoch, self.rank)
         device = self.labeled.images.device
         for step in range(steps):
             li = torch.from_numpy(lab[step * self.n_labeled:(step + 1) * self.n_labeled]).to(device)
@@ -193,6 +222,20 @@ class MixedLoader:
             x = torch.cat([self.labeled.images[li], self.pseudo.images[pi]])
             y = torch.cat([self.labeled.labels[li], self.pseudo.labels[pi]])
             yield self.augment(x, gen), y, len(li)
+
+
+def semi_loader(labeled: ImageSet, pseudo: ImageSet, labeled_counts, cfg: TrainConfig, augment: Augment,
+                rank: int = 0, world: int = 1):
+    """The semi-supervised loader of ``cfg.semi_batches``. ``union`` (Yang & Xu's train_semi.py):
+    the labeled and pseudo-labeled images are one training set, drawn by the recipe's sampler with
+    the class counts of both, so an epoch is one pass over the union and one loss covers every
+    batch. ``fixed_share``: ``MixedLoader``."""
+    if len(pseudo) == 0:
+        raise DataError("no pseudo-labeled images were selected: nothing to mix in")
+    if cfg.semi_batches == "fixed_share":
+        return MixedLoader(labeled, pseudo, labeled_counts, cfg, augment, rank, world)
+    counts = np.asarray(labeled_counts) + np.bincount(pseudo.labels.cpu().numpy(), minlength=len(labeled_counts))
+    return MemoryLoader(concat([labeled, pseudo]), counts, cfg, augment, rank, world)
 
 
 def eval_batches(data: ImageSet, augment: Augment, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -221,12 +264,20 @@ def make_loader(kind: str, split_dir: Optional[str], counts, cfg: TrainConfig, r
     the memory loader takes already decoded ``data`` instead of ``split_dir`` when given."""
     if kind == "memory":
         data = data if data is not None else load_split(split_dir)
-        mean, std = channel_stats(data.images)
-        augment = Augment(mean, std, cfg.augment, cfg.crop_padding)
-        return MemoryLoader(data.to(device), counts, cfg, augment, rank, world), data
+        return MemoryLoader(data.to(device), counts, cfg, make_augment(data.images, cfg), rank, world), data
     from pipeline.petastorm_loader import PetastormLoader
 
     sample = load_split(split_dir, max_rows=STATS_ROWS)
-    mean, std = channel_stats(sample.images)
-    augment = Augment(mean, std, cfg.augment, cfg.crop_padding)
-    return PetastormLoader(split_dir, counts, cfg, augment, rank, world).to(device), sample
+    return PetastormLoader(split_dir, counts, cfg, make_augment(sample.images, cfg), rank, world).to(device), sample
+
+
+def make_augment(images: torch.Tensor, cfg: TrainConfig) -> Augment:
+    """The run's augmentation; its normalisation is ``train.norm_mean``/``norm_std`` when set (the
+    reference constants of a data set), else measured on ``images`` (the labeled split)."""
+    if cfg.norm_mean is not None:
+        if len(cfg.norm_mean) != images.shape[1]:
+            raise DataError(f"train.norm_mean has {len(cfg.norm_mean)} channels, the images {images.shape[1]}")
+        mean, std = cfg.norm_mean, cfg.norm_std
+    else:
+        mean, std = channel_stats(images)
+    return Augment(mean, std, cfg.augment, cfg.crop_padding)

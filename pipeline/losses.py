@@ -4,8 +4,11 @@ A loss is built from the training class counts and the train config; ``forward(l
 class_weight)`` takes the per-class weights of the current epoch (None: unweighted), so deferred
 re-weighting (DRW) is a schedule, not a different loss. Per-class constants are buffers.
 
-Conventions: softmax losses weight like ``F.cross_entropy(weight=w)`` (a weighted mean, as the
-LDAM-DRW reference); the sigmoid losses of Cui et al. use per-sample weights w_y and a plain mean."""
+How class weights reduce over a batch differs between the reference codes, so it is a setting
+(``train.weighted_reduction``) of the softmax losses: ``weighted_mean`` is
+``F.cross_entropy(weight=w)`` = sum_i w_yi ce_i / sum_i w_yi (kaidic/LDAM-DRW); ``mean`` is
+sum_i w_yi ce_i / N (Cui et al.'s TensorFlow code: ``softmax_cross_entropy(weights=w_y)``). The focal
+loss follows LDAM-DRW's ``FocalLoss`` and the sigmoid losses Cui et al.'s code (both sum / N)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -55,17 +58,30 @@ def class_weight_at(epoch: int, drw_epoch: int, counts: Sequence[int], cfg: Trai
 # --- losses -----------------------------------------------------------------------------------
 
 class LongTailLoss(nn.Module):
+    """Softmax cross-entropy on (possibly adjusted) logits. Subclasses change ``adjusted`` or
+    ``forward``; ``prepare_head`` and ``decay_head_bias`` let a loss set up the classifier it needs."""
+
+    decay_head_bias = True  # False: the head's bias gets no weight decay
+
     def __init__(self, counts: Sequence[int], cfg: TrainConfig):
         super().__init__()
         counts_t = torch.tensor(counts, dtype=torch.float32)
         self.register_buffer("log_prior", torch.log(counts_t.clamp(min=1) / counts_t.sum()))
+        self.weighted_mean = cfg.weighted_reduction == "weighted_mean"
 
     def adjusted(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return logits
 
+    def prepare_head(self, head: nn.Module) -> None:
+        """Initialise the freshly built classifier head (nothing for softmax losses)."""
+
     def forward(self, logits, target, class_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        w = None if class_weight is None else class_weight.to(logits.device)
-        return F.cross_entropy(self.adjusted(logits, target), target, weight=w)
+        logits = self.adjusted(logits, target)
+        if class_weight is None or self.weighted_mean:
+            w = None if class_weight is None else class_weight.to(logits.device)
+            return F.cross_entropy(logits, target, weight=w)
+        per_sample = F.cross_entropy(logits, target, reduction="none")
+        return (class_weight.to(logits.device)[target] * per_sample).mean()
 
 
 @LOSSES.register("ce")
@@ -111,7 +127,9 @@ class LDAM(LongTailLoss):
 
 @LOSSES.register("focal")
 class Focal(LongTailLoss):
-    """Lin et al. 2017 (softmax form): w_y * (1 - p_y)^gamma * CE, weighted mean over the batch."""
+    """Lin et al. 2017 (softmax form) as LDAM-DRW's ``FocalLoss``: with the per-example weighted
+    cross-entropy ce_i = w_yi * CE_i (w = 1 unweighted) and p_i = exp(-ce_i), the loss is the plain
+    mean over the batch of (1 - p_i)^gamma * ce_i."""
 
     def __init__(self, counts, cfg):
         super().__init__(counts, cfg)
@@ -119,19 +137,25 @@ class Focal(LongTailLoss):
 
     def forward(self, logits, target, class_weight=None):
         ce = F.cross_entropy(logits, target, reduction="none")
-        loss = (1 - torch.exp(-ce)) ** self.gamma * ce
-        if class_weight is None:
-            return loss.mean()
-        w = class_weight.to(logits.device)[target]
-        return (w * loss).sum() / w.sum()
+        if class_weight is not None:
+            ce = class_weight.to(logits.device)[target] * ce
+        return ((1 - torch.exp(-ce)) ** self.gamma * ce).mean()
 
 
 @LOSSES.register("sigmoid")
 class SigmoidCE(LongTailLoss):
     """Per-class sigmoid cross-entropy (Cui et al.'s CB sigmoid with class weights): mean over the
-    batch of w_y * sum_j BCE(z_j, [j == y])."""
+    batch of w_y * sum_j BCE(z_j, [j == y]). As in their code, the head's bias starts at
+    -log(C - 1) (every class at prior 1/C) and gets no weight decay."""
 
     focal_gamma = 0.0
+    decay_head_bias = False
+
+    def prepare_head(self, head):
+        if getattr(head, "bias", None) is None:
+            raise ValueError(f"loss {type(self).__name__} initialises the head's bias, but the head has none")
+        with torch.no_grad():
+            head.bias.fill_(-np.log(head.bias.numel() - 1))
 
     def forward(self, logits, target, class_weight=None):
         onehot = F.one_hot(target, logits.shape[1]).float()

@@ -15,7 +15,7 @@ import torch
 
 from pipeline import fs
 from pipeline.config import TrainConfig
-from pipeline.data import Augment, DataError, read_table
+from pipeline.data import Augment, DataError, epoch_generator, read_table
 
 BUFFER_BATCHES = 8  # shuffle buffer, in batches
 
@@ -95,7 +95,7 @@ class PetastormLoader:
         """``steps`` batches of (images, labels) (and ids when asked) from this rank's shard."""
         if self._rows is None:
             self._open()
-        gen = torch.Generator().manual_seed(hash((self.cfg.seed, epoch, self.rank)) % 2 ** 63)
+        gen = epoch_generator(self.cfg.seed, epoch, self.rank)
         h, w, c = self.shape
         for _ in range(self.steps):
             chunk = [next(self._rows) for _ in range(self.batch)]

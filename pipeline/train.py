@@ -1,66 +1,45 @@
 """The training loop: ``train_one_epoch``, ``evaluate``, ``fit``. One loop for every method: the
-recipe (loss x class weights x schedule x sampler) comes from the config. ``fit`` runs as a plain
-process or as one rank under torchrun/TorchDistributor (pipeline.distributed)."""
+recipe (loss x class weights x schedule x sampler) comes from the config, and what a batch costs
+from the registered objective of each phase (pipeline.objectives). ``fit`` runs as a plain process
+or as one rank under torchrun/TorchDistributor (pipeline.distributed)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import time
+import uuid
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from models import Classifier, create_model
 from pipeline import distributed, fs
-from pipeline.config import Config, ConfigError, to_dict
-from pipeline.data import (ROTATIONS, Augment, ImageSet, MixedLoader, choose_loader, concat, eval_batches,
-                           load_split, make_loader, rotations)
+from pipeline.config import Config, ConfigError, TrainConfig, to_dict
+from pipeline.data import (ROTATIONS, Augment, ImageSet, choose_loader, concat, eval_batches, load_split,
+                           make_loader, random_rotations, rotations, semi_loader)
 from pipeline.errors import PipelineError
 from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
 from pipeline.metrics import evaluate_logits
+from pipeline.objectives import OBJECTIVES, Objective, Phase, phases
 from pipeline.provenance import git_commit
 from pipeline.schedule import drw_epoch, lr_at
 from pipeline.splits import MANIFEST
 
 
-def objective(model, loss_fn, x, y, class_weight, mode: str, recon_weight: float = 1.0,
-              n_labeled: Optional[int] = None, unlabeled_weight: float = 1.0):
-    """(loss, logits or None, their targets) of one batch: ``classify``, ``semi`` (the first
-    ``n_labeled`` images labeled, the rest pseudo-labeled: labeled loss + unlabeled_weight x
-    pseudo-labeled loss), ``joint`` (classification + reconstruction), ``reconstruct`` (the
-    autoencoder alone) or ``rotation`` (SSP: which of 4 rotations each image shows)."""
-    if mode == "reconstruct":
-        return F.mse_loss(model(x, output="reconstruction"), x), None, y
-    if mode == "joint":
-        logits, recon = model(x, output="both")
-        return loss_fn(logits, y, class_weight) + recon_weight * F.mse_loss(recon, x), logits, y
-    if mode == "rotation":
-        x, y = rotations(x)
-    logits = model(x)
-    if mode == "semi":
-        n = n_labeled
-        pseudo = loss_fn(logits[n:], y[n:], class_weight) if n < len(y) else logits.sum() * 0
-        return loss_fn(logits[:n], y[:n], class_weight) + unlabeled_weight * pseudo, logits, y
-    return loss_fn(logits, y, class_weight), logits, y
-
-
-def train_one_epoch(model, loss_fn, optimizer, loader, epoch: int, class_weight: Optional[torch.Tensor],
-                    device, mode: str = "classify", recon_weight: float = 1.0,
-                    frozen_backbone: bool = False, unlabeled_weight: float = 1.0) -> tuple[float, float, int]:
+def train_one_epoch(model, objective: Objective, loss_fn, optimizer, loader, epoch: int,
+                    class_weight: Optional[torch.Tensor], device, frozen_backbone: bool = False) -> tuple[float, float, int]:
     """One pass over this process's shard; returns (summed loss, correct, images) for all-reduce.
-    A loader yields (images, labels) or, semi-supervised, (images, labels, number labeled)."""
+    A loader yields (images, labels) or, with a fixed semi-supervised share, (images, labels, number labeled)."""
     model.train()
     if frozen_backbone:  # a frozen encoder keeps its batch-norm statistics too
         distributed.unwrap(model).backbone.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y, *n_labeled in loader.epoch(epoch):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logits, targets = objective(model, loss_fn, x, y, class_weight, mode, recon_weight,
-                                          *n_labeled, unlabeled_weight=unlabeled_weight)
+        loss, logits, targets = objective(model, loss_fn, x, y, class_weight, *n_labeled)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -83,7 +62,7 @@ def evaluate(model, data: ImageSet, augment: Augment, loss_fn, train_counts, cfg
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique: two writers never share a temp file
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a kill never leaves a half-written checkpoint
 
@@ -146,100 +125,66 @@ def fit(cfg: Config) -> dict:
         distributed.teardown()
 
 
+class TrainData(NamedTuple):
+    names: list[str]  # class names (rotations for SSP)
+    counts: list[int]  # labeled images per class: the shot groups of the metrics
+    loss_counts: list[int]  # the class counts the model trains on (labeled + pseudo-labeled)
+    loader_kind: str
+    loader: object  # a MemoryLoader, MixedLoader or PetastormLoader
+    sample: ImageSet  # (part of) the training images: shape and statistics
+    test: ImageSet
+    val: Optional[ImageSet]
+    semi: Optional[dict]  # what a semi-supervised run records about its pseudo-labels
+
+
 def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     t = cfg.train
     manifest = json.loads(fs.read_text(fs.join(t.splits, MANIFEST)))
-    rotation = t.objective == "rotation"
-    if rotation:
-        names, counts, loader_kind, loader, sample, test, val = _rotation_data(t, ctx)
-    else:
-        counts, names = manifest["class_counts"]["labeled"], manifest["class_names"]
-        labeled_dir = fs.join(t.splits, "labeled")
-        loader_kind = choose_loader(labeled_dir, t)
-        loader, sample = make_loader(loader_kind, labeled_dir, counts, t, ctx.rank, ctx.world, ctx.device)
-        test = load_split(fs.join(t.splits, "test"))
-        val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
-    semi, loss_counts = None, counts
-    if t.pseudo_labels:
-        if loader_kind != "memory":
-            raise ConfigError("train.pseudo_labels: semi-supervised training needs train.loader=memory")
-        loader, semi = _semi_loader(t, manifest, loader, counts, ctx)
-        loss_counts = [a + b for a, b in zip(counts, semi["pseudo_counts"])]  # what the model is trained on
-    augment = loader.augment
-    _, channels, height, width = sample.images.shape
-
-    torch.manual_seed(t.seed)  # the same initial weights on every rank
-    model: Classifier = create_model(t.model, num_classes=len(names), in_channels=channels,
-                                     image_size=max(height, width), head=t.head, head_scale=t.ldam_s,
-                                     weights_path=t.weights_path).to(ctx.device)
-    autoencoder = hasattr(model, "decoder")
-    if t.ae_mode != "classify" and not autoencoder:
-        raise ConfigError(f"train.ae_mode={t.ae_mode} needs an autoencoder model (unet_ae, mobilenetv2_ae), "
-                          f"not {t.model}")
-    loss_fn = create_loss(loss_counts, t).to(ctx.device)
-    pretrain = t.ae_epochs if t.ae_mode == "separate" else 0  # reconstruction epochs before classifying
-    optimizer = _optimizer(model, t, frozen=False)
-
-    name = run_name(cfg, manifest, semi)
+    data = _train_data(t, manifest, ctx)
+    loss_fn = create_loss(data.loss_counts, t).to(ctx.device)
+    model = _model(t, data, loss_fn, ctx.device)
+    plan = [(phase, e) for phase in phases(t) for e in range(phase.epochs)]  # (phase, epoch within it) per epoch
+    name = run_name(cfg, manifest, data.semi)
     ckpt_path = Path(t.run_dir) / name / "checkpoint.pt"
-    state = None
-    if t.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=ctx.device, weights_only=True)
-        model.load_state_dict(state["model"])
-        if pretrain and state["epoch"] + 1 >= pretrain:  # resumed in the classifier phase
-            optimizer = _optimizer(model, t, frozen=True)
-        optimizer.load_state_dict(state["optimizer"])
-    history: list[dict] = state["history"] if state else []
+    state = torch.load(ckpt_path, map_location=ctx.device, weights_only=True) if t.resume and ckpt_path.exists() else None
     start = state["epoch"] + 1 if state else 0
-
-    provenance = {**(state["provenance"] if state else {}),  # a resumed run keeps what it started from
-                  "git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
-                  "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device),
-                  "loader": loader_kind, **({"semi": {k: v for k, v in semi.items() if k != "round"}} if semi else {})}
-    if t.pretrained and not state:  # a resumed run has the pre-trained weights in its checkpoint already
-        from pipeline.pretrained import load_backbone
-
-        provenance.update(load_backbone(model, t.pretrained))
-    tracker = _tracker(cfg, manifest, name, state, semi) if ctx.is_main else None
+    if state:
+        model.load_state_dict(state["model"])
+    provenance = _provenance(t, manifest, data, ctx, model, state)
+    tracker = _tracker(cfg, manifest, name, state, data.semi) if ctx.is_main else None
     run_id = distributed.broadcast_object(tracker.run_id if tracker else None)
     if tracker and not state:
         tracker.log_params({**to_dict(cfg.train), "provenance": provenance})
         tracker.log_dict(to_dict(cfg), "config.json")
         tracker.log_dict(manifest, "manifest.json")
 
-    frozen = bool(pretrain) and start >= pretrain
-    ddp = distributed.wrap(model, ctx, find_unused=autoencoder)
-    switch = drw_epoch(t)
-    total = pretrain + t.epochs
-    for epoch in range(start, total):
-        reconstructing = epoch < pretrain
-        if pretrain and epoch == pretrain and not frozen:  # separate mode: freeze the encoder, train the head
-            frozen, optimizer = True, _optimizer(model, t, frozen=True)
-            ddp = distributed.wrap(model, ctx, find_unused=autoencoder)
-        phase_epoch = epoch if reconstructing else epoch - pretrain
-        lr = lr_at(phase_epoch, dataclasses.replace(t, epochs=pretrain) if reconstructing else t)
+    history: list[dict] = state["history"] if state else []
+    current, switch = None, drw_epoch(t)
+    for epoch in range(start, len(plan)):
+        phase, e = plan[epoch]
+        if phase is not current:  # a new phase (or the one a resumed run stopped in): its optimizer and objective
+            current, optimizer, ddp, objective = phase, *_enter(phase, model, loss_fn, t, ctx)
+            if state and plan[state["epoch"]][0] is phase and epoch == start:
+                optimizer.load_state_dict(state["optimizer"])
+        lr = lr_at(e, dataclasses.replace(t, epochs=phase.epochs))
         for group in optimizer.param_groups:
             group["lr"] = lr
+        weight = class_weight_at(e, switch, data.loss_counts, t) if objective.classifies else None
+        objective.begin_epoch(epoch, ctx.rank)
         started = time.time()
-        weight = None if reconstructing else class_weight_at(phase_epoch, switch, loss_counts, t)
-        mode = ("reconstruct" if reconstructing else "rotation" if rotation else "semi" if semi
-                else "joint" if t.ae_mode == "joint" else "classify")
-        stats = train_one_epoch(ddp, loss_fn, optimizer, loader, epoch, weight, ctx.device, mode, t.recon_weight,
-                                frozen, t.unlabeled_weight)
+        stats = train_one_epoch(ddp, objective, loss_fn, optimizer, data.loader, epoch, weight, ctx.device, phase.frozen)
         loss_sum, correct, seen = distributed.all_reduce_sum(list(stats), ctx.device)
         if not np.isfinite(loss_sum):  # every rank sees the same sum, so every rank stops here
             raise TrainingDiverged(f"epoch {epoch + 1}: the training loss is {loss_sum / seen} (diverged); "
                                    f"lower train.lr (now {t.lr:g}) or check the data")
         if ctx.is_main:
             row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
-                   "train_top1": float("nan") if reconstructing else correct / seen,
+                   "train_top1": correct / seen if objective.classifies else float("nan"),
                    "images_per_s": seen / (time.time() - started),
                    "class_weight_max": 1.0 if weight is None else float(weight.max())}  # shows when DRW starts
-            row.update(_prefixed("test", evaluate(model, test, augment, loss_fn, counts, cfg, ctx.device)))
-            if val is not None:
-                row.update(_prefixed("val", evaluate(model, val, augment, loss_fn, counts, cfg, ctx.device)))
+            row.update(_evaluation_row(model, data, loss_fn, cfg, ctx.device))
             history.append(row)
-            print(_epoch_line(row, total), flush=True)
+            print(_epoch_line(row, len(plan)), flush=True)
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                           "history": history, "config": to_dict(cfg), "provenance": provenance, "run_id": run_id},
@@ -247,17 +192,75 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
             _log_epochs(tracker, history)  # after the checkpoint: a kill never logs an epoch twice
         distributed.barrier()
 
-    if hasattr(loader, "close"):
-        loader.close()
+    if hasattr(data.loader, "close"):
+        data.loader.close()
     result = None
     if ctx.is_main:
-        result = _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path,
-                         manifest, provenance)
+        result = _finish(tracker, cfg, model, data, loss_fn, history, ctx, ckpt_path, manifest, provenance)
     return distributed.broadcast_object(result)
 
 
-def _semi_loader(t, manifest: dict, labeled_loader, counts, ctx: distributed.Context):
-    """The mixed labeled + pseudo-labeled loader, and what the run records about its pseudo-labels."""
+def _train_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> TrainData:
+    if t.objective == "rotation":
+        return _rotation_data(t, ctx)
+    counts, names = manifest["class_counts"]["labeled"], manifest["class_names"]
+    labeled_dir = fs.join(t.splits, "labeled")
+    kind = choose_loader(labeled_dir, t)
+    loader, sample = make_loader(kind, labeled_dir, counts, t, ctx.rank, ctx.world, ctx.device)
+    test = load_split(fs.join(t.splits, "test"))
+    val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
+    if not t.pseudo_labels:
+        return TrainData(names, counts, counts, kind, loader, sample, test, val, None)
+    if kind != "memory":
+        raise ConfigError("train.pseudo_labels: semi-supervised training needs train.loader=memory")
+    pseudo, semi = _pseudo_labeled(t, manifest, ctx)
+    loader = semi_loader(loader.data, pseudo, counts, t, loader.augment, ctx.rank, ctx.world)
+    loss_counts = [a + b for a, b in zip(counts, semi["pseudo_counts"])]  # what the model is trained on
+    return TrainData(names, counts, loss_counts, kind, loader, sample, test, val, semi)
+
+
+def _model(t: TrainConfig, data: TrainData, loss_fn, device) -> Classifier:
+    _, channels, height, width = data.sample.images.shape
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    model = create_model(t.model, num_classes=len(data.names), in_channels=channels, image_size=max(height, width),
+                         head=t.head, head_scale=t.ldam_s, weights_path=t.weights_path)
+    if t.ae_mode != "classify" and not hasattr(model, "decoder"):
+        raise ConfigError(f"train.ae_mode={t.ae_mode} needs an autoencoder model (unet_ae, mobilenetv2_ae), "
+                          f"not {t.model}")
+    loss_fn.prepare_head(model.head)
+    return model.to(device)
+
+
+def _provenance(t: TrainConfig, manifest: dict, data: TrainData, ctx: distributed.Context, model, state) -> dict:
+    provenance = {**(state["provenance"] if state else {}),  # a resumed run keeps what it started from
+                  "git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
+                  "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device),
+                  "loader": data.loader_kind,
+                  **({"semi": {k: v for k, v in data.semi.items() if k != "round"}} if data.semi else {})}
+    if t.pretrained and not state:  # a resumed run has the pre-trained weights in its checkpoint already
+        from pipeline.pretrained import load_backbone
+
+        provenance.update(load_backbone(model, t.pretrained))
+    return provenance
+
+
+def _enter(phase: Phase, model, loss_fn, t: TrainConfig, ctx: distributed.Context):
+    """(optimizer, the model as this phase trains it, objective) of ``phase``."""
+    optimizer = _optimizer(model, loss_fn, t, frozen=phase.frozen)
+    ddp = distributed.wrap(model, ctx, find_unused=hasattr(model, "decoder"))
+    return optimizer, ddp, OBJECTIVES.get(phase.objective)(t)
+
+
+def _evaluation_row(model, data: TrainData, loss_fn, cfg: Config, device) -> dict:
+    augment = data.loader.augment
+    row = _prefixed("test", evaluate(model, data.test, augment, loss_fn, data.counts, cfg, device))
+    if data.val is not None:
+        row.update(_prefixed("val", evaluate(model, data.val, augment, loss_fn, data.counts, cfg, device)))
+    return row
+
+
+def _pseudo_labeled(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> tuple[ImageSet, dict]:
+    """The pseudo-labeled images the policy kept, and what the run records about them."""
     from streaming.sinks import selected_pseudo_labels
 
     ids, labels, info = selected_pseudo_labels(t.pseudo_labels)
@@ -272,34 +275,45 @@ def _semi_loader(t, manifest: dict, labeled_loader, counts, ctx: distributed.Con
                           f"e.g. {missing[:3]}")
     rows = torch.tensor([where[i] for i in ids], dtype=torch.int64)
     pseudo = ImageSet(pool.images[rows], torch.from_numpy(labels), ids).to(ctx.device)
-    loader = MixedLoader(labeled_loader.data, pseudo, counts, t, labeled_loader.augment, ctx.rank, ctx.world)
-    pseudo_counts = np.bincount(labels, minlength=len(counts)).tolist()
-    return loader, {"pseudo_labels": fs.normalize(t.pseudo_labels), "pseudolabel_run_id": info["run_id"],
+    pseudo_counts = np.bincount(labels, minlength=len(manifest["class_names"])).tolist()
+    return pseudo, {"pseudo_labels": fs.normalize(t.pseudo_labels), "pseudolabel_run_id": info["run_id"],
                     "base_run_id": info["model_run_id"], "policy": info["policy"], "pseudo_counts": pseudo_counts,
-                    "pseudo_total": len(ids), "round": info.get("round", 0) + 1}
+                    "pseudo_total": len(ids), "semi_batches": t.semi_batches, "round": info.get("round", 0) + 1}
 
 
-def _rotation_data(t, ctx: distributed.Context):
+def _rotation_data(t: TrainConfig, ctx: distributed.Context) -> TrainData:
     """SSP data: the labeled split's images (and the pool's, if asked) without their labels; the
-    test images, each at the four rotations, to measure rotation accuracy."""
+    test images rotated as in training (each once at a seeded random rotation, or all four), to
+    measure rotation accuracy."""
     parts = ["labeled"] + (["unlabeled"] if t.pretrain_unlabeled else [])
     images = concat([load_split(fs.join(t.splits, p)) for p in parts])
     unlabeled = ImageSet(images.images, torch.zeros(len(images), dtype=torch.int64), images.ids)
     loader, sample = make_loader("memory", None, [len(unlabeled)], t, ctx.rank, ctx.world, ctx.device,
                                  data=unlabeled)  # one pseudo-class: the sampler only shuffles
     test = load_split(fs.join(t.splits, "test"))
-    x, y = rotations(test.images)
+    if t.ssp_rotations == "random":
+        x, y = random_rotations(test.images, torch.Generator().manual_seed(t.seed))
+        test = ImageSet(x, y, test.ids)
+    else:
+        x, y = rotations(test.images)
+        test = ImageSet(x, y, test.ids * len(ROTATIONS))
     counts = [len(unlabeled)] * len(ROTATIONS)  # every rotation is equally frequent
-    return list(ROTATIONS), counts, "memory", loader, sample, ImageSet(x, y, test.ids * len(ROTATIONS)), None
+    return TrainData(list(ROTATIONS), counts, counts, "memory", loader, sample, test, None, None)
 
 
-def _optimizer(model, t, frozen: bool) -> torch.optim.Optimizer:
-    """SGD on every parameter, or on the head alone with the backbone frozen."""
+def _optimizer(model, loss_fn, t: TrainConfig, frozen: bool) -> torch.optim.Optimizer:
+    """SGD on every parameter, or on the head alone with the backbone frozen; the head's bias
+    without weight decay where the loss asks (Cui et al.'s sigmoid losses)."""
     if frozen:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
-    params = model.head.parameters() if frozen else model.parameters()
-    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    params = list(model.head.parameters() if frozen else model.parameters())
+    bias = getattr(model.head, "bias", None)
+    if loss_fn.decay_head_bias or bias is None:
+        groups = [{"params": params}]
+    else:
+        groups = [{"params": [p for p in params if p is not bias]}, {"params": [bias], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def _log_epochs(tracker, history: list[dict]) -> None:
@@ -335,10 +349,10 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return line.replace("nan%", "  - ")
 
 
-def _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history, ctx, ckpt_path, manifest,
-            provenance) -> dict:
+def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_path, manifest, provenance) -> dict:
     from pipeline import plots, run_report
 
+    test, augment, counts, names = data.test, data.loader.augment, data.counts, data.names
     final = evaluate(model, test, augment, loss_fn, counts, cfg, ctx.device)
     best = max(history, key=lambda h: h["test_top1"])
     summary = {"run_id": tracker.run_id, "final_test_top1": final["top1"], "final_test_top5": final["top5"],
@@ -349,6 +363,7 @@ def _finish(tracker, cfg, model, test, augment, loss_fn, counts, names, history,
                # reported for comparison with papers only: picking an epoch on the test split is not model selection
                "best_on_test_epoch_top1": best["test_top1"], "best_on_test_epoch": best["epoch"] + 1}
     tracker.log_metrics({k: v for k, v in summary.items() if k != "run_id" and np.isfinite(v)})
+    summary["final_test_per_class_accuracy"] = final["per_class_accuracy"]
     tracker.log_metrics({f"final_test_class_acc_{n}": a for n, a in zip(names, final["per_class_accuracy"])
                          if np.isfinite(a)})
     final = {"class_names": names, "train_counts": counts, **final}

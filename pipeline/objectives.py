@@ -1,0 +1,106 @@
+"""Training objectives, registered by name: what one batch costs. The one training loop
+(pipeline.train) calls ``objective(model, loss_fn, x, y, class_weight, n_labeled)`` on every batch a
+loader yields and gets ``(loss, logits or None, targets)`` back; which objective runs in which epochs
+is the run's plan of phases (``phases``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.nn import functional as F
+
+from pipeline.config import TrainConfig
+from pipeline.data import epoch_generator, random_rotations, rotations
+from pipeline.registry import Registry
+
+OBJECTIVES: Registry = Registry("objective")
+ROTATION_STREAM = 1  # epoch_generator stream of the rotation draws (0 is the augmentation's)
+
+
+class Objective:
+    classifies = True  # the logits predict the targets: class weights apply, train accuracy means something
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def begin_epoch(self, epoch: int, rank: int) -> None:
+        """Seed whatever the objective draws at random in this epoch."""
+
+    def __call__(self, model, loss_fn, x, y, class_weight: Optional[torch.Tensor], n_labeled: Optional[int] = None):
+        raise NotImplementedError
+
+
+@OBJECTIVES.register("classify")
+class Classify(Objective):
+    """The recipe's loss on the model's logits."""
+
+    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+        logits = model(x)
+        return loss_fn(logits, y, class_weight), logits, y
+
+
+@OBJECTIVES.register("rotation")
+class Rotation(Objective):
+    """Self-supervised pre-training (Gidaris et al. 2018, as Yang & Xu 2020 use it): predict the
+    rotation of each image. ``train.ssp_rotations``: ``random`` rotates each image once (the batch
+    keeps its size; pretrain_rot.py), ``all`` shows every image at all four rotations."""
+
+    def begin_epoch(self, epoch, rank):
+        self.gen = epoch_generator(self.cfg.seed, epoch, rank, ROTATION_STREAM)
+
+    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+        x, y = random_rotations(x, self.gen) if self.cfg.ssp_rotations == "random" else rotations(x)
+        logits = model(x)
+        return loss_fn(logits, y, class_weight), logits, y
+
+
+@OBJECTIVES.register("fixed_share")
+class FixedShare(Objective):
+    """Semi-supervised batches of ``MixedLoader`` (our variant): the first ``n_labeled`` images are
+    labeled, the rest pseudo-labeled; loss = labeled loss + unlabeled_weight x pseudo-labeled loss."""
+
+    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+        logits = model(x)
+        n = n_labeled
+        pseudo = loss_fn(logits[n:], y[n:], class_weight) if n < len(y) else logits.sum() * 0
+        return loss_fn(logits[:n], y[:n], class_weight) + self.cfg.unlabeled_weight * pseudo, logits, y
+
+
+@OBJECTIVES.register("joint")
+class Joint(Objective):
+    """Autoencoder classifiers: classification + recon_weight x reconstruction MSE."""
+
+    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+        logits, recon = model(x, output="both")
+        return loss_fn(logits, y, class_weight) + self.cfg.recon_weight * F.mse_loss(recon, x), logits, y
+
+
+@OBJECTIVES.register("reconstruct")
+class Reconstruct(Objective):
+    """The autoencoder alone (the first phase of ``ae_mode=separate``)."""
+
+    classifies = False
+
+    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+        return F.mse_loss(model(x, output="reconstruction"), x), None, y
+
+
+@dataclass(frozen=True)
+class Phase:
+    objective: str
+    epochs: int
+    frozen: bool = False  # the backbone is frozen (weights and batch-norm statistics): only the head trains
+
+
+def phases(cfg: TrainConfig) -> list[Phase]:
+    """The run's epochs, in order: which objective trains and whether the backbone is frozen."""
+    if cfg.ae_mode == "separate":
+        return [Phase("reconstruct", cfg.ae_epochs), Phase("classify", cfg.epochs, frozen=True)]
+    if cfg.objective == "rotation":
+        return [Phase("rotation", cfg.epochs)]
+    if cfg.ae_mode == "joint":
+        return [Phase("joint", cfg.epochs)]
+    if cfg.pseudo_labels and cfg.semi_batches == "fixed_share":
+        return [Phase("fixed_share", cfg.epochs)]
+    return [Phase("classify", cfg.epochs)]

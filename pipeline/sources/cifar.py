@@ -2,8 +2,10 @@
 read with the restricted unpickler; one Spark task per batch."""
 from __future__ import annotations
 
+import pickle
 import posixpath
 import tarfile
+
 import numpy as np
 
 from pipeline import fs, safe_pickle
@@ -56,7 +58,11 @@ class _Cifar(Source):
             if missing:
                 raise SourceError(f"{self.name}: {', '.join(missing)} not found in {source} "
                                   f"(expected the extracted {self.folder}/ folder or the folder above it)")
-        meta = safe_pickle.loads(_read(source, self._member_path(source, self.meta)))
+        meta_file = self._member_path(source, self.meta)
+        try:
+            meta = safe_pickle.loads(_read(source, meta_file), meta_file)
+        except pickle.UnpicklingError as e:
+            raise SourceError(f"{self.name}: {e}") from None
         class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[self.names_key]]
         units = [{"source": source, "member": self._member_path(source, b), "split": split}
                  for b, split in self.batches.items()]
@@ -64,7 +70,7 @@ class _Cifar(Source):
 
     def read(self, unit: dict, ctx: TaskContext):
         try:
-            batch = safe_pickle.loads(_read(unit["source"], unit["member"]))
+            batch = safe_pickle.loads(_read(unit["source"], unit["member"]), unit["member"])
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             labels = list(batch[self.labels_key])
             images = data.reshape(len(data), 3, 32, 32).transpose(0, 2, 3, 1)  # planar RGB -> HWC

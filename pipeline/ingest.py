@@ -97,7 +97,7 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
     """Ingest ``cfg.ingest.dataset`` into ``cfg.ingest.out``; returns the ingest.json report."""
     icfg, started = cfg.ingest, time.time()
     source = get_source(icfg.dataset)
-    with staged(icfg.out, icfg.overwrite) as tmp:
+    with staged(icfg.out, icfg.overwrite, "ingest", inputs=[*icfg.source, *([icfg.root] if icfg.root else [])]) as tmp:
         plan = source.plan(icfg, spark.sparkContext.defaultParallelism)
         size = tuple(icfg.image_size) if icfg.image_size else source.size
         ctx = TaskContext(tuple(plan.class_names), size, icfg.channels or source.channels, plan.label_type)

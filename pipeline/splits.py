@@ -64,7 +64,7 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
     ingest = json.loads(report_text)
     class_names = ingest["class_names"]
     images = spark.read.parquet(fs.spark_path(fs.join(lcfg.data, IMAGES)))
-    with staged(lcfg.out, lcfg.overwrite) as tmp:
+    with staged(lcfg.out, lcfg.overwrite, "splits", inputs=[lcfg.data]) as tmp:
         chosen = assign(images, lcfg, class_names)
         splits = {name: carve(spark, images, chosen, name) for name in CARVED}
         splits["test"] = images.filter(F.col("split") == lcfg.test_split) if lcfg.test_split else None

@@ -57,6 +57,48 @@ def test_existing_output_is_refused_then_replaced_atomically_with_overwrite(spar
     assert not list(tmp_path.glob("d.__*")), "temporary directories are cleaned up"
 
 
+def test_overwrite_refuses_a_folder_that_is_not_an_output_of_ours(spark, tmp_path, capsys):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    with pytest.raises(SystemExit):
+        run(out, "--dataset", "digits", "--overwrite")
+    assert "is not an output of this project" in capsys.readouterr().err
+    assert (out / "thesis.tex").read_text() == "years of work" and sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+    assert not list(tmp_path.glob("precious.__*"))
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_an_output_overlapping_its_input_is_refused(spark, tmp_path, capsys, where):
+    tree = write_tree(tmp_path / "tree", {"train/a/0.png": image_bytes(), "train/b/0.png": image_bytes()})
+    out = {"same": tree, "inside": tree / "out", "around": tmp_path}[where]
+    with pytest.raises(SystemExit):
+        run(out, "--dataset", "imagefolder", "--source", tree, "--overwrite")
+    assert "overlaps the input" in capsys.readouterr().err
+    assert (tree / "train/a/0.png").exists()
+
+
+def test_an_output_created_by_another_job_meanwhile_is_not_replaced(spark, tmp_path, monkeypatch):
+    """Two jobs without --overwrite: the one that commits second fails and keeps its result beside."""
+    import pipeline.output as output
+
+    out = tmp_path / "d"
+    real_commit = output._commit
+
+    def other_job_first(tmp, target, overwrite):
+        monkeypatch.setattr(output, "_commit", real_commit)  # the other job commits normally...
+        run(target, "--dataset", "digits", "--set", "ingest.test_fraction=0.5")  # ...while we run
+        real_commit(tmp, target, overwrite)
+
+    monkeypatch.setattr(output, "_commit", other_job_first)
+    with pytest.raises(SystemExit):
+        run(out, "--dataset", "digits")
+    monkeypatch.undo()
+    assert ingest_report(out)["config"]["test_fraction"] == 0.5  # the other job's output, intact
+    kept = list(tmp_path.glob("d.__tmp-*"))
+    assert len(kept) == 1 and (kept[0] / "ingest.json").exists()  # ours, kept where the error said
+
+
 def test_cifar10_archive_with_a_malicious_batch_and_a_bad_label(spark, tmp_path):
     from tests.conftest import cifar_batch
 

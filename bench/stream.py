@@ -25,7 +25,8 @@ import torch  # noqa: E402
 from replay import drip  # noqa: E402  (bench/replay.py)
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
 
-from models import Standardized, create_model  # noqa: E402
+from models import create_model  # noqa: E402
+from pipeline import model_io  # noqa: E402
 from pipeline.config import resolve  # noqa: E402
 from pipeline.spark import session  # noqa: E402
 from pipeline.tracking import Tracker  # noqa: E402
@@ -37,8 +38,9 @@ def log_model(splits: Path, name: str) -> str:
     manifest = json.loads((splits / "manifest.json").read_text())
     tracker = Tracker("bench-stream", f"{name}-untrained", {"stage": "base", "model": name, "dataset": "cifar10"})
     tracker.log_dict(manifest, "manifest.json")
-    model = Standardized(create_model(name, num_classes=10, in_channels=3, image_size=32), [0.5] * 3, [0.25] * 3)
-    tracker.log_model(model.eval(), np.random.rand(2, 3, 32, 32).astype(np.float32))
+    spec = model_io.spec_of(name, num_classes=10, in_channels=3, image_size=32, head="linear", head_scale=30.0,
+                            classifier_only=False, mean=[0.5] * 3, std=[0.25] * 3)
+    tracker.log_model(spec, model_io.build(spec).eval(), np.random.rand(2, 3, 32, 32).astype(np.float32))
     tracker.end()
     return tracker.run_id
 

@@ -73,9 +73,10 @@ def render(record: dict) -> str:
              f"epochs); no epoch was picked on the test split. For comparison with papers only: best test top-1 of "
              f"any epoch {_pct(s.get('best_on_test_epoch_top1'))} (epoch {_e(s.get('best_on_test_epoch', '-'))}).</p>",
              "<h2>Exported model</h2>",
-             f"<p>MLflow PyTorch model: <code>{_e(record['model_uri'])}</code> (images in [0, 1], logits out; the "
-             f"decoder of an autoencoder is dropped). Load it with "
-             f"<code>mlflow.pytorch.load_model(\"{_e(record['model_uri'])}\")</code> or score a Spark DataFrame with "
+             f"<p>MLflow model: <code>{_e(record['model_uri'])}</code> (images in [0, 1], logits out; the "
+             f"decoder of an autoencoder is dropped), stored as an architecture spec and a state dict, no pickled "
+             f"code. Load it with <code>pipeline.tracking.load_model(\"{_e(record['model_uri'])}\")</code> (or "
+             f"<code>mlflow.pyfunc.load_model</code> where the project is installed), or score a Spark DataFrame with "
              f"<code>spark-submit jobs/pseudolabel.py --model {_e(record['run_id'])} ...</code>.<br>"
              f"Training checkpoint (resume, SSP initialisation): <code>{_e(record['checkpoint'])}</code></p>",
              "<h2>Learning curves</h2>", _image(record["figures"]["learning_curves"], "learning curves"),

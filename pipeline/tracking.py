@@ -95,15 +95,27 @@ class Tracker:
         self.mlflow.log_figure(figure, name)
         plt.close(figure)  # pyplot keeps every figure alive until closed
 
-    def log_model(self, model, example, name: str = "model") -> str:
-        """An MLflow PyTorch model (pickle format: loads for any batch size) with the project's pins."""
-        import mlflow.pytorch
+    def log_model(self, spec: dict, module, example, name: str = "model") -> str:
+        """Log the exported classifier as an MLflow model in this project's safe format
+        (pipeline.model_io: architecture spec + state dict, no pickled code, no code shipped);
+        returns its URI, runs:/<run id>/<name>."""
+        import torch
+        from mlflow.models import Model, infer_signature
+        from mlflow.pyfunc import add_to_model
 
-        info = mlflow.pytorch.log_model(model, name=name, serialization_format="pickle",
-                                        input_example=example, pip_requirements=_requirements(),
-                                        # the classes the pickle refers to, importable where the project is not installed
-                                        code_paths=[str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "pipeline")])
-        return info.model_uri
+        from pipeline import model_io
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model_io.save(tmp, spec, module)
+            with torch.inference_mode():
+                output = module(torch.as_tensor(example)).numpy()
+            mlmodel = Model(artifact_path=name, run_id=self.run_id, signature=infer_signature(example, output))
+            mlmodel.add_flavor("longtail_lab", spec=model_io.SPEC, weights=model_io.WEIGHTS,
+                               architecture=spec["architecture"], format=model_io.FORMAT)
+            add_to_model(mlmodel, loader_module="pipeline.model_io", data=".")
+            mlmodel.save(os.path.join(tmp, "MLmodel"))
+            self.mlflow.log_artifacts(tmp, name, run_id=self.run_id)
+        return f"runs:/{self.run_id}/{name}"
 
     def end(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status)
@@ -177,10 +189,15 @@ def _requirements() -> list[str]:
     return [d for d in deps if d.split("==")[0] in ("torch", "torchvision", "numpy")]
 
 
-def load_model(uri: str):
-    """A model logged by ``Tracker.log_model`` ('runs:/<id>/model' or 'models:/...')."""
+def load_model(uri: str, map_location="cpu", store: Optional[str] = None):
+    """A model logged by ``Tracker.log_model`` ('runs:/<id>/model' or 'models:/...') from the
+    tracking ``store`` (default: ``tracking_uri()``): its files are downloaded and read by
+    pipeline.model_io (weights only; nothing from the store is executed)."""
     import mlflow
-    import mlflow.pytorch
 
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.pytorch.load_model(uri, map_location="cpu")
+    from pipeline import model_io
+
+    mlflow.set_tracking_uri(store or tracking_uri())
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        return model_io.load(local, map_location)

@@ -375,9 +375,9 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
     for name, fig in figures.items():
         tracker.log_figure(fig, f"{name}.png")
     tracker.log_artifact(str(ckpt_path), "checkpoint")
-    export = _exportable(model, loss_fn, augment, cfg).cpu().eval()
+    spec, export = _exportable(model, loss_fn, augment, cfg, data)
     example = test.images[:2].float().div(255).numpy()  # batch of 2: the logged model is not tied to batch 1
-    summary["model_uri"] = tracker.log_model(export, example)
+    summary["model_uri"] = tracker.log_model(spec, export, example)
     tracker.log_text(run_report.render({
         "run_id": tracker.run_id, "run_name": ckpt_path.parent.name, "experiment": cfg.train.experiment,
         "tags": tracker.tags, "summary": summary, "provenance": provenance, "config": to_dict(cfg),
@@ -387,12 +387,19 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
     return summary
 
 
-def _exportable(model: Classifier, loss_fn, augment: Augment, cfg: Config) -> torch.nn.Module:
-    """The deployable classifier: [0, 1] images in, logits out (post-hoc adjusted if configured)."""
+def _exportable(model: Classifier, loss_fn, augment: Augment, cfg: Config, data: TrainData):
+    """(spec, module) of the deployable classifier: [0, 1] images in, logits out (post-hoc adjusted
+    if configured); the module is what ``pipeline.model_io.build(spec)`` makes, with these weights."""
     from models import PosthocAdjusted, Standardized
+    from pipeline import model_io
 
-    if hasattr(model, "classifier"):  # an autoencoder: the exported model drops the decoder
-        model = model.classifier()
-    net = model if not cfg.train.posthoc_tau else PosthocAdjusted(model, loss_fn.log_prior.detach().cpu(),
-                                                                  cfg.train.posthoc_tau)
-    return Standardized(net, augment.mean.flatten().tolist(), augment.std.flatten().tolist())
+    t = cfg.train
+    _, channels, height, width = data.sample.images.shape
+    autoencoder = hasattr(model, "classifier")
+    net = model.classifier() if autoencoder else model  # an autoencoder: the exported model drops the decoder
+    net = net if not t.posthoc_tau else PosthocAdjusted(net, loss_fn.log_prior.detach().cpu(), t.posthoc_tau)
+    mean, std = augment.mean.flatten().tolist(), augment.std.flatten().tolist()
+    spec = model_io.spec_of(t.model, num_classes=len(data.names), in_channels=channels, image_size=max(height, width),
+                            head=t.head, head_scale=t.ldam_s, classifier_only=autoencoder, mean=mean, std=std,
+                            posthoc_tau=t.posthoc_tau)
+    return spec, Standardized(net, mean, std).cpu().eval()

@@ -65,15 +65,14 @@ _MODELS: dict[ScoringModel, tuple] = {}
 def load(ref: ScoringModel):
     """(model, device), loaded once per process."""
     if ref not in _MODELS:
-        import mlflow
-        import mlflow.pytorch
         import torch
+
+        from pipeline.tracking import load_model
 
         torch.set_num_threads(ref.threads)
         device = torch.device("cuda" if ref.device == "cuda" or (ref.device == "auto" and torch.cuda.is_available())
                               else "cpu")
-        mlflow.set_tracking_uri(ref.tracking_uri)
-        model = mlflow.pytorch.load_model(ref.uri, map_location=device).to(device).eval()
+        model = load_model(ref.uri, map_location=device, store=ref.tracking_uri)
         # channels-last convolutions: ~20% faster ResNet-32 inference on this CPU, the layout GPUs prefer
         _MODELS[ref] = (model.to(memory_format=torch.channels_last), device)
     return _MODELS[ref]

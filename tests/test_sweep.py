@@ -98,7 +98,7 @@ def test_sweep_runs_children_as_spark_tasks_records_a_failed_child_and_reruns_on
     report = mlflow.artifacts.load_text(f"runs:/{child}/report.html")
     assert report.count('src="data:image/png;base64,') == 3 and 'src="http' not in report  # nothing fetched
     assert "top-5 (%)" in report and report.count("<tr><td class=l>") >= 10  # a row per digit class
-    assert "mlflow.pytorch.load_model" in report and "manifest sha256" in report
+    assert "pipeline.tracking.load_model" in report and "manifest sha256" in report
 
     # Rerun, the diverging child fixed and failing another way (before it can open its own run),
     # through TorchDistributor this time: the three finished children are skipped.

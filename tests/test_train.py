@@ -15,6 +15,7 @@ import torch
 
 from jobs import ingest as ingest_job, longtail as longtail_job, train as train_job
 from pipeline.config import resolve
+from pipeline.tracking import load_model
 from pipeline.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +55,13 @@ def test_fit_leaves_a_complete_mlflow_run(splits, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"confusion_matrix.png", "per_class_accuracy.png", "learning_curves.png", "config.json",
             "manifest.json", "final_test_metrics.json", "checkpoint"} <= artifacts
-    model = mlflow.pytorch.load_model(result["model_uri"], map_location="cpu")
+    model = load_model(result["model_uri"])
     images = torch.rand(3, 1, 8, 8)  # another batch size than the logged example (2)
     assert model(images).shape == (3, 10)
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert files == {"model/MLmodel", "model/spec.json", "model/weights.pt"}  # no pickled classes, no code
+    pyfunc = mlflow.pyfunc.load_model(result["model_uri"])  # the python_function flavor, the same weights
+    assert np.allclose(pyfunc.predict(images.numpy()), model(images).detach().numpy(), atol=1e-5)
 
 
 def test_checkpoint_carries_the_config_and_loads_weights_only(splits, tmp_path):
@@ -70,7 +75,7 @@ def test_checkpoint_carries_the_config_and_loads_weights_only(splits, tmp_path):
 
 def test_posthoc_adjusted_export_shifts_predictions_to_the_tail(splits, tmp_path):
     result = fit(cfg_for(splits, tmp_path, "logit_adjust_posthoc", epochs=1))
-    model = mlflow.pytorch.load_model(result["model_uri"], map_location="cpu")
+    model = load_model(result["model_uri"])
     assert hasattr(model.model, "log_prior") and model.model.tau == 1.0
 
 
@@ -180,7 +185,7 @@ def test_autoencoder_classifier_trains_in_each_mode(splits, tmp_path, mode):
     client = mlflow.tracking.MlflowClient()
     steps = [m.step for m in client.get_metric_history(result["run_id"], "train_loss")]
     assert steps == ([0, 1] if mode == "separate" else [0])  # separate: 1 reconstruction + 1 classifier epoch
-    exported = mlflow.pytorch.load_model(result["model_uri"], map_location="cpu")
+    exported = load_model(result["model_uri"])
     assert not any("decoder" in k for k in exported.state_dict())
     assert exported(torch.rand(3, 1, 8, 8)).shape == (3, 10)
 

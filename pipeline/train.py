@@ -5,6 +5,7 @@ or as one rank under torchrun/TorchDistributor (pipeline.distributed)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -145,8 +146,7 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     model = _model(t, data, loss_fn, ctx.device)
     plan = [(phase, e) for phase in phases(t) for e in range(phase.epochs)]  # (phase, epoch within it) per epoch
     name = run_name(cfg, manifest, data.semi)
-    ckpt_path = Path(t.run_dir) / name / "checkpoint.pt"
-    state = torch.load(ckpt_path, map_location=ctx.device, weights_only=True) if t.resume and ckpt_path.exists() else None
+    ckpt_path, state = _checkpoint(cfg, name, manifest, ctx.device)
     start = state["epoch"] + 1 if state else 0
     if state:
         model.load_state_dict(state["model"])
@@ -187,7 +187,8 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
             print(_epoch_line(row, len(plan)), flush=True)
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                          "history": history, "config": to_dict(cfg), "provenance": provenance, "run_id": run_id},
+                          "history": history, "config": to_dict(cfg), "config_key": config_key(cfg),
+                          "provenance": provenance, "run_id": run_id},
                          ckpt_path)
             _log_epochs(tracker, history)  # after the checkpoint: a kill never logs an epoch twice
         distributed.barrier()
@@ -198,6 +199,41 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     if ctx.is_main:
         result = _finish(tracker, cfg, model, data, loss_fn, history, ctx, ckpt_path, manifest, provenance)
     return distributed.broadcast_object(result)
+
+
+NOT_IN_KEY = ("resume", "run_dir")  # settings that do not change what a run computes
+
+
+def config_key(cfg: Config) -> dict:
+    """The resolved training settings a checkpoint belongs to (paths absolute)."""
+    train = to_dict(with_absolute_paths(cfg).train)
+    return {k: v for k, v in train.items() if k not in NOT_IN_KEY}
+
+
+def _checkpoint(cfg: Config, name: str, manifest: dict, device) -> tuple[Path, Optional[dict]]:
+    """(checkpoint path, state to resume from or None). The folder is keyed by the run's resolved
+    config (``name``-<sha256 prefix>), so runs that differ in any setting never share a checkpoint;
+    ``--resume`` with changed settings or re-made splits is refused naming what changed."""
+    key = config_key(cfg)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    path = Path(cfg.train.run_dir) / f"{name}-{digest}" / "checkpoint.pt"
+    if not cfg.train.resume:
+        return path, None
+    if not path.exists():
+        others = sorted(Path(cfg.train.run_dir).glob(f"{name}-*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+        if others:
+            old = torch.load(others[-1], map_location="cpu", weights_only=True)["config_key"]
+            changed = sorted(k for k in set(key) | set(old) if k not in NOT_IN_KEY and old.get(k) != key.get(k))
+            raise ConfigError(f"--resume: the checkpoint of run {name} ({others[-1]}) was made with other settings: "
+                              + ", ".join(f"train.{k}={old.get(k)!r} (now {key.get(k)!r})" for k in changed[:8])
+                              + "; resume with the same settings, or drop --resume to start a new run")
+        return path, None
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state["provenance"]["manifest_sha256"] != manifest["manifest_sha256"]:
+        raise ConfigError(f"--resume: {path} was trained on splits with manifest sha256 "
+                          f"{state['provenance']['manifest_sha256'][:12]}..., {cfg.train.splits} now has "
+                          f"{manifest['manifest_sha256'][:12]}... (re-made splits); drop --resume to start over")
+    return path, state
 
 
 def _train_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> TrainData:

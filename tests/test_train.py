@@ -104,13 +104,27 @@ def test_resume_after_sigkill_reaches_the_same_final_state(splits, tmp_path):
     at_kill = torch.load(found[0], weights_only=True)["epoch"]
     assert at_kill < epochs - 1, "killed too late to test resuming"
 
+    killed_run = torch.load(found[0], weights_only=True)["run_id"]
     result = fit(cfg_for(splits, killed_dir, "ce", epochs=epochs, resume="true"))
     resumed = torch.load(found[0], weights_only=True)
-    assert resumed["run_id"] == reference["run_id"] or resumed["run_id"] == result["run_id"]
+    assert result["run_id"] == resumed["run_id"] == killed_run  # the same MLflow run, continued
+    assert mlflow.get_run(killed_run).info.status == "FINISHED"
     for key, value in reference["model"].items():
         assert torch.allclose(value.float(), resumed["model"][key].float(), atol=1e-5), key
     steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(result["run_id"], "train_loss")]
     assert steps == list(range(epochs))  # every epoch logged exactly once across the kill
+
+
+def test_resume_with_other_settings_is_refused_naming_them(splits, tmp_path):
+    from pipeline.config import ConfigError
+
+    fit(cfg_for(splits, tmp_path, "ce", epochs=1))
+    with pytest.raises(ConfigError, match=r"other settings: train.lr=0.1 \(now 0.05\)"):
+        fit(cfg_for(splits, tmp_path, "ce", epochs=1, lr=0.05, resume="true"))
+    fresh = fit(cfg_for(splits, tmp_path, "ce", epochs=1, lr=0.05))  # without --resume: a run of its own
+    folders = sorted(p.parent.name for p in tmp_path.rglob("checkpoint.pt"))
+    assert len(folders) == 2 and folders[0].rsplit("-", 1)[0] == folders[1].rsplit("-", 1)[0]
+    assert mlflow.get_run(fresh["run_id"]).data.params["lr"] == "0.05"
 
 
 def test_train_job_with_two_processes_under_torchdistributor(spark, splits, tmp_path):

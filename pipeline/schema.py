@@ -68,6 +68,8 @@ REJECT_REASONS = {
     "unreadable_source": "a whole source file (archive, batch, .mat) could not be read",
     "no_class_folder": "file outside the split/class/image layout",
     "duplicate": "the same path listed twice in one split",
+    "outside_root": "a path that leaves the data root (absolute, .., URI, symlink elsewhere); no bytes read",
+    "link_member": "an archive member that is a symlink or hard link (not followed)",
 }
 
 # Pseudo-labels (jobs/pseudolabel.py, OUT/labels/batch_id=N/): every scored image once. The micro-batch

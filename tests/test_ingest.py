@@ -229,6 +229,51 @@ def test_whitespace_manifest_like_imagenet_lt(spark, tmp_path):
     assert any(":6:" in r["detail"] or r["detail"].startswith(str(manifest) + ":6") for r in rejected.to_pylist())
 
 
+def test_manifest_paths_that_leave_the_root_are_rejected_without_reading_them(spark, tmp_path):
+    root = write_tree(tmp_path / "root", {"train/a.png": image_bytes(seed=1), "train/b.png": image_bytes(seed=2)})
+    secret = write_tree(tmp_path / "secret", {"key.png": image_bytes(seed=3)})
+    (root / "train" / "link.png").symlink_to(secret / "key.png")
+    (root / "escape").symlink_to(secret, target_is_directory=True)
+    manifest = tmp_path / "m_train.txt"
+    manifest.write_text(f"train/a.png 0\n{secret / 'key.png'} 0\n../secret/key.png 1\ntrain/../../secret/key.png 1\n"
+                        f"file://{secret / 'key.png'} 0\ntrain/link.png 1\nescape/key.png 0\ntrain/b.png 1\n")
+    run(tmp_path / "o", "--dataset", "manifest", "--source", manifest, "--root", root)
+    report, images, rejected = assert_accounted(tmp_path / "o")
+    assert sorted(images.column("id").to_pylist()) == ["train/train/a.png", "train/train/b.png"]
+    assert report["rejected"]["by_reason"] == {"outside_root": 6}
+    assert all(r["payload"] is None for r in rejected.to_pylist())  # no byte of the outside file is stored
+    assert all("m_train.txt:" in r["detail"] for r in rejected.to_pylist())  # each names its manifest line
+
+
+def test_imagefolder_symlinks_out_of_the_tree_are_counted_not_followed(spark, tmp_path):
+    tree = write_tree(tmp_path / "tree", {"train/a/0.png": image_bytes(seed=0), "train/b/1.png": image_bytes(seed=1)})
+    outside = write_tree(tmp_path / "etc", {f"f{i}.png": image_bytes(seed=i) for i in range(3)})
+    (tree / "train" / "b" / "stolen").symlink_to(outside, target_is_directory=True)
+    report, images, rejected = assert_accounted((run(tmp_path / "o", "--dataset", "imagefolder", "--source", tree),
+                                                 tmp_path / "o")[1])
+    assert images.num_rows == 2 and report["rejected"]["by_reason"] == {"outside_root": 3}
+    assert all(r["payload"] is None for r in rejected.to_pylist())
+
+
+def test_tar_link_members_are_rejected_and_counted(spark, tmp_path):
+    import io
+
+    archive = tmp_path / "t.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in {"train/a/0.png": image_bytes(seed=0), "train/b/1.png": image_bytes(seed=1)}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, kind in (("train/a/sym.png", tarfile.SYMTYPE), ("train/b/hard.png", tarfile.LNKTYPE)):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, "/etc/passwd" if kind == tarfile.SYMTYPE else "train/a/0.png"
+            tar.addfile(link)
+    report, images, rejected = assert_accounted((run(tmp_path / "o", "--dataset", "imagefolder", "--source", archive),
+                                                 tmp_path / "o")[1])
+    assert images.num_rows == 2 and report["rejected"]["by_reason"] == {"link_member": 2}
+    assert report["input_records"] == 4
+
+
 def test_csv_manifest_with_class_names(spark, tmp_path):
     write_tree(tmp_path, {"img/1.png": image_bytes(seed=1), "img/2.png": image_bytes(seed=2),
                           "img/3.png": image_bytes(seed=3)})
@@ -292,3 +337,12 @@ def test_cifar100_archive_uses_the_fine_labels_and_names(spark, tmp_path):
     expected = pickle.loads(members["train"], encoding="bytes")[b"fine_labels"]
     got = {r["id"]: r["label"] for r in images.to_pylist()}
     assert [got[f"train/{i:05d}"] for i in range(7)] == expected
+
+
+def test_one_stray_nested_file_does_not_turn_the_tree_into_a_wrapper():
+    from pipeline.sources.imagefolder import wrapper_prefix
+
+    tree = [f"train/{c}/{i}.png" for c in ("cat", "dog") for i in range(5)]
+    assert wrapper_prefix(tree) == ""
+    assert wrapper_prefix(tree + ["train/cat/extra/0.png"]) == ""  # was "train/": classes became ['extra']
+    assert wrapper_prefix([f"cifar/{p}" for p in tree]) == "cifar/"

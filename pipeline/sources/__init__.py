@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator, Optional
 
@@ -82,6 +83,24 @@ def rejected_row(source: str, split: Optional[str], reason: str, detail: str,
                  label_raw=None, payload: Optional[bytes] = None) -> dict:
     return {"source": source, "split": split, "label_raw": None if label_raw is None else str(label_raw),
             "reason": reason, "detail": detail, "image": payload}
+
+
+def outside_root(root: str, path: str) -> Optional[str]:
+    """Why ``path`` (relative to ``root``) may not be read, or None: it must be a relative path that
+    stays under ``root`` once ``..`` and symbolic links are resolved (local roots), or has no ``..``
+    (URI roots). Checked in the task, right before the read."""
+    if "://" in path or path.startswith(("/", "\\", "file:")) or (len(path) > 1 and path[1] == ":"):
+        return f"absolute path or URI {path!r}: manifest paths must be relative to the root {root}"
+    parts = path.replace("\\", "/").split("/")
+    if ".." in parts:
+        return f"{path!r} climbs out with '..'"
+    if "://" in root:
+        return None
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root, path))
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        return f"{path!r} resolves to {real}, outside the root {real_root} (a symbolic link)"
+    return None
 
 
 class Source:

@@ -9,23 +9,26 @@ from typing import Iterator, Optional
 
 from pipeline import fs
 from pipeline.config import IngestConfig
-from pipeline.sources import Plan, Source, SourceError, TaskContext, chunks, image_row, register, rejected_row
+from pipeline.sources import (Plan, Source, SourceError, TaskContext, chunks, image_row, outside_root, register,
+                              rejected_row)
 from pipeline.sources.cifar import ARCHIVE_SUFFIXES
 
 
 def _archive_files(source: str) -> Iterator[tuple[str, tarfile.TarFile, tarfile.TarInfo]]:
-    """(member name, archive, member) of each regular file, in archive order."""
+    """(member name, archive, member) of each member but folders, in archive order: regular files and
+    links (a link is rejected, never followed, and so still counted)."""
     with fs.open_input(source) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
         for m in tar:
-            if m.isfile():
+            if not m.isdir():
                 yield m.name.removeprefix("./"), tar, m
 
 
 def wrapper_prefix(paths: list[str]) -> str:
     """A single top folder around the whole tree (``name/train/cat/x.jpg``) is not part of the layout;
-    it is recognised by every path sharing it and some path being one level too deep."""
+    it is recognised by every path sharing it and most paths being one level too deep (so one stray
+    nested file does not change how the whole tree is read)."""
     tops = {p.split("/", 1)[0] for p in paths}
-    if len(tops) == 1 and any(p.count("/") >= 3 for p in paths):
+    if len(tops) == 1 and sum(p.count("/") >= 3 for p in paths) * 2 > len(paths):
         return tops.pop() + "/"
     return ""
 
@@ -56,8 +59,9 @@ class ImageFolder(Source):
             paths = [name for name, _, _ in _archive_files(source)] if archive else [p for p, _ in fs.list_files(source)]
         except (OSError, EOFError, tarfile.TarError) as e:
             raise SourceError(f"imagefolder: cannot list {source}: {type(e).__name__}: {e}") from None
-        prefix = wrapper_prefix(paths)
-        parts = [p[len(prefix):].split("/") for p in paths]
+        inside = paths if archive else [p for p in paths if not outside_root(source, p)]  # links out: not layout
+        prefix = wrapper_prefix(inside)
+        parts = [p[len(prefix):].split("/") for p in inside]
         class_names = sorted({q[1] for q in parts if len(q) == 3})
         if not class_names:
             raise SourceError(f"imagefolder: no split/class/image files in {source}")
@@ -78,6 +82,10 @@ class ImageFolder(Source):
         if not unit["archive"]:
             for path in unit["paths"]:
                 uri = fs.join(unit["source"], path)
+                escape = outside_root(unit["source"], path)
+                if escape:  # a symbolic link out of the tree: counted, not read
+                    yield rejected_row(uri, None, "outside_root", escape)
+                    continue
                 yield self._row(place(path, unit["prefix"], labeled), uri, lambda: fs.read_bytes(uri), ctx)
             return
         start, stop, seen = unit["start"], unit["stop"], unit["start"]
@@ -88,6 +96,11 @@ class ImageFolder(Source):
                     return
                 if index >= start:
                     seen = index + 1
+                    if not member.isfile():
+                        kind = "symlink" if member.issym() else "hard link" if member.islnk() else member.type
+                        yield rejected_row(f"{unit['source']}!{name}", None, "link_member",
+                                           f"a {kind} member (to {member.linkname!r}), not followed")
+                        continue
                     yield self._row(place(name, unit["prefix"], labeled), f"{unit['source']}!{name}",
                                     lambda: tar.extractfile(member).read(), ctx)
         except Exception as e:  # a corrupt archive: the files not read yet are rejected one by one

@@ -1,6 +1,8 @@
 """Manifests listing ``path label``: whitespace lists (ImageNet-LT's split files, no header; a path
 may contain spaces, the label is the last field) or CSV files with a ``path,label`` header.
-Relative paths resolve against ``ingest.root`` (default: the manifest's folder). Labels are class
+Paths are relative to ``ingest.root`` (default: the manifest's folder) and must stay under it:
+absolute paths, URIs, ``..`` and symbolic links that lead elsewhere are rejected (``outside_root``)
+without reading them. Labels are class
 indices (``ingest.label_type=index``; classes 0..max) or class names (``name``; sorted)."""
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import io
 
 from pipeline import fs
 from pipeline.config import IngestConfig
-from pipeline.sources import Plan, Source, SourceError, TaskContext, chunks, image_row, register, rejected_row
+from pipeline.sources import (Plan, Source, SourceError, TaskContext, chunks, image_row, outside_root, register,
+                              rejected_row)
 
 KNOWN_SPLITS = ("train", "val", "test", "unlabeled", "extra")
 
@@ -62,17 +65,16 @@ class Manifest(Source):
             root = fs.normalize(cfg.root) if cfg.root else fs.normalize(manifest).rsplit("/", 1)[0]
             split = _split_of(manifest, cfg)
             for line, path, label in parse(manifest, fs.read_text(manifest)):
-                uri = path if "://" in path or path.startswith("/") else fs.join(root, path)
-                records.append((f"{manifest}:{line}", uri, split, label, path))
+                records.append((f"{manifest}:{line}", root, split, label, path))
         class_names = _class_names(records, cfg.label_type)
         if not class_names:
             raise SourceError(f"manifest: no usable {cfg.label_type} labels in {', '.join(cfg.source)}")
         seen: set[str] = set()
         entries = []
-        for where, uri, split, label, path in records:
+        for where, root, split, label, path in records:
             image_id = f"{split}/{path}"
-            entries.append({"where": where, "uri": uri, "split": split, "label": label, "id": image_id,
-                            "duplicate": image_id in seen})
+            entries.append({"where": where, "root": root, "path": path, "split": split, "label": label,
+                            "id": image_id, "duplicate": image_id in seen})
             seen.add(image_id)
         units = [{"entries": chunk} for chunk in chunks(entries, cfg.files_per_task)]
         return Plan(class_names, units, {"manifests": [fs.normalize(m) for m in cfg.source]},
@@ -80,6 +82,11 @@ class Manifest(Source):
 
     def read(self, unit: dict, ctx: TaskContext):
         for e in unit["entries"]:
+            escape = outside_root(e["root"], e["path"])
+            if escape:  # nothing is read: the bytes of /etc/passwd do not belong in _rejected/ either
+                yield rejected_row(e["path"], e["split"], "outside_root", f"{e['where']}: {escape}", e["label"])
+                continue
+            e["uri"] = fs.join(e["root"], e["path"])
             try:
                 data = fs.read_bytes(e["uri"])
             except OSError as err:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class IngestConfig:
     split: Optional[str] = None  # manifest: split of its rows (default: from the file name, else train)
     root: Optional[str] = None  # manifest: base of relative paths (default: the manifest's folder)
     label_type: Literal["index", "name"] = "index"  # manifest: labels are class indices or names
+    num_classes: Optional[int] = None  # manifest, index labels: classes 0..num_classes-1 (None: 0..largest label)
     test_fraction: float = 0.25  # digits: share of each class held out as the test split
     seed: int = 0  # digits: seed of that held-out split
     download_dir: str = "data/downloads"  # where torchvision downloads go when --source is absent
@@ -261,6 +263,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"config key '{key}': expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+    if tp is float and not math.isfinite(value):  # YAML's .nan / .inf pass every comparison check
+        raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
     return value
 
 

@@ -41,6 +41,11 @@ def assign(images: DataFrame, cfg: LongTailConfig, class_names: list[str]) -> di
         ids_by_class[row["label"]].append(row["id"])
     if not any(ids_by_class):
         raise LongTailError(f"the ingest has no labeled images in split {cfg.source_split!r}")
+    empty = [name for name, ids in zip(class_names, ids_by_class) if not ids]
+    if empty and cfg.labeled_max is None:  # n_max would be 0 and every labeled count with it
+        raise LongTailError(f"class {empty[0]!r} has no labeled images in split {cfg.source_split!r} "
+                            f"({len(empty)} such classes), so the head count n_max (the smallest class) would be 0: "
+                            f"give --labeled-max, or ingest without the empty class")
     labeled, unlabeled = plan_counts([len(ids) for ids in ids_by_class], cfg)
     return subsample(ids_by_class, labeled, val_per_class=cfg.val_per_class, unlabeled=unlabeled,
                      rng=np.random.default_rng(cfg.seed), class_names=class_names)

@@ -93,3 +93,11 @@ def test_job_parser_exits_with_the_key_on_a_bad_value(capsys):
         parser.resolve(["--seed", "x"])
     assert e.value.code == 2
     assert "longtail.seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["longtail.imbalance_ratio", "longtail.unlabeled_ratio", "pseudolabel.interval_s",
+                                 "train.lr"])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_numbers_are_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError, match=rf"'{key}': expected a finite number"):
+        resolve([], [(key, value)])

@@ -346,3 +346,16 @@ def test_one_stray_nested_file_does_not_turn_the_tree_into_a_wrapper():
     assert wrapper_prefix(tree) == ""
     assert wrapper_prefix(tree + ["train/cat/extra/0.png"]) == ""  # was "train/": classes became ['extra']
     assert wrapper_prefix([f"cifar/{p}" for p in tree]) == "cifar/"
+
+
+def test_a_typo_label_does_not_create_a_hundred_thousand_classes(spark, tmp_path, capsys):
+    write_tree(tmp_path / "r", {f"{i}.png": image_bytes(seed=i) for i in range(4)})
+    manifest = tmp_path / "m_train.txt"
+    manifest.write_text("0.png 0\n1.png 1\n2.png 100000\n3.png 2\n")
+    with pytest.raises(SystemExit):
+        run(tmp_path / "o", "--dataset", "manifest", "--source", manifest, "--root", tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "largest label 100000 (" in err and "m_train.txt:3)" in err  # the line at fault
+    report, _, rejected = assert_accounted((run(tmp_path / "o", "--dataset", "manifest", "--source", manifest, "--root",
+                                                tmp_path / "r", "--set", "ingest.num_classes=3"), tmp_path / "o")[1])
+    assert report["num_classes"] == 3 and report["rejected"]["by_reason"] == {"bad_label": 1}

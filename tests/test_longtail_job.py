@@ -94,3 +94,15 @@ def test_data_that_is_not_an_ingest_output_is_named(spark, tmp_path, capsys):
     with pytest.raises(SystemExit):
         make(tmp_path / "nothing", tmp_path / "s")
     assert "nothing is not an ingest output (no ingest.json)" in capsys.readouterr().err
+
+
+def test_a_class_without_labeled_images_is_an_error_not_all_zero_counts(spark, tmp_path, capsys):
+    from tests.conftest import image_bytes, write_tree
+
+    tree = write_tree(tmp_path / "t", {"train/a/0.png": image_bytes(seed=0), "train/a/1.png": image_bytes(seed=1),
+                                       "train/b/2.png": image_bytes(seed=2), "test/c/3.png": image_bytes(seed=3)})
+    ingest_job.main(["--dataset", "imagefolder", "--source", str(tree), "--out", str(tmp_path / "i")])
+    with pytest.raises(SystemExit):
+        make(tmp_path / "i", tmp_path / "s", "--imbalance-ratio", 2)
+    assert "class 'c' has no labeled images in split 'train'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

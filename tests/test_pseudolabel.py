@@ -281,3 +281,16 @@ def test_labels_read_in_scoring_order_whatever_columns_are_asked(tmp_path):
     table = sinks.read_labels(str(tmp_path), columns=["confidence"])
     assert table.column_names == ["confidence", "batch_id"] and table.column("batch_id").to_pylist() == [0, 1, 1]
     assert sinks.read_labels(str(tmp_path), columns=["id"]).column("id").to_pylist() == ["c", "a", "b"]
+
+
+def test_raw_rows_whose_length_errors_cancel_out_are_refused_not_shifted():
+    import pandas as pd
+
+    from streaming.score import ModelError, images_array
+
+    frame = pd.DataFrame({"id": ["a", "b"], "image": [bytes(3), bytes(5)], "image_format": ["raw", "raw"],
+                          "height": [2, 2], "width": [2, 2], "channels": [1, 1]})  # 3 + 5 = 2 x 4 bytes
+    with pytest.raises(ModelError, match="raw image 'a': 3 bytes, 2x2x1 needs 4"):
+        images_array(frame)
+    frame["image"] = [bytes(4), bytes(range(4))]
+    assert images_array(frame)[1].flatten().tolist() == [0, 1, 2, 3]

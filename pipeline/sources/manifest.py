@@ -45,12 +45,22 @@ def parse(manifest: str, text: str) -> list[tuple[int, str, str | None]]:
     return records
 
 
-def _class_names(records: list, label_type: str) -> list[str]:
-    labels = [r[3] for r in records if r[3] is not None and r[3].strip()]
-    if label_type == "name":
-        return sorted({label.strip() for label in labels})
-    indices = [int(label) for label in labels if label.strip().lstrip("-").isdigit()]
-    return [str(c) for c in range(max(indices) + 1)] if indices else []
+def _class_names(records: list, cfg: IngestConfig) -> list[str]:
+    labels = [(r[0], r[3]) for r in records if r[3] is not None and r[3].strip()]
+    if cfg.label_type == "name":
+        return sorted({label.strip() for _, label in labels})
+    if cfg.num_classes is not None:  # larger indices become bad_label rejects
+        return [str(c) for c in range(cfg.num_classes)]
+    indices = [(int(label), where) for where, label in labels if label.strip().lstrip("-").isdigit()]
+    if not indices:
+        return []
+    top, where = max(indices)
+    distinct = len({i for i, _ in indices if i >= 0})
+    if distinct * 2 < top + 1:  # e.g. one typo 100000 among labels 0..9 would make 100,001 classes
+        raise SourceError(f"manifest: the largest label {top} ({where}) would make {top + 1} classes, but only "
+                          f"{distinct} distinct labels are used: a typo? Set --set ingest.num_classes=N to reject "
+                          f"labels >= N")
+    return [str(c) for c in range(top + 1)]
 
 
 @register("manifest")
@@ -66,7 +76,7 @@ class Manifest(Source):
             split = _split_of(manifest, cfg)
             for line, path, label in parse(manifest, fs.read_text(manifest)):
                 records.append((f"{manifest}:{line}", root, split, label, path))
-        class_names = _class_names(records, cfg.label_type)
+        class_names = _class_names(records, cfg)
         if not class_names:
             raise SourceError(f"manifest: no usable {cfg.label_type} labels in {', '.join(cfg.source)}")
         seen: set[str] = set()

@@ -57,7 +57,8 @@ def test_the_gpu_worker_reserves_nvidia_devices_and_discovers_them_with_a_script
 
 def test_mlflow_is_backed_by_postgres_with_artifacts_in_a_volume():
     command = " ".join(command_of(SERVICES["mlflow"]))
-    assert "--backend-store-uri postgresql://" in command and "@postgres:5432/" in command
+    backend = SERVICES["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert backend.startswith("postgresql://") and "@postgres:5432/" in backend
     assert "--artifacts-destination /mlartifacts" in command
     assert "mlartifacts:/mlartifacts" in SERVICES["mlflow"]["volumes"]
     assert SERVICES["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -134,3 +135,63 @@ def test_dockerfile_pins_its_base_runs_as_a_user_and_installs_java_and_the_pinne
         assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][^,;\s]*", dep), f"{dep} is not pinned"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "runs" in ignored  # the build context stays small and secret-free
+
+
+def test_no_secret_is_on_a_command_line():
+    """Command lines are visible to every user of the host (ps); secrets travel in the environment."""
+    for name, service in SERVICES.items():
+        command = " ".join(command_of(service))
+        assert "PASSWORD" not in command and "postgresql://" not in command, name
+
+
+def test_mlflow_allows_the_host_names_its_clients_use():
+    """MLflow's security middleware answers 403 to Host headers outside --allowed-hosts: the compose
+    clients call http://mlflow:5000, the healthcheck 127.0.0.1:5000."""
+    command = command_of(SERVICES["mlflow"])
+    allowed = set(command[command.index("--allowed-hosts") + 1].split(","))
+    clients = {service["environment"]["MLFLOW_TRACKING_URI"].split("//", 1)[1].rstrip("/")
+               for service in SERVICES.values() if "MLFLOW_TRACKING_URI" in service.get("environment", {})}
+    assert clients == {"mlflow:5000"} and clients <= allowed
+    health = " ".join(SERVICES["mlflow"]["healthcheck"]["test"])
+    assert "127.0.0.1:5000" in health and "127.0.0.1:5000" in allowed and "localhost:5000" in allowed
+
+
+def test_a_real_mlflow_server_with_the_compose_allowed_hosts_answers_the_compose_host_name(tmp_path):
+    """The same flag on a real server on loopback: Host: mlflow:5000 is answered, an unknown host is not."""
+    import http.client
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    command = command_of(SERVICES["mlflow"])
+    allowed = command[command.index("--allowed-hosts") + 1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                               str(port), "--workers", "1", "--allowed-hosts", f"{allowed},127.0.0.1:{port}",
+                               "--artifacts-destination", str(tmp_path / "a")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def status(host: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+        return conn.getresponse().status
+
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                status(f"127.0.0.1:{port}")
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        assert status("mlflow:5000") == 200
+        assert status("evil.example:5000") == 403
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

@@ -246,10 +246,10 @@ def test_train_semi_rounds_are_runs_linked_to_their_pseudo_labels(spark, base, t
     labeled = pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"),
                                     "--out", str(pl), "--select", "threshold", "--tau", "0.5",
                                     "--max-files-per-trigger", "3"])
-    result = train_semi_job.main(["--splits", str(base["splits"]), "--pseudo-labels", str(pl), "--method", "ce",
-                                  "--epochs", "2", "--rounds", "2", "--experiment", "tests-semi",
-                                  "--set", f"train.run_dir={tmp_path / 'runs'}", "--set", "train.augment=none",
-                                  "--set", "train.batch_size=32"])
+    args = ["--splits", str(base["splits"]), "--pseudo-labels", str(pl), "--method", "ce", "--epochs", "2",
+            "--rounds", "2", "--experiment", "tests-semi", "--set", f"train.run_dir={tmp_path / 'runs'}",
+            "--set", "train.augment=none", "--set", "train.batch_size=32"]
+    result = train_semi_job.main(args)
     first, second = result["rounds"]
     run1, run2 = mlflow.get_run(first["run_id"]), mlflow.get_run(second["run_id"])
     assert run1.data.tags["stage"] == run2.data.tags["stage"] == "semi"
@@ -263,6 +263,12 @@ def test_train_semi_rounds_are_runs_linked_to_their_pseudo_labels(spark, base, t
     assert json.loads(run1.data.params["provenance.semi.pseudo_counts"]) == selected
     assert int(run1.data.params["provenance.semi.pseudo_total"]) == sum(selected) == labeled["selected"]
     assert run2.info.status == "FINISHED" and np.isfinite(run2.data.metrics["final_test_top1"])
+    # the same command again: every finished step is taken from the record, nothing is trained twice
+    semi_runs = lambda: len(mlflow.search_runs(experiment_names=["tests-semi"], filter_string="tags.stage = 'semi'"))
+    before = semi_runs()
+    again = train_semi_job.main(args)
+    assert [r["run_id"] for r in again["rounds"]] == [first["run_id"], second["run_id"]]
+    assert again["run_id"] == result["run_id"] and semi_runs() == before
 
 
 def test_labels_read_in_scoring_order_whatever_columns_are_asked(tmp_path):

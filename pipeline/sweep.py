@@ -82,7 +82,8 @@ class Child:
     imbalance_ratio: float
     seed: int
     cfg: Config
-    config_sha: str  # of the resolved training config: a rerun skips a finished child only if it is unchanged
+    config_sha: str  # of the resolved training config and its data (data_identity): a rerun skips a finished
+    # child only if both are unchanged
 
     @property
     def key(self) -> str:
@@ -145,6 +146,18 @@ def children(grid: Grid, extra_layers: list[str] = (), cli: list[tuple[str, str]
     return out
 
 
+def data_identity(child: Child) -> Child:
+    """The child with its config sha extended by its splits' and their ingest's sha256: after new
+    splits (other long-tail settings, a new ingest) a finished child no longer counts as done."""
+    from pipeline.splits import MANIFEST
+
+    manifest = json.loads(fs.read_text(fs.join(child.cfg.train.splits, MANIFEST)))
+    data = {"manifest_sha256": manifest["manifest_sha256"], "ingest_sha256": manifest["source"].get("ingest_sha256")}
+    sha = hashlib.sha256(json.dumps({"train": to_dict(child.cfg.train), "data": data},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    return dataclasses.replace(child, config_sha=sha)
+
+
 def ensure_splits(spark, grid: Grid, extra_layers: list[str], cli: list[tuple[str, str]]) -> None:
     """Carve each ratio's splits, unless a previous run of the sweep already did with the same settings."""
     from pipeline.splits import MANIFEST, run_longtail, selection
@@ -174,6 +187,36 @@ def is_small(child: Child, grid: Grid) -> bool:
     return decoded <= grid.small_mb * 2 ** 20
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGKILL when the process that started it dies."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the process group below still ends it with a normal task end
+        pass
+
+
+def run_child(command: list[str], env: dict):
+    """Run a training child in a process group of its own that ends with its Spark task: killed
+    when the task's Python worker dies (Spark kills or retries the task) and, group and all, when
+    the wait is interrupted. Returns the CompletedProcess (stdout and stderr together)."""
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        out, _ = proc.communicate()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out)
+
+
 def _run_in_task(item: tuple[str, Config], tracking: str, threads: int) -> dict:
     """One child inside a Spark task, trained in a Python process of its own: a crash (segfault,
     out-of-memory kill) costs that child only, and every training starts with fresh memory. Never
@@ -190,8 +233,7 @@ def _run_in_task(item: tuple[str, Config], tracking: str, threads: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="sweep-child-") as tmp:
         spec, outcome = Path(tmp, "child.json"), Path(tmp, "outcome.json")
         spec.write_text(json.dumps({"key": key, "config": to_dict(cfg), "threads": threads}))
-        proc = subprocess.run([sys.executable, "-m", "pipeline.sweep", str(spec), str(outcome)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = run_child([sys.executable, "-m", "pipeline.sweep", str(spec), str(outcome)], env)
         sys.stdout.write(proc.stdout)  # the training's log, in the executor's output
         if outcome.exists():
             return json.loads(outcome.read_text())
@@ -223,6 +265,7 @@ def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[s
     if len({c.cfg.train.experiment for c in todo}) > 1:
         raise ConfigError(f"sweep {grid.name}: every child must log to one experiment (train.experiment)")
     ensure_splits(spark, grid, extra_layers, cli)
+    todo = [data_identity(c) for c in todo]
 
     parents = search_runs(experiment, f"tags.stage = 'sweep' and tags.sweep = '{grid.name}'")
     parent = Tracker(experiment, grid.name, {"stage": "sweep", "sweep": grid.name},

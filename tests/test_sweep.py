@@ -151,3 +151,55 @@ def test_a_child_whose_training_process_is_killed_is_a_failed_outcome_not_a_fail
     worker.join(60)
     assert outcome["status"] == "FAILED" and outcome["key"] == "ce/rho=10/seed=0"
     assert "the training process was killed by signal 9 before reporting a result" in outcome["error"]
+
+
+def test_a_finished_child_is_stale_once_its_splits_or_ingest_change(tmp_path):
+    from pipeline.sweep import data_identity
+
+    grid = load_grid(str(write_grid(tmp_path / "g.yaml", **{**GRID, "out": str(tmp_path / "out")})))
+    child = children(grid)[0]
+    manifest = Path(child.cfg.train.splits) / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+
+    def sha(split_sha, ingest_sha):
+        manifest.write_text(json.dumps({"manifest_sha256": split_sha, "source": {"ingest_sha256": ingest_sha}}))
+        return data_identity(child).config_sha
+
+    first = sha("a" * 64, "b" * 64)
+    assert sha("a" * 64, "b" * 64) == first  # the same data: the finished child is reused
+    assert sha("c" * 64, "b" * 64) != first  # new splits (other long-tail settings)
+    assert sha("a" * 64, "d" * 64) != first  # a new ingest under the same splits settings
+
+
+def test_a_training_child_does_not_outlive_its_killed_task(tmp_path):
+    """The task's Python worker (here a stand-in process) is SIGKILLed: its child goes with it."""
+    import os
+    import signal
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child_code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    script = tmp_path / "worker.py"
+    script.write_text("import os, sys\nfrom pipeline.sweep import run_child\n"
+                      f"run_child([sys.executable, '-c', {child_code!r}], dict(os.environ))\n")
+    worker = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 30
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.time() < deadline, "the child did not start"
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{child}/stat") as f:  # a zombie (reaped by init soon) is dead too
+            if f.read().split()[2] == "Z":
+                return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the training child outlived its task")

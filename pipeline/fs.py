@@ -100,6 +100,13 @@ def write_json(uri: str, obj) -> None:
     write_text(uri, to_json(obj) + "\n")
 
 
+def write_json_atomic(uri: str, obj) -> None:
+    """Write beside, then rename over: a reader (or a kill) never meets a half-written file."""
+    tmp = f"{normalize(uri)}.{os.getpid()}-{id(obj):x}.tmp"
+    write_json(tmp, obj)
+    move(tmp, uri)
+
+
 def list_files(uri: str) -> Iterator[tuple[str, int]]:
     """(path relative to ``uri`` with '/' separators, size in bytes) of every file below, sorted."""
     fs, root = filesystem(uri)

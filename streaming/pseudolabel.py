@@ -65,12 +65,26 @@ def load_truth(path: Optional[str]) -> Optional[dict[str, int]]:
     return dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist()))
 
 
+def input_identity(input_dir: str) -> Optional[str]:
+    """The sha256 of the pool's ids when the input is a split of jobs/longtail.py (its manifest is
+    beside it), else None (an inbox that grows)."""
+    import json
+
+    manifest = fs.join(posixpath.dirname(fs.normalize(input_dir).rstrip("/")), "manifest.json")
+    if not fs.exists(manifest):
+        return None
+    hashes = json.loads(fs.read_text(manifest)).get("ids_sha256", {})
+    return hashes.get(fs.name(input_dir))
+
+
 def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, truth: Optional[str],
                  checkpoint: str) -> dict:
     p = cfg.pseudolabel
     manifest = base["manifest"]
-    return {"model_uri": model.uri, "model_run_id": model.run_id, "tracking_uri": model.tracking_uri,
-            "policy": policy.params(), "input": fs.normalize(p.input), "truth": truth, "checkpoint": checkpoint,
+    return {"model_uri": model.uri, "model_run_id": model.run_id, "model_ref": p.model,
+            "tracking_uri": model.tracking_uri, "policy": policy.params(), "input": fs.normalize(p.input),
+            "input_ids_sha256": input_identity(p.input), "truth": truth, "checkpoint": checkpoint,
+            "trigger": {"trigger": p.trigger, "max_files_per_trigger": p.max_files_per_trigger},
             "class_names": manifest["class_names"], "labeled_counts": manifest["class_counts"]["labeled"],
             "splits_manifest_sha256": manifest.get("manifest_sha256"),
             "round": int(base["tags"].get("round", 0)),  # the self-training round of the scoring model
@@ -78,11 +92,20 @@ def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, t
                          **{k: base["tags"].get(k) for k in ("dataset", "imbalance_ratio", "method", "seed", "stage")}}}
 
 
+RESTART_KEYS = ("model_run_id", "model_uri", "policy", "input", "input_ids_sha256", "checkpoint", "trigger")
+
+
 def _check_same_stream(old: dict, new: dict, out: str) -> None:
-    for key in ("model_uri", "policy", "input"):
+    """A restart continues the same stream or is refused: another model (run id), policy, input (or
+    input contents), checkpoint or trigger would mix two streams in one output."""
+    for key in RESTART_KEYS:
         if old.get(key) != new[key]:
             raise StreamError(f"{out} holds pseudo-labels of another stream ({key}: {old.get(key)!r}, now "
                               f"{new[key]!r}); use a new --out (and --checkpoint), or delete the old output")
+    if sinks.committed_batches(out) and not fs.exists(fs.join(new["checkpoint"], "offsets")):
+        raise StreamError(f"{out} holds {len(sinks.committed_batches(out))} micro-batches but their checkpoint "
+                          f"{new['checkpoint']} is gone: a new query would score from batch 0 again beside them; "
+                          f"use a new --out, or delete the old output")
 
 
 def run_pseudolabel(spark, cfg: Config) -> dict:
@@ -110,7 +133,7 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     tracker = Tracker(p.experiment or base["experiment"], f"{base['name']}-pl-{policy.name}", tags,
                       run_id=previous["run_id"] if previous else None)
     info.update(run_id=tracker.run_id, **({"created_at": previous["created_at"]} if previous else stamp()))
-    fs.write_json(fs.join(out, sinks.STREAM), info)
+    fs.write_json_atomic(fs.join(out, sinks.STREAM), info)
     if not previous:
         tracker.log_params({"pseudolabel": {k: v for k, v in vars(p).items() if k not in ("select", "tau", "alpha",
                                                                                           "top_k")},

@@ -56,7 +56,10 @@ def resolve(ref: str, device: str = "auto", batch_size: int = 512, threads: int 
                          f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
     if not info.run_id:
         raise ModelError(f"model {uri} was not logged by an MLflow run; the pseudo-labels need its provenance")
-    return ScoringModel(uri, info.run_id, tracking_uri(), device, batch_size, threads)
+    # pinned here, once: a models:/name@alias (or latest) would be resolved again by every worker and
+    # every restart, and could mix models in one output under one recorded run id
+    pinned = f"runs:/{info.run_id}/{info.artifact_path or 'model'}"
+    return ScoringModel(pinned, info.run_id, tracking_uri(), device, batch_size, threads)
 
 
 _MODELS: dict[ScoringModel, tuple] = {}
@@ -85,6 +88,11 @@ def images_array(frame: pd.DataFrame) -> np.ndarray:
         raise ModelError(f"one image shape per batch expected, got {sorted(shapes)[:5]} (ingest with --image-size)")
     (h, w, c), = shapes
     if (frame["image_format"] == "raw").all():
+        lengths = frame["image"].map(len)
+        if (lengths != h * w * c).any():  # one short and one long row would otherwise shift pixels between them
+            bad = frame["id"][lengths != h * w * c].iloc[0]
+            raise ModelError(f"raw image {bad!r}: {lengths[lengths != h * w * c].iloc[0]} bytes, "
+                             f"{h}x{w}x{c} needs {h * w * c}")
         joined = bytearray(b"".join(frame["image"]))  # writable: torch warns on read-only buffers
         pixels = np.frombuffer(joined, dtype=np.uint8).reshape(len(frame), h, w, c)
     else:

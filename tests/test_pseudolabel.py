@@ -129,12 +129,44 @@ def test_available_now_labels_the_pool_once_like_batch_scoring(spark, base, tmp_
     assert [(m.step, m.value) for m in history] == [(b, 100.0 * (b + 1)) for b in range(FILES)]
 
 
-def test_a_restart_with_another_policy_is_refused(spark, base, tmp_path):
-    args = ["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"), "--out", str(tmp_path / "pl"),
+@pytest.mark.parametrize("change, key", [
+    (["--select", "threshold"], "policy"),
+    (["--checkpoint", "NEW"], "checkpoint"),  # a fresh checkpoint would re-score from batch 0 beside the old batches
+    (["--max-files-per-trigger", "2"], "trigger"),
+])
+def test_a_restart_of_another_stream_is_refused_naming_what_differs(spark, base, tmp_path, capsys, change, key):
+    out = tmp_path / "pl"
+    args = ["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"), "--out", str(out),
             "--max-files-per-trigger", "6"]
     pseudolabel_job.main(args)
+    before = sorted(p.name for p in (out / "labels").iterdir())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        pseudolabel_job.main(args + [str(tmp_path / "ckpt2") if c == "NEW" else c for c in change])
+    assert e.value.code == 1
+    assert f"holds pseudo-labels of another stream ({key}:" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "labels").iterdir()) == before
+
+
+def test_a_restart_whose_checkpoint_is_gone_is_refused(spark, base, tmp_path, capsys):
+    out = tmp_path / "pl"
+    args = ["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"), "--out", str(out),
+            "--max-files-per-trigger", "6"]
+    pseudolabel_job.main(args)
+    shutil.rmtree(out / "_checkpoint")
     with pytest.raises(SystemExit):
-        pseudolabel_job.main(args + ["--select", "threshold"])
+        pseudolabel_job.main(args)
+    err = capsys.readouterr().err
+    assert "holds 1 micro-batches but their checkpoint" in err and "is gone" in err  # 6 files, one batch
+
+
+def test_a_registered_alias_is_pinned_to_its_run_on_the_driver(base):
+    client = mlflow.tracking.MlflowClient()
+    name = f"pinned-{base['run_id'][:8]}"
+    version = mlflow.register_model(f"runs:/{base['run_id']}/model", name)
+    client.set_registered_model_alias(name, "candidate", version.version)
+    model = resolve_model(f"models:/{name}@candidate")
+    assert model.uri == f"runs:/{base['run_id']}/model" and model.run_id == base["run_id"]
 
 
 def test_unknown_policy_and_missing_model_fail_with_their_names(spark, base, tmp_path, capsys):

@@ -21,7 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.provenance import git_commit, stamp
 from streaming import sinks
 from streaming.balance import balance_metrics, balance_table, imbalance_ratio, overall_precision
-from streaming.score import ScoringModel, resolve, score
+from streaming.score import ERROR, ScoringModel, resolve, score
 from streaming.select import Policy, from_config
 
 TRUTH = "unlabeled_truth"  # written beside SPLITS/unlabeled by jobs/longtail.py
@@ -108,6 +108,44 @@ def _check_same_stream(old: dict, new: dict, out: str) -> None:
                           f"use a new --out, or delete the old output")
 
 
+def batch_files(checkpoint: str, batch_id: int) -> list[str]:
+    """The input files of micro-batch ``batch_id``, from the file source's log in the checkpoint
+    (``sources/0/<batch>``, or the ``.compact`` file that folds it in): a micro-batch DataFrame does
+    not report them itself."""
+    import json
+
+    root = fs.join(checkpoint, "sources", "0")
+    for name in (str(batch_id), f"{batch_id}.compact"):
+        if fs.exists(fs.join(root, name)):
+            lines = fs.read_text(fs.join(root, name)).splitlines()[1:]  # the first line is the format version
+            entries = [json.loads(line) for line in lines if line.strip()]
+            return [e["path"] for e in entries if e.get("batchId", batch_id) == batch_id]
+    compacts = [p for p, _ in fs.list_files(root) if p.endswith(".compact")] if fs.exists(root) else []
+    for name in sorted(compacts, key=lambda p: int(p.split(".")[0]), reverse=True):
+        if int(name.split(".")[0]) >= batch_id:
+            entries = [json.loads(line) for line in fs.read_text(fs.join(root, name)).splitlines()[1:] if line.strip()]
+            found = [e["path"] for e in entries if e.get("batchId") == batch_id]
+            if found:
+                return found
+    return []
+
+
+def unreadable_files(files: list[str]) -> list[dict]:
+    """Rejected rows for the micro-batch's input files that are not readable Parquet."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for file in files:
+        try:
+            fsys, path = fs.filesystem(file)
+            with fsys.open_input_file(path) as f:
+                pq.read_metadata(f)
+        except Exception as e:
+            rows.append({"id": None, "source": fs.normalize(file), "reason": "unreadable_file",
+                         "detail": f"{fs.normalize(file)}: {type(e).__name__}: {e}"})
+    return rows
+
+
 def run_pseudolabel(spark, cfg: Config) -> dict:
     p = cfg.pseudolabel
     policy = from_config(p)
@@ -141,8 +179,18 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
         tracker.log_dict(info, "stream.json")
 
     def process(batch_df, batch_id: int) -> None:
+        from pyspark.sql import functions as F
+
         started = time.time()
-        sinks.write_labels(score(batch_df, model), out, batch_id)
+        scored = score(batch_df, model).persist()  # scored once, split into labels and rejects
+        try:
+            sinks.write_labels(scored.filter(F.col(ERROR).isNull()).drop(ERROR), out, batch_id)
+            rejected = [{"id": r["id"], "source": None, "reason": "not_scorable", "detail": r[ERROR]}
+                        for r in scored.filter(F.col(ERROR).isNotNull()).select("id", ERROR).collect()]
+        finally:
+            scored.unpersist()
+        rejected += unreadable_files(batch_files(checkpoint, batch_id))
+        sinks.write_rejected(out, batch_id, rejected)
         latency = time.time() - started
         labels = sinks.read_labels(out, upto=batch_id, columns=["id", "predicted", "confidence"])
         in_batch = labels.column(schema.LABEL_BATCH).to_numpy() == batch_id
@@ -154,11 +202,17 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
         logged = tracker.last_step("pl_rows_total")
         if logged is None or batch_id > logged:  # a replayed batch is not logged twice
             tracker.log_metrics(balance_metrics(table), step=batch_id)
+        if rejected:
+            print(f"batch {batch_id}: {len(rejected)} inputs rejected (OUT/rejected), e.g. {rejected[0]['detail']}",
+                  flush=True)
         print(f"batch {batch_id}: {int(in_batch.sum())} images in {latency:.2f} s "
               f"({int(in_batch.sum()) / max(latency, 1e-9):.0f} img/s), {len(in_batch)} scored so far", flush=True)
 
+    # A corrupt file is skipped by the reader (else it would fail the same micro-batch on every
+    # restart) and recorded by process() with its reason: nothing is dropped silently.
     reader = (spark.readStream.schema(schema.spark_schema(schema.IMAGE_COLUMNS))
-              .option("maxFilesPerTrigger", p.max_files_per_trigger).parquet(fs.spark_path(p.input)))
+              .option("maxFilesPerTrigger", p.max_files_per_trigger).option("ignoreCorruptFiles", "true")
+              .parquet(fs.spark_path(p.input)))
     writer = (reader.writeStream.foreachBatch(process).option("checkpointLocation", fs.spark_path(checkpoint))
               .queryName(f"pseudolabel-{tracker.run_id[:8]}"))
     if p.trigger == "available-now":
@@ -217,6 +271,7 @@ def summary_of(out: str, info: dict) -> dict:
     rows = last.to_pylist()
     selected = [r["selected_count"] for r in rows]
     result.update(batches=len(sinks.committed_batches(out)), scored=rows[0]["cumulative_rows"],
+                  rejected=sinks.read_rejected(out).num_rows,
                   selected=sum(selected), selected_imbalance_ratio=imbalance_ratio(selected))
     precision = overall_precision(rows)
     if precision is not None:

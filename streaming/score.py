@@ -5,8 +5,9 @@ workers between tasks), on the GPU when there is one."""
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,9 @@ from pipeline.errors import PipelineError
 from pipeline.images import decode
 
 RUN_ID_LENGTH = 32
+ERROR = "error"  # why a row could not be scored (None: scored)
+SCORED = tuple(c for c in schema.LABEL_COLUMNS if c.name != "scored_at") + (
+    schema.Column(ERROR, schema.pa.string(), True, "why the image could not be scored; null when it was"),)
 
 
 class ModelError(PipelineError):
@@ -81,43 +85,55 @@ def load(ref: ScoringModel):
     return _MODELS[ref]
 
 
-def images_array(frame: pd.DataFrame) -> np.ndarray:
-    """N x C x H x W uint8 from image rows (one shape per call; raw pixels are joined without copies)."""
-    shapes = set(zip(frame["height"], frame["width"], frame["channels"]))
-    if len(shapes) != 1:
-        raise ModelError(f"one image shape per batch expected, got {sorted(shapes)[:5]} (ingest with --image-size)")
-    (h, w, c), = shapes
-    if (frame["image_format"] == "raw").all():
-        lengths = frame["image"].map(len)
-        if (lengths != h * w * c).any():  # one short and one long row would otherwise shift pixels between them
-            bad = frame["id"][lengths != h * w * c].iloc[0]
-            raise ModelError(f"raw image {bad!r}: {lengths[lengths != h * w * c].iloc[0]} bytes, "
-                             f"{h}x{w}x{c} needs {h * w * c}")
-        joined = bytearray(b"".join(frame["image"]))  # writable: torch warns on read-only buffers
-        pixels = np.frombuffer(joined, dtype=np.uint8).reshape(len(frame), h, w, c)
-    else:
-        pixels = np.stack([decode(i, f, h, w, c) for i, f in zip(frame["image"], frame["image_format"])])
-    return pixels.transpose(0, 3, 1, 2)
+def images_array(frame: pd.DataFrame) -> tuple[np.ndarray, list[Optional[str]]]:
+    """(N x C x H x W uint8 of the rows that decode, one error message or None per row). The batch's
+    shape is its most common one; a row of another shape, a raw row of the wrong length or bytes that
+    do not decode gets an error instead of failing (or, raw lengths cancelling out, shifting) the rest."""
+    shapes = list(zip(frame["height"], frame["width"], frame["channels"]))
+    (h, w, c), _ = Counter(shapes).most_common(1)[0]
+    errors: list[Optional[str]] = []
+    pixels = []
+    for image, fmt, shape in zip(frame["image"], frame["image_format"], shapes):
+        if shape != (h, w, c):
+            errors.append(f"shape {shape[0]}x{shape[1]}x{shape[2]} in a batch of {h}x{w}x{c} (ingest with --image-size)")
+        elif fmt == "raw" and len(image) != h * w * c:
+            errors.append(f"raw image of {len(image)} bytes, {h}x{w}x{c} needs {h * w * c}")
+        else:
+            try:
+                pixels.append(decode(image, fmt, h, w, c))
+                errors.append(None)
+            except Exception as e:  # PIL raises many kinds for broken data
+                errors.append(f"cannot decode the {fmt} image: {type(e).__name__}: {e}")
+    array = np.stack(pixels) if pixels else np.zeros((0, h, w, c), np.uint8)
+    return array.transpose(0, 3, 1, 2), errors
 
 
 def score_frame(frame: pd.DataFrame, model, device, run_id: str, batch_size: int) -> pd.DataFrame:
-    """Pseudo-label rows (schema.LABEL_COLUMNS but scored_at) for a pandas frame of image rows."""
+    """Pseudo-label rows (``SCORED``: schema.LABEL_COLUMNS but scored_at, plus ``error``) for a pandas
+    frame of image rows; a row that cannot be scored keeps its id and says why in ``error``."""
     import torch
 
-    columns = [c for c in schema.names(schema.LABEL_COLUMNS) if c != "scored_at"]
+    columns = [c.name for c in SCORED]
     if frame.empty:
         return pd.DataFrame({c: [] for c in columns})
-    pixels = images_array(frame)
+    pixels, errors = images_array(frame)
     probs = []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch_size):
-            x = torch.from_numpy(pixels[start:start + batch_size]).to(device).float().div_(255)
+            x = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size])).to(device).float().div_(255)
             x = x.contiguous(memory_format=torch.channels_last)
             probs.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
-    p = np.concatenate(probs)
-    return pd.DataFrame({"id": frame["id"].to_numpy(), "predicted": p.argmax(1).astype(np.int32),
-                         "confidence": p.max(1).astype(np.float32), "probs": list(p.astype(np.float32)),
-                         "model_run_id": run_id})
+    good = np.array([e is None for e in errors])
+    p = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
+    n = len(frame)
+    predicted, confidence = np.full(n, -1, np.int32), np.zeros(n, np.float32)  # placeholders (NaN would be null)
+    vectors = [np.zeros(0, np.float32)] * n
+    if good.any():
+        predicted[good], confidence[good] = p.argmax(1), p.max(1)
+    for row, vector in zip(np.flatnonzero(good), p.astype(np.float32)):
+        vectors[row] = vector
+    return pd.DataFrame({"id": frame["id"].to_numpy(), "predicted": predicted, "confidence": confidence,
+                         "probs": vectors, "model_run_id": run_id, ERROR: errors})
 
 
 def _score_partition(frames: Iterator[pd.DataFrame], ref: ScoringModel) -> Iterator[pd.DataFrame]:
@@ -130,10 +146,10 @@ IMAGE_INPUT = ("id", "image", "image_format", "height", "width", "channels")
 
 
 def score(df, model: ScoringModel):
-    """The pseudo-label rows of ``df``'s images: a lazy DataFrame, for batch reads and micro-batches alike."""
+    """The pseudo-label rows of ``df``'s images (``SCORED`` + scored_at): a lazy DataFrame, for batch
+    reads and micro-batches alike. Rows whose ``error`` is set could not be scored."""
     from pyspark.sql import functions as F
 
-    out = [c for c in schema.LABEL_COLUMNS if c.name != "scored_at"]
     scored = df.select(*IMAGE_INPUT).mapInPandas(functools.partial(_score_partition, ref=model),
-                                                 schema.spark_schema(tuple(out)))
+                                                 schema.spark_schema(SCORED))
     return scored.withColumn("scored_at", F.current_timestamp())

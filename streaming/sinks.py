@@ -29,7 +29,9 @@ import pyarrow.parquet as pq
 from pipeline import fs, schema
 from pipeline.errors import PipelineError
 
-LABELS, BALANCE, STREAM = "labels", "balance", "stream.json"
+LABELS, BALANCE, STREAM, REJECTED = "labels", "balance", "stream.json", "rejected"
+REJECTED_SCHEMA = pa.schema([("batch_id", pa.int64()), ("id", pa.string()), ("source", pa.string()),
+                             ("reason", pa.string()), ("detail", pa.string())])
 _BATCH_DIR = re.compile(rf"^{schema.LABEL_BATCH}=(\d+)$")
 _BALANCE_FILE = re.compile(r"^batch-(\d+)\.parquet$")
 
@@ -96,6 +98,26 @@ def write_balance(out: str, batch_id: int, table: pa.Table) -> None:
     tmp = fs.filesystem(fs.join(root, f".batch-{batch_id:08d}.{uuid.uuid4().hex[:8]}.tmp"))[1]
     pq.write_table(table, tmp, filesystem=fsys)
     fsys.move(tmp, path)
+
+
+def write_rejected(out: str, batch_id: int, rows: list[dict]) -> None:
+    """The inputs of ``batch_id`` that could not be scored (unreadable files, undecodable images),
+    with their reason: OUT/rejected/batch-N.parquet, written whole then renamed (a replay replaces it)."""
+    root = fs.join(out, REJECTED)
+    fsys, path = fs.filesystem(fs.join(root, f"batch-{batch_id:08d}.parquet"))
+    fsys.create_dir(fs.filesystem(root)[1], recursive=True)
+    tmp = fs.filesystem(fs.join(root, f".batch-{batch_id:08d}.{uuid.uuid4().hex[:8]}.tmp"))[1]
+    table = pa.Table.from_pylist([{"batch_id": batch_id, **r} for r in rows], schema=REJECTED_SCHEMA)
+    pq.write_table(table, tmp, filesystem=fsys)
+    fsys.move(tmp, path)
+
+
+def read_rejected(out: str) -> pa.Table:
+    """Every micro-batch's rejected inputs (empty when none)."""
+    root = fs.join(out, REJECTED)
+    files = [fs.join(root, p) for p, _ in fs.list_files(root) if p.endswith(".parquet")] if fs.exists(root) else []
+    tables = [pq.read_table(fs.filesystem(f)[1], filesystem=fs.filesystem(f)[0]) for f in files]
+    return pa.concat_tables(tables) if tables else REJECTED_SCHEMA.empty_table()
 
 
 def read_balance(out: str) -> pa.Table:

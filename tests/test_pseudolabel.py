@@ -321,14 +321,41 @@ def test_labels_read_in_scoring_order_whatever_columns_are_asked(tmp_path):
     assert sinks.read_labels(str(tmp_path), columns=["id"]).column("id").to_pylist() == ["c", "a", "b"]
 
 
-def test_raw_rows_whose_length_errors_cancel_out_are_refused_not_shifted():
+def test_raw_rows_whose_length_errors_cancel_out_are_rejected_not_shifted():
     import pandas as pd
 
-    from streaming.score import ModelError, images_array
+    from streaming.score import images_array
 
-    frame = pd.DataFrame({"id": ["a", "b"], "image": [bytes(3), bytes(5)], "image_format": ["raw", "raw"],
-                          "height": [2, 2], "width": [2, 2], "channels": [1, 1]})  # 3 + 5 = 2 x 4 bytes
-    with pytest.raises(ModelError, match="raw image 'a': 3 bytes, 2x2x1 needs 4"):
-        images_array(frame)
-    frame["image"] = [bytes(4), bytes(range(4))]
-    assert images_array(frame)[1].flatten().tolist() == [0, 1, 2, 3]
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "image": [bytes(3), bytes(5), bytes(range(4))],
+                          "image_format": ["raw", "raw", "raw"], "height": [2] * 3, "width": [2] * 3,
+                          "channels": [1] * 3})  # 3 + 5 bytes would fill 2 images of 4
+    pixels, errors = images_array(frame)
+    assert errors[0] == "raw image of 3 bytes, 2x2x1 needs 4" and errors[1].startswith("raw image of 5 bytes")
+    assert errors[2] is None and pixels.shape == (1, 1, 2, 2) and pixels.flatten().tolist() == [0, 1, 2, 3]
+
+
+def test_a_corrupt_file_and_an_undecodable_image_are_rejected_and_the_stream_goes_on(spark, base, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import schema
+
+    pool = tmp_path / "pool"
+    shutil.copytree(base["splits"] / "unlabeled", pool)
+    (pool / "part-99998-garbage.parquet").write_bytes(b"PAR1 this is not parquet at all")
+    first = next(iter(sorted(pool.glob("part-0*.parquet"))))
+    row = pq.read_table(first).slice(0, 1).to_pylist()[0]
+    broken = [{**row, "id": "broken-jpeg", "image": b"\xff\xd8 not a jpeg", "image_format": "jpeg"},
+              {**row, "id": "short-raw", "image": row["image"][:-1]}]
+    pq.write_table(pa.Table.from_pylist(broken, schema=schema.arrow_schema(schema.IMAGE_COLUMNS)),
+                   pool / "part-99999-broken.parquet")
+    out = tmp_path / "pl"
+    result = pseudolabel_job.main(["--model", base["run_id"], "--input", str(pool), "--out", str(out),
+                                   "--truth", str(base["splits"] / "unlabeled_truth"), "--max-files-per-trigger", "2"])
+    assert sorted(label_ids(out)) == sorted(pool_ids(base["splits"]))  # every good image labeled once
+    rejected = sinks.read_rejected(str(out)).to_pylist()
+    assert result["rejected"] == len(rejected) == 3
+    by_reason = {r["reason"]: r for r in rejected if r["reason"] == "unreadable_file"}
+    assert by_reason["unreadable_file"]["source"].endswith("part-99998-garbage.parquet")
+    scored = {r["id"]: r["detail"] for r in rejected if r["reason"] == "not_scorable"}
+    assert scored.keys() == {"broken-jpeg", "short-raw"} and "cannot decode the jpeg image" in scored["broken-jpeg"]

@@ -83,8 +83,9 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
                                       "--truth", base["splits"] / "unlabeled_truth")
         procs.append(subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
                                       stdout=(tmp_path / "job.log").open("w"), stderr=subprocess.STDOUT))
-        for f in pool[:2]:
-            shutil.copy(f, inbox / f.name)
+        for f in pool[:2]:  # the stream is live: every file appears whole (written aside, renamed in)
+            shutil.copy(f, tmp_path / "staging.parquet")
+            os.replace(tmp_path / "staging.parquet", inbox / f.name)
         wait(lambda: driver.execute_script(COUNT_BARS) == 200, "bars summing to the first 200 images", 180)
         assert "Live" in status() and "scored: 200 images" in driver.find_element("id", "header").text
 

@@ -144,10 +144,15 @@ def test_a_child_whose_training_process_is_killed_is_a_failed_outcome_not_a_fail
     while not mlflow.search_runs(experiment_names=["tests-sweep-kill"]).shape[0]:  # training has begun
         assert time.time() < deadline and worker.is_alive(), outcome
         time.sleep(0.5)
-    child = subprocess.run(["pgrep", "-f", "--", "pipeline.sweep .*child.json"], capture_output=True, text=True)
-    pids = child.stdout.split()
-    assert len(pids) == 1, child
-    subprocess.run(["kill", "-KILL", pids[0]], check=True)
+    import os
+    import signal
+
+    # this process's own children (not pgrep -f, which would match any sweep on the machine)
+    kids = {int(k) for t in os.listdir(f"/proc/{os.getpid()}/task")
+            for k in open(f"/proc/{os.getpid()}/task/{t}/children").read().split()}
+    pids = [k for k in kids if b"pipeline.sweep" in open(f"/proc/{k}/cmdline", "rb").read()]
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
     worker.join(60)
     assert outcome["status"] == "FAILED" and outcome["key"] == "ce/rho=10/seed=0"
     assert "the training process was killed by signal 9 before reporting a result" in outcome["error"]

@@ -31,3 +31,32 @@ def test_a_config_error_under_spark_submit_names_the_key(tmp_path):
     run = submit("jobs/longtail.py", "--data", tmp_path, "--out", tmp_path / "x", "--set", "longtail.sede=1")
     # spark-submit passes the Python driver's stderr through its stdout
     assert run.returncode != 0 and "unknown config key 'longtail.sede'" in run.stdout + run.stderr
+
+
+UI_PROBE = '''
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.getOrCreate()
+port = int(spark.sparkContext.uiWebUrl.rsplit(":", 1)[1])
+listening = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(table).read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.rsplit(":", 1)
+        if state == "0A" and int(hex_port, 16) == port:
+            listening.add(address)
+import json
+print("UI", json.dumps(sorted(listening)))
+'''
+
+
+def test_a_plain_spark_submit_binds_the_ui_to_loopback(tmp_path):
+    """Without SPARK_LOCAL_IP (as a user types it), the venv's spark-env.sh keeps the UI off other interfaces."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(UI_PROBE)
+    command, env = submit_command(probe)
+    env.pop("SPARK_LOCAL_IP")
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    line = next(l for l in run.stdout.splitlines() if l.startswith("UI "))
+    addresses = json.loads(line.split(" ", 1)[1])
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, as IPv4 or IPv4-mapped IPv6
+    assert addresses and set(addresses) <= loopback, line  # not 00000000... (every interface)

@@ -84,6 +84,8 @@ class JobParser(argparse.ArgumentParser):
         self.flag("--experiment", key="train.experiment", help="MLflow experiment")
         self.flag("--seed", key="train.seed")
         self.flag("--resume", key="train.resume", switch=True, help="continue from the run's last checkpoint")
+        self.flag("--register", key="train.register", metavar="NAME",
+                  help="register the model as a new version of NAME (alias train.register_alias: candidate)")
 
     def resolve(self, argv: list[str] | None = None, required: dict[str, str] | None = None,
                 layers: Callable[[Config], list[str]] | None = None) -> tuple[argparse.Namespace, Config]:

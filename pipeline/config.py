@@ -159,6 +159,9 @@ class TrainConfig:
     unlabeled_weight: float = 1.0  # semi, fixed_share: loss = labeled loss + unlabeled_weight * pseudo-labeled loss
     self_training_rounds: int = 1  # semi: > 1 re-labels the pool with each round's model and trains again
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags of the run (a sweep names itself here)
+    register: Optional[str] = None  # register the run's model as a new version of this registered model
+    register_alias: Optional[str] = "candidate"  # ...and point this alias at the version
+    system_metrics: bool = True  # MLflow system metrics (CPU, memory, GPU) sampled into the run
 
     def validate(self) -> None:
         if len(self.lr_milestones) != len(self.lr_factors):

@@ -1,5 +1,5 @@
-"""Experiment tracking behind one small interface (MLflow today). Only the main process tracks;
-the others get a ``NullTracker`` with the same methods."""
+"""Experiment tracking behind one small interface (MLflow today). Only the main process of a
+training tracks (the others open no run)."""
 from __future__ import annotations
 
 import json
@@ -32,24 +32,58 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class Tracker:
-    """One MLflow run. ``run_id`` resumes an existing run (after ``--resume``)."""
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on training runs
 
-    def __init__(self, experiment: str, run_name: str, tags: dict[str, str], run_id: Optional[str] = None):
+
+class Tracker:
+    """One MLflow run. ``run_id`` resumes an existing run (after ``--resume``); ``system_metrics``
+    samples CPU, memory (and GPU, when MLflow can read it) into the run, with MLflow's own support."""
+
+    def __init__(self, experiment: str, run_name: str, tags: dict[str, str], run_id: Optional[str] = None,
+                 system_metrics: bool = False):
         import mlflow
 
         self.mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri())
-        if mlflow.get_experiment_by_name(experiment) is None:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
             location = None
             if tracking_uri().startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
                 db = Path(tracking_uri()[len("sqlite:///"):])
                 location = (db.parent / "artifacts" / experiment).as_uri()
-            mlflow.create_experiment(experiment, artifact_location=location)
+            mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+        elif any(found.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):  # made by an older version
+            for k, v in EXPERIMENT_KIND.items():
+                mlflow.tracking.MlflowClient().set_experiment_tag(found.experiment_id, k, v)
         mlflow.set_experiment(experiment)
-        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags,
+                                    log_system_metrics=system_metrics)
         self.run_id = self.run.info.run_id
         self.tags = dict(tags)
+
+    def log_dataset(self, name: str, source: str, sha256: str, context: str, rows: Optional[int] = None) -> None:
+        """Record a data set the run used (the runs table's Dataset column, searchable lineage): its
+        path or URI as source, its sha256 as digest (MLflow keeps 36 characters; the whole in a tag)."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": local paths are local
+            warnings.simplefilter("ignore")
+            source_obj = resolve_dataset_source(source)
+        dataset = MetaDataset(source=source_obj, name=name, digest=sha256[:36])
+        tags = {"sha256": sha256, **({"rows": str(rows)} if rows is not None else {})}
+        self.mlflow.log_input(dataset, context=context, tags=tags)
+
+    def register(self, model_uri: str, name: str, alias: Optional[str]) -> str:
+        """Register ``model_uri`` as a new version of registered model ``name`` (with ``alias``);
+        returns the version's URI, models:/<name>/<version>."""
+        version = self.mlflow.register_model(model_uri, name, tags={"run_id": self.run_id})
+        if alias:
+            self.mlflow.tracking.MlflowClient().set_registered_model_alias(name, alias, version.version)
+        self.mlflow.set_tag("registered_model", f"{name}/{version.version}")
+        return f"models:/{name}/{version.version}"
 
     def log_params(self, params: dict) -> None:
         flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in _flatten(params).items()}
@@ -67,9 +101,6 @@ class Tracker:
     def last_step(self, key: str) -> Optional[int]:
         history = self.mlflow.tracking.MlflowClient().get_metric_history(self.run_id, key)
         return max((m.step for m in history), default=None)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self.mlflow.set_tags(tags)
 
     def log_dict(self, obj: dict, name: str) -> None:
         self.mlflow.log_dict(obj, name)
@@ -173,13 +204,6 @@ def end_active_run(status: str) -> None:
 
     if mlflow.active_run() is not None:
         mlflow.end_run(status)
-
-
-class NullTracker:
-    run_id = None
-
-    def __getattr__(self, name):
-        return lambda *a, **k: None
 
 
 def _requirements() -> list[str]:

@@ -22,6 +22,7 @@ from pipeline.config import Config, ConfigError, TrainConfig, to_dict
 from pipeline.data import (ROTATIONS, Augment, ImageSet, choose_loader, concat, eval_batches, load_split,
                            make_loader, random_rotations, rotations, semi_loader)
 from pipeline.errors import PipelineError
+from pipeline.longtail import ids_sha256
 from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
 from pipeline.metrics import evaluate_logits
 from pipeline.objectives import OBJECTIVES, Objective, Phase, phases
@@ -157,6 +158,7 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
         tracker.log_params({**to_dict(cfg.train), "provenance": provenance})
         tracker.log_dict(to_dict(cfg), "config.json")
         tracker.log_dict(manifest, "manifest.json")
+        _log_inputs(tracker, t, manifest, data)
 
     history: list[dict] = state["history"] if state else []
     current, switch = None, drw_epoch(t)
@@ -295,6 +297,20 @@ def _evaluation_row(model, data: TrainData, loss_fn, cfg: Config, device) -> dic
     return row
 
 
+def _log_inputs(tracker, t: TrainConfig, manifest: dict, data: TrainData) -> None:
+    """Lineage in MLflow: which split (and which pseudo-labels) trained the model, which evaluated it."""
+    hashes = manifest.get("ids_sha256", {})
+    parts = ["labeled"] + (["unlabeled"] if t.objective == "rotation" and t.pretrain_unlabeled else [])
+    for part in parts:
+        tracker.log_dataset(part, fs.join(fs.normalize(t.splits), part), hashes.get(part, manifest["manifest_sha256"]),
+                            "training", manifest["totals"].get(part))
+    if data.semi:
+        tracker.log_dataset("pseudo_labels", data.semi["pseudo_labels"], data.semi["pseudo_ids_sha256"], "training",
+                            data.semi["pseudo_total"])
+    tracker.log_dataset("test", fs.join(fs.normalize(t.splits), "test"), hashes.get("test", manifest["manifest_sha256"]),
+                        "evaluation", manifest["totals"].get("test"))
+
+
 def _pseudo_labeled(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> tuple[ImageSet, dict]:
     """The pseudo-labeled images the policy kept, and what the run records about them."""
     from streaming.sinks import selected_pseudo_labels
@@ -314,7 +330,8 @@ def _pseudo_labeled(t: TrainConfig, manifest: dict, ctx: distributed.Context) ->
     pseudo_counts = np.bincount(labels, minlength=len(manifest["class_names"])).tolist()
     return pseudo, {"pseudo_labels": fs.normalize(t.pseudo_labels), "pseudolabel_run_id": info["run_id"],
                     "base_run_id": info["model_run_id"], "policy": info["policy"], "pseudo_counts": pseudo_counts,
-                    "pseudo_total": len(ids), "semi_batches": t.semi_batches, "round": info.get("round", 0) + 1}
+                    "pseudo_total": len(ids), "semi_batches": t.semi_batches, "round": info.get("round", 0) + 1,
+                    "pseudo_ids_sha256": ids_sha256(ids)}
 
 
 def _rotation_data(t: TrainConfig, ctx: distributed.Context) -> TrainData:
@@ -369,7 +386,8 @@ def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], semi
     if semi:  # the chain: base model -> pseudolabel run -> this run
         tags.update(parent_run_id=semi["pseudolabel_run_id"], base_run_id=semi["base_run_id"],
                     policy=semi["policy"]["name"], round=str(semi["round"]))
-    return Tracker(cfg.train.experiment, name, tags, run_id=state["run_id"] if state else None)
+    return Tracker(cfg.train.experiment, name, tags, run_id=state["run_id"] if state else None,
+                   system_metrics=cfg.train.system_metrics)
 
 
 def _prefixed(prefix: str, metrics: dict) -> dict:
@@ -414,6 +432,9 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
     spec, export = _exportable(model, loss_fn, augment, cfg, data)
     example = test.images[:2].float().div(255).numpy()  # batch of 2: the logged model is not tied to batch 1
     summary["model_uri"] = tracker.log_model(spec, export, example)
+    if cfg.train.register:
+        summary["registered_model"] = tracker.register(summary["model_uri"], cfg.train.register,
+                                                       cfg.train.register_alias)
     tracker.log_text(run_report.render({
         "run_id": tracker.run_id, "run_name": ckpt_path.parent.name, "experiment": cfg.train.experiment,
         "tags": tracker.tags, "summary": summary, "provenance": provenance, "config": to_dict(cfg),

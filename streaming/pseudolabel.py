@@ -81,7 +81,7 @@ def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, t
                  checkpoint: str) -> dict:
     p = cfg.pseudolabel
     manifest = base["manifest"]
-    return {"model_uri": model.uri, "model_run_id": model.run_id, "model_ref": p.model,
+    return {"model_uri": model.uri, "model_run_id": model.run_id, "model_ref": p.model, "model_version": model.version,
             "tracking_uri": model.tracking_uri, "policy": policy.params(), "input": fs.normalize(p.input),
             "input_ids_sha256": input_identity(p.input), "truth": truth, "checkpoint": checkpoint,
             "trigger": {"trigger": p.trigger, "max_files_per_trigger": p.max_files_per_trigger},
@@ -167,7 +167,7 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     tags = {**{k: v for k, v in info["base_run"].items() if k in ("dataset", "imbalance_ratio", "method", "seed")
                and v is not None},
             "stage": "pseudolabel", "parent_run_id": model.run_id, "policy": policy.name,
-            "model": base["tags"].get("model", "")}
+            "model": base["tags"].get("model", ""), **({"model_version": model.version} if model.version else {})}
     tracker = Tracker(p.experiment or base["experiment"], f"{base['name']}-pl-{policy.name}", tags,
                       run_id=previous["run_id"] if previous else None)
     info.update(run_id=tracker.run_id, **({"created_at": previous["created_at"]} if previous else stamp()))

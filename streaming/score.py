@@ -35,6 +35,7 @@ class ScoringModel:
     device: str = "auto"
     batch_size: int = 512
     threads: int = 1
+    version: Optional[str] = None  # "name/version" when the model was asked for as models:/...
 
 
 def model_uri(ref: str) -> str:
@@ -63,7 +64,25 @@ def resolve(ref: str, device: str = "auto", batch_size: int = 512, threads: int 
     # pinned here, once: a models:/name@alias (or latest) would be resolved again by every worker and
     # every restart, and could mix models in one output under one recorded run id
     pinned = f"runs:/{info.run_id}/{info.artifact_path or 'model'}"
-    return ScoringModel(pinned, info.run_id, tracking_uri(), device, batch_size, threads)
+    return ScoringModel(pinned, info.run_id, tracking_uri(), device, batch_size, threads, registered_version(uri))
+
+
+def registered_version(uri: str) -> Optional[str]:
+    """"name/version" of a models:/name/version, models:/name@alias or models:/name/latest URI, else None."""
+    import mlflow
+
+    if not uri.startswith("models:/"):
+        return None
+    client = mlflow.tracking.MlflowClient()
+    ref = uri[len("models:/"):].rstrip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return f"{name}/{client.get_model_version_by_alias(name, alias).version}"
+    name, _, version = ref.rpartition("/")
+    if version == "latest":
+        versions = client.search_model_versions(f"name='{name}'")
+        return f"{name}/{max(int(v.version) for v in versions)}"
+    return f"{name}/{version}" if name else None
 
 
 _MODELS: dict[ScoringModel, tuple] = {}

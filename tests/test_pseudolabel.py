@@ -167,6 +167,7 @@ def test_a_registered_alias_is_pinned_to_its_run_on_the_driver(base):
     client.set_registered_model_alias(name, "candidate", version.version)
     model = resolve_model(f"models:/{name}@candidate")
     assert model.uri == f"runs:/{base['run_id']}/model" and model.run_id == base["run_id"]
+    assert model.version == f"{name}/{version.version}"  # the version it resolved, recorded with the labels
 
 
 def test_unknown_policy_and_missing_model_fail_with_their_names(spark, base, tmp_path, capsys):

@@ -37,7 +37,9 @@ def cfg_for(splits, tmp_path, method="ce", **train):
     return resolve([str(ROOT / "conf/methods" / f"{method}.yaml")], [(f"train.{k}", str(v)) for k, v in sets.items()])
 
 
-def test_fit_leaves_a_complete_mlflow_run(splits, tmp_path):
+def test_fit_leaves_a_complete_mlflow_run(splits, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # a short run still gets samples
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     result = fit(cfg_for(splits, tmp_path, "ldam_drw", epochs=3))  # milestones 160, 180 of 200 -> epoch 2
     run = mlflow.get_run(result["run_id"])
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
@@ -62,6 +64,17 @@ def test_fit_leaves_a_complete_mlflow_run(splits, tmp_path):
     assert files == {"model/MLmodel", "model/spec.json", "model/weights.pt"}  # no pickled classes, no code
     pyfunc = mlflow.pyfunc.load_model(result["model_uri"])  # the python_function flavor, the same weights
     assert np.allclose(pyfunc.predict(images.numpy()), model(images).detach().numpy(), atol=1e-5)
+    # lineage: the labeled split trained it, the test split evaluated it, each with its sha256
+    inputs = {(i.dataset.name, [t.value for t in i.tags if t.key == "mlflow.data.context"][0]): i
+              for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {("labeled", "training"), ("test", "evaluation")}
+    labeled = inputs[("labeled", "training")]
+    assert labeled.dataset.digest == manifest["ids_sha256"]["labeled"][:36]
+    assert json.loads(labeled.dataset.source)["uri"] == str(splits / "labeled")
+    assert {t.key: t.value for t in labeled.tags}["sha256"] == manifest["ids_sha256"]["labeled"]
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
+    assert any(k.startswith("system/cpu") for k in metrics) and any(k.startswith("system/system_memory") for k in metrics)
 
 
 def test_checkpoint_carries_the_config_and_loads_weights_only(splits, tmp_path):
@@ -113,6 +126,14 @@ def test_resume_after_sigkill_reaches_the_same_final_state(splits, tmp_path):
         assert torch.allclose(value.float(), resumed["model"][key].float(), atol=1e-5), key
     steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(result["run_id"], "train_loss")]
     assert steps == list(range(epochs))  # every epoch logged exactly once across the kill
+
+
+def test_register_makes_a_version_with_the_candidate_alias(splits, tmp_path):
+    result = fit(cfg_for(splits, tmp_path, "ce", epochs=1, register="tests-registered"))
+    version = mlflow.tracking.MlflowClient().get_model_version_by_alias("tests-registered", "candidate")
+    assert result["registered_model"] == f"models:/tests-registered/{version.version}"
+    assert version.run_id == result["run_id"]
+    assert load_model("models:/tests-registered@candidate")(torch.rand(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_resume_with_other_settings_is_refused_naming_them(splits, tmp_path):

@@ -16,13 +16,14 @@ SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
 venv: $(VENV)/.installed
 
 # Reinstalled whenever the pins change. pip's cache (~/.cache/pip) makes a rebuild take ~2 minutes.
-# conf/spark-env.sh goes into the venv's Spark: spark-submit binds the driver and its UI to loopback.
-$(VENV)/.installed: pyproject.toml conf/spark-env.sh
+# conf/spark-env.sh and conf/log4j2.properties go into the venv's Spark: a plain spark-submit binds the
+# driver and its UI to loopback and prints warnings and the job's own lines, not Spark's INFO start-up.
+$(VENV)/.installed: pyproject.toml conf/spark-env.sh conf/log4j2.properties
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	spark_home=$$($(PY) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))') && \
-	    mkdir -p $$spark_home/conf && cp conf/spark-env.sh $$spark_home/conf/spark-env.sh
+	    mkdir -p $$spark_home/conf && cp conf/spark-env.sh conf/log4j2.properties $$spark_home/conf/
 	touch $@
 
 DEMO := conf/experiments/digits_lt10.yaml

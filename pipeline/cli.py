@@ -63,6 +63,8 @@ class JobParser(argparse.ArgumentParser):
                           help="YAML config layer (repeatable; later files win)")
         self.add_argument("--set", action=_Override, metavar="KEY=VALUE", help="override one config key")
         self.add_argument("--result", metavar="FILE", help="also write the job's result (run id...) as JSON")
+        self.flag("--verbose", key="spark.log_level", const="INFO", switch=False, nargs=0,
+                  help="Spark's INFO log lines on the console (default: warnings and the job's own progress)")
 
     def flag(self, *names: str, key: str, switch: bool = False, **kw) -> None:
         """A flag that sets config ``key``; ``switch`` makes it a boolean that sets true."""

@@ -36,6 +36,7 @@ class SparkConfig:
     shuffle_partitions: int = 8  # spark.sql.shuffle.partitions: small tables, few cores
     driver_memory: str = "4g"  # used only when the job starts the JVM itself (not under spark-submit)
     conf: dict[str, str] = field(default_factory=dict)  # extra spark.* settings
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"  # Spark's console log level (--verbose: INFO)
 
 
 @dataclass

@@ -34,7 +34,7 @@ def session(cfg: SparkConfig):
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    spark.sparkContext.setLogLevel(cfg.log_level)
     if not spark.sparkContext.master.startswith("local"):
         spark.sparkContext.addPyFile(project_zip())  # executors on other hosts import the library from it
     return spark

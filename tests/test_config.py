@@ -101,3 +101,10 @@ def test_job_parser_exits_with_the_key_on_a_bad_value(capsys):
 def test_non_finite_numbers_are_refused_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=rf"'{key}': expected a finite number"):
         resolve([], [(key, value)])
+
+
+def test_verbose_flag_turns_on_spark_info_logs():
+    parser = JobParser("x")
+    _, quiet = parser.resolve([])
+    _, verbose = JobParser("x").resolve(["--verbose"])
+    assert (quiet.spark.log_level, verbose.spark.log_level) == ("WARN", "INFO")

@@ -53,6 +53,49 @@ def _shots(counts: list[int]) -> list[str]:
     return shot
 
 
+def figures(final: dict, history: list[dict]) -> dict:
+    """The report's figures (matplotlib) from the final test metrics and the per-epoch history."""
+    from pipeline import plots
+
+    names = final["class_names"]
+    return {"confusion_matrix": plots.confusion_figure(final["confusion"], names),
+            "per_class_accuracy": plots.per_class_figure(final["per_class_accuracy"], final["train_counts"], names),
+            "learning_curves": plots.curves_figure(history)}
+
+
+def rebuild(run_id: str) -> str:
+    """report.html of an earlier classifier run, again, from what the run logged (its checkpoint
+    with the history, config and provenance; final_test_metrics.json; manifest.json; metrics and
+    tags), logged to the run once more; returns the page."""
+    import matplotlib.pyplot as plt
+    import mlflow
+    import torch
+
+    from pipeline import plots
+    from pipeline.pretrained import checkpoint_path
+    from pipeline.tracking import load_json_artifact, tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.tracking.MlflowClient()
+    run = client.get_run(run_id)
+    if run.data.tags.get("stage") not in ("base", "ssp", "semi"):
+        raise ValueError(f"run {run_id} is a {run.data.tags.get('stage')!r} run, not a classifier: it has no report")
+    checkpoint = checkpoint_path(run_id)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    final = load_json_artifact(run_id, "final_test_metrics.json")
+    figs = figures(final, state["history"])
+    pngs = {name: plots.png_bytes(fig) for name, fig in figs.items()}
+    for fig in figs.values():
+        plt.close(fig)
+    page = render({"run_id": run_id, "run_name": run.info.run_name, "tags": run.data.tags,
+                   "experiment": client.get_experiment(run.info.experiment_id).name,
+                   "summary": dict(run.data.metrics), "provenance": state["provenance"], "config": state["config"],
+                   "manifest": load_json_artifact(run_id, "manifest.json"), "final": final, "figures": pngs,
+                   "history": state["history"], "model_uri": f"runs:/{run_id}/model", "checkpoint": checkpoint})
+    client.log_text(run_id, page, "report.html")
+    return page
+
+
 def render(record: dict) -> str:
     """The report of one run. ``record``: run_id, run_name, experiment, tags, summary (final
     metrics), provenance, config, manifest, final (class_names, train_counts, per_class_accuracy,

@@ -422,9 +422,7 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
                          if np.isfinite(a)})
     final = {"class_names": names, "train_counts": counts, **final}
     tracker.log_dict(final, "final_test_metrics.json")
-    figures = {"confusion_matrix": plots.confusion_figure(final["confusion"], names),
-               "per_class_accuracy": plots.per_class_figure(final["per_class_accuracy"], counts, names),
-               "learning_curves": plots.curves_figure(history)}
+    figures = run_report.figures(final, history)
     pngs = {name: plots.png_bytes(fig) for name, fig in figures.items()}
     for name, fig in figures.items():
         tracker.log_figure(fig, f"{name}.png")

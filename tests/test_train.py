@@ -128,6 +128,22 @@ def test_resume_after_sigkill_reaches_the_same_final_state(splits, tmp_path):
     assert steps == list(range(epochs))  # every epoch logged exactly once across the kill
 
 
+def test_report_of_an_earlier_run_is_rebuilt_from_what_it_logged(splits, tmp_path):
+    from jobs import report as report_job
+
+    result = fit(cfg_for(splits, tmp_path, "ce", epochs=2))
+    original = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/report.html")
+    page = report_job.main(["--run", result["run_id"], "--out", str(tmp_path / "r.html")])
+    assert (tmp_path / "r.html").read_text() == page
+    again = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/report.html")
+    assert again == page and len(page) > 10_000 and "<h2>Confusion matrix</h2>" in page
+    for section in ("Per-class accuracy", "Learning curves", "Provenance", "manifest sha256"):
+        assert section in page and section in original
+    assert f"{100 * result['final_test_top1']:.1f}" in page
+    with pytest.raises(SystemExit, match="cannot rebuild the report of run no-such-run"):
+        report_job.main(["--run", "no-such-run"])
+
+
 def test_register_makes_a_version_with_the_candidate_alias(splits, tmp_path):
     result = fit(cfg_for(splits, tmp_path, "ce", epochs=1, register="tests-registered"))
     version = mlflow.tracking.MlflowClient().get_model_version_by_alias("tests-registered", "candidate")

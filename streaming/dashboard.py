@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline import fs
 from streaming import sinks
-from streaming.balance import imbalance_ratio
+from streaming.balance import imbalance_ratio, overall_precision
 
 COLORS = {"predicted": "#4c78a8", "selected": "#f58518", "labeled": "#54a24b", "true": "#9d9d9d"}
 
@@ -98,6 +98,20 @@ def figures(data: dict, log_scale: bool = False) -> dict:
             "histogram": histogram, "speed": speed, "quality": quality}
 
 
+def headline(data: dict) -> dict[str, str]:
+    """The live figures of the header, from the last committed micro-batch's balance rows."""
+    table = data["balance"]
+    last = table[table.batch_id == table.batch_id.max()].sort_values("class_index")
+    rows = last.to_dict("records")
+    kept = [int(r["selected_count"]) for r in rows]
+    ratio = imbalance_ratio(kept)
+    precision = overall_precision(rows) if rows and not pd.isna(rows[0]["true_count"]) else None
+    return {"scored": f"{int(rows[0]['cumulative_rows'])}", "images/s": f"{rows[0]['rows_per_s']:.0f}",
+            "last micro-batch": f"{rows[0]['latency_s']:.2f} s", "kept": f"{sum(kept)}",
+            "imbalance of kept": f"{ratio:.1f}" if math.isfinite(ratio) else "inf (a class has none)",
+            "precision of kept": "-" if precision is None else f"{100 * precision:.1f}%"}
+
+
 def describe(data: dict) -> list[str]:
     """The header lines: what the stream is and how far it got."""
     info = data.get("info") or {}
@@ -115,36 +129,57 @@ def describe(data: dict) -> list[str]:
     return lines
 
 
-def create_app(balance_dir: str, interval_s: float = 2.0):
+GRAPH_HEIGHT = 290  # px: three rows of charts fit a 1600 x 1000 screen under the header
+CARD = {"border": "1px solid #ddd", "borderRadius": "6px", "padding": "6px 14px", "minWidth": "120px"}
+
+
+def create_app(balance_dir: str, interval_s: float = 2.0, mlflow_ui: str = "http://127.0.0.1:5000"):
     from dash import Dash, Input, Output, dcc, html
 
     app = Dash(__name__, title="Pseudo-label balance")
     graph_ids = ("counts", "latest", "ratio", "confidence", "histogram", "speed", "quality")
     app.layout = html.Div([
-        html.H2("Pseudo-label class balance"),
-        html.Div(id="header"),
-        html.Div(id="status", style={"fontWeight": "bold", "margin": "8px 0"}),
-        dcc.Checklist(id="log-scale", options=[{"label": " log scale", "value": "log"}], value=[]),
-        *[dcc.Graph(id=g, style={"display": "none"}) for g in graph_ids],
+        html.Div([html.H3("Pseudo-label class balance", style={"margin": "0 16px 0 0"}),
+                  html.Div(id="status", style={"fontWeight": "bold"}),
+                  dcc.Checklist(id="log-scale", options=[{"label": " log scale", "value": "log"}], value=[],
+                                style={"marginLeft": "auto"})],
+                 style={"display": "flex", "alignItems": "center", "gap": "12px"}),
+        html.Div(id="figures", style={"display": "flex", "gap": "10px", "margin": "6px 0", "flexWrap": "wrap"}),
+        html.Div(id="header", style={"fontSize": "12px", "color": "#555"}),
+        html.Div([dcc.Graph(id=g, style={"display": "none"}, config={"displayModeBar": False}) for g in graph_ids],
+                 style={"display": "grid", "gridTemplateColumns": "repeat(3, minmax(0, 1fr))", "gap": "4px"}),
         dcc.Interval(id="tick", interval=int(interval_s * 1000)),
-    ], style={"fontFamily": "sans-serif", "maxWidth": "1100px", "margin": "auto"})
+    ], style={"fontFamily": "sans-serif", "margin": "8px 16px"})
 
-    @app.callback([Output("header", "children"), Output("status", "children"), Output("status", "style"),
-                   *[Output(g, "figure") for g in graph_ids], *[Output(g, "style") for g in graph_ids]],
+    @app.callback([Output("figures", "children"), Output("header", "children"), Output("status", "children"),
+                   Output("status", "style"), *[Output(g, "figure") for g in graph_ids],
+                   *[Output(g, "style") for g in graph_ids]],
                   [Input("tick", "n_intervals"), Input("log-scale", "value")])
     def refresh(_, scale):
         data = load(balance_dir)
-        hidden, shown = {"display": "none"}, {"display": "block"}
+        hidden, shown = {"display": "none"}, {"display": "block", "height": f"{GRAPH_HEIGHT}px", "minWidth": 0}
         empty = [{}] * len(graph_ids)
         if data["state"] == "error":
-            return ([html.Div(data["out"])], f"Error reading the balance table: {data['error']}",
+            return ([], [html.Div(data["out"])], f"Error reading the balance table: {data['error']}",
                     {"color": "white", "background": "#c0392b", "padding": "8px"}, *empty, *[hidden] * len(graph_ids))
         header = [html.Div(line) for line in describe(data)]
+        run = (data.get("info") or {}).get("model_run_id")
+        if run:  # the scoring model's MLflow page
+            header.append(html.A(f"model run {run} in the MLflow UI", id="model-link", href=f"{mlflow_ui}/#/runs/{run}",
+                                 target="_blank"))
         if data["state"] == "waiting":
-            return (header, "Waiting for data: no micro-batch has been committed yet.",
+            return ([], header, "Waiting for data: no micro-batch has been committed yet.",
                     {"color": "#555", "padding": "8px"}, *empty, *[hidden] * len(graph_ids))
+        cards = [html.Div([html.Div(k, style={"fontSize": "11px", "color": "#666"}),
+                           html.Div(v, id=f"figure-{k.replace(' ', '-').replace('/', '-')}",
+                                    style={"fontSize": "20px", "fontWeight": "bold"})], style=CARD)
+                 for k, v in headline(data).items()]
         figs = figures(data, log_scale="log" in (scale or []))
-        return (header, f"Live: micro-batch {int(data['balance'].batch_id.max())}", {"color": "#1e7d32"},
+        for fig in figs.values():
+            if fig is not None:
+                fig.update_layout(height=GRAPH_HEIGHT, margin={"l": 40, "r": 20, "t": 40, "b": 40},
+                                  title_font_size=13)
+        return (cards, header, f"Live: micro-batch {int(data['balance'].batch_id.max())}", {"color": "#1e7d32"},
                 *[figs[g] or {} for g in graph_ids], *[shown if figs[g] else hidden for g in graph_ids])
 
     return app
@@ -156,9 +191,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8050)
     ap.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    ap.add_argument("--mlflow-ui", default="http://127.0.0.1:5000", help="where the MLflow UI is (make mlflow-ui)")
     args = ap.parse_args(argv)
     print(f"dashboard of {fs.normalize(args.balance)} on http://{args.host}:{args.port}", flush=True)
-    create_app(args.balance, args.interval).run(host=args.host, port=args.port, debug=False)
+    create_app(args.balance, args.interval, args.mlflow_ui).run(host=args.host, port=args.port, debug=False)
 
 
 if __name__ == "__main__":

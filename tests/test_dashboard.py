@@ -1,5 +1,6 @@
 """The pseudo-label dashboard: its states on bad or missing input, and a real headless Chromium
 watching the class bars grow while a real stream fills the balance table."""
+import json
 import os
 import shutil
 import signal
@@ -42,7 +43,7 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,2400"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
@@ -95,6 +96,27 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
         assert "scored: 300 images" in driver.find_element("id", "header").text
         quality = driver.find_element("id", "quality")  # the hidden truth is known: precision/recall shown
         assert quality.is_displayed()
+        # the header's live figures are the balance table's
+        from streaming import sinks
+        from streaming.balance import overall_precision
+
+        wait(lambda: driver.find_element("id", "figure-scored").text == "300", "the header to show 300 scored")
+        rows = sinks.latest_balance(str(out)).to_pylist()
+        assert driver.find_element("id", "figure-kept").text == str(sum(r["selected_count"] for r in rows))
+        assert driver.find_element("id", "figure-precision-of-kept").text == f"{100 * overall_precision(rows):.1f}%"
+        assert driver.find_element("id", "model-link").get_attribute("href").endswith(f"#/runs/{base['run_id']}")
+        # class names on the axes, in class order
+        names = json.loads((base["splits"] / "manifest.json").read_text())["class_names"]
+        x = driver.execute_script("return document.getElementById('counts')"
+                                  ".getElementsByClassName('js-plotly-plot')[0].data[0].x;")
+        assert x == names
+        ticks = [t.text for t in driver.find_elements("css selector", "#counts .xtick text")]
+        assert ticks == names
+        # the main charts fit one 1600 x 1000 screen, no scrolling
+        height, width = driver.execute_script("return [window.innerHeight, window.innerWidth];")
+        for chart in ("counts", "latest", "ratio", "confidence", "histogram", "speed"):
+            rect = driver.find_element("id", chart).rect
+            assert rect["y"] + rect["height"] <= height + 1 and rect["x"] + rect["width"] <= width + 1, (chart, rect)
         shot = Path(os.environ.get("DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
         shot.parent.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000

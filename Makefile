@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo sweep dashboard mlflow-ui test test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study cluster-check clean
+.PHONY: venv demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study cluster-check clean
 
 venv: $(VENV)/.installed
 
@@ -69,6 +69,9 @@ mlflow-ui: venv
 
 test: venv
 	$(PY) -m pytest -m "not slow" -q
+
+test-fast: venv  # the pure tests (math, config, losses, samplers, schema, policies, safe loading): < 1 min
+	$(PY) -m pytest -m "not slow and not spark and not browser and not cluster" -q
 
 test-all: venv
 	$(PY) -m pytest -q

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streaming import dashboard
-from tests.conftest import submit_command
+from tests.helpers import submit_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -62,6 +62,7 @@ COUNT_BARS = ("var g = document.getElementById('counts').getElementsByClassName(
               "return g && g.data && g.data.length ? g.data[0].y.reduce(function (a, b) { return a + b; }, 0) : null;")
 
 
+@pytest.mark.browser
 def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path):
     driver = browser()
     pool = sorted((base["splits"] / "unlabeled").glob("*.parquet"))

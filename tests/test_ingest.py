@@ -10,7 +10,7 @@ import pytest
 
 from jobs import ingest as ingest_job
 from pipeline.images import decode
-from tests.conftest import Evil, image_bytes, ingest_report, read_table, write_cifar10, write_tree
+from tests.helpers import Evil, image_bytes, ingest_report, read_table, write_cifar10, write_tree
 
 
 def run(out, *args):
@@ -100,7 +100,7 @@ def test_an_output_created_by_another_job_meanwhile_is_not_replaced(spark, tmp_p
 
 
 def test_cifar10_archive_with_a_malicious_batch_and_a_bad_label(spark, tmp_path):
-    from tests.conftest import cifar_batch
+    from tests.helpers import cifar_batch
 
     evil = pickle.dumps({b"data": Evil()}, protocol=2)
     bad_label = cifar_batch(6, labels=[0, 1, 2, 3, 4, 12], seed=9)

@@ -5,7 +5,7 @@ import pytest
 
 from jobs import ingest as ingest_job, longtail as longtail_job
 from pipeline.longtail import class_counts
-from tests.conftest import read_table
+from tests.helpers import read_table
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_data_that_is_not_an_ingest_output_is_named(spark, tmp_path, capsys):
 
 
 def test_a_class_without_labeled_images_is_an_error_not_all_zero_counts(spark, tmp_path, capsys):
-    from tests.conftest import image_bytes, write_tree
+    from tests.helpers import image_bytes, write_tree
 
     tree = write_tree(tmp_path / "t", {"train/a/0.png": image_bytes(seed=0), "train/a/1.png": image_bytes(seed=1),
                                        "train/b/2.png": image_bytes(seed=2), "test/c/3.png": image_bytes(seed=3)})

@@ -19,7 +19,7 @@ from streaming import sinks
 from streaming.balance import balance_metrics, balance_table
 from streaming.score import resolve as resolve_model, score
 from streaming.select import POLICIES, Policy, class_thresholds
-from tests.conftest import POOL_FILES, submit_command
+from tests.helpers import POOL_FILES, submit_command
 
 ROOT = Path(__file__).resolve().parent.parent
 

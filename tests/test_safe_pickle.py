@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import safe_pickle
-from tests.conftest import Evil, cifar_batch
+from tests.helpers import Evil, cifar_batch
 
 
 def test_real_format_cifar_batch_loads():

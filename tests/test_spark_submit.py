@@ -3,7 +3,11 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import submit_command
+import pytest
+
+from tests.helpers import submit_command
+
+pytestmark = pytest.mark.spark  # every test here runs spark-submit
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.config import ConfigError
 from pipeline.sweep import children, load_grid
-from tests.conftest import submit_command
+from tests.helpers import submit_command
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -205,7 +205,7 @@ def test_petastorm_loader_gives_every_rank_equal_steps_from_disjoint_shards(spli
 
 
 def read_ids(path):
-    from tests.conftest import read_table
+    from tests.helpers import read_table
 
     return read_table(path).column("id").to_pylist()
 

@@ -259,25 +259,30 @@ STATS_ROWS = 10_000  # images the normalisation statistics are measured on when 
 
 
 def make_loader(kind: str, split_dir: Optional[str], counts, cfg: TrainConfig, rank: int, world: int, device,
-                data: Optional[ImageSet] = None):
+                data: Optional[ImageSet] = None, normalization: Optional[dict] = None):
     """(loader, sample of the split for statistics and shape) for ``kind`` = memory or petastorm;
     the memory loader takes already decoded ``data`` instead of ``split_dir`` when given."""
     if kind == "memory":
         data = data if data is not None else load_split(split_dir)
-        return MemoryLoader(data.to(device), counts, cfg, make_augment(data.images, cfg), rank, world), data
+        augment = make_augment(data.images, cfg, normalization)
+        return MemoryLoader(data.to(device), counts, cfg, augment, rank, world), data
     from pipeline.petastorm_loader import PetastormLoader
 
     sample = load_split(split_dir, max_rows=STATS_ROWS)
-    return PetastormLoader(split_dir, counts, cfg, make_augment(sample.images, cfg), rank, world).to(device), sample
+    augment = make_augment(sample.images, cfg, normalization)
+    return PetastormLoader(split_dir, counts, cfg, augment, rank, world).to(device), sample
 
 
-def make_augment(images: torch.Tensor, cfg: TrainConfig) -> Augment:
-    """The run's augmentation; its normalisation is ``train.norm_mean``/``norm_std`` when set (the
-    reference constants of a data set), else measured on ``images`` (the labeled split)."""
+def make_augment(images: torch.Tensor, cfg: TrainConfig, normalization: Optional[dict] = None) -> Augment:
+    """The run's augmentation. Its normalisation: ``train.norm_mean``/``norm_std`` when set, else the
+    one the splits carry (``normalization``: the data set's reference constants, recorded at
+    ingest), else measured on ``images`` (the labeled split)."""
     if cfg.norm_mean is not None:
-        if len(cfg.norm_mean) != images.shape[1]:
-            raise DataError(f"train.norm_mean has {len(cfg.norm_mean)} channels, the images {images.shape[1]}")
         mean, std = cfg.norm_mean, cfg.norm_std
+    elif normalization:
+        mean, std = normalization["mean"], normalization["std"]
     else:
         mean, std = channel_stats(images)
+    if len(mean) != images.shape[1]:
+        raise DataError(f"normalisation of {len(mean)} channels for images of {images.shape[1]}")
     return Augment(mean, std, cfg.augment, cfg.crop_padding)

@@ -9,7 +9,7 @@ import json
 import time
 from collections import Counter
 from functools import partial
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -142,12 +142,23 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
             "planned_records": plan.expected_records,
             "written": written,
             "plan": plan.info,
+            "normalization": normalization(cfg, source),
             "config": to_dict(icfg),
             **stamp(),
             "duration_s": round(time.time() - started, 2),
         }
         fs.write_json(fs.join(tmp, REPORT), report)
     return report
+
+
+def normalization(cfg: Config, source) -> Optional[dict]:
+    """The normalisation that travels with the data to every training on it: the config's
+    ``train.norm_mean``/``norm_std`` (a conf/datasets/ layer), else the data set's reference one."""
+    if cfg.train.norm_mean is not None:
+        return {"mean": cfg.train.norm_mean, "std": cfg.train.norm_std, "from": "config"}
+    if source.normalization is not None:
+        return {"mean": source.normalization[0], "std": source.normalization[1], "from": f"{source.name} reference"}
+    return None
 
 
 def summary(report: dict) -> str:

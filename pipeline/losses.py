@@ -158,11 +158,12 @@ class SigmoidCE(LongTailLoss):
             head.bias.fill_(-np.log(head.bias.numel() - 1))
 
     def forward(self, logits, target, class_weight=None):
-        onehot = F.one_hot(target, logits.shape[1]).float()
+        onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
         bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
         if self.focal_gamma:
-            p_t = torch.exp(-bce)  # probability of the correct side of each binary decision
-            bce = (1 - p_t) ** self.focal_gamma * bce
+            # (1 - p_t)^gamma in Cui et al.'s stable form exp(-g y z - g log(1 + e^-z)): the direct power
+            # has an infinite gradient at p_t = 1 for gamma < 1
+            bce = torch.exp(-self.focal_gamma * (onehot * logits + F.softplus(-logits))) * bce
         per_sample = bce.sum(dim=1)
         if class_weight is not None:
             per_sample = class_weight.to(logits.device)[target] * per_sample

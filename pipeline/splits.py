@@ -104,6 +104,7 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
                        "ingest_sha256": hashlib.sha256(report_text.encode()).hexdigest(),
                        "ingest_created_at": ingest.get("created_at"), "ingest_git_commit": ingest.get("git_commit")},
             "image_shapes": ingest["image_shapes"],
+            "normalization": ingest.get("normalization"),  # what trainings on these splits normalise with
             "ids_sha256": hashes,
         }
         # One fingerprint of the split contents (not of where they were written), for the provenance

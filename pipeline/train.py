@@ -240,11 +240,12 @@ def _checkpoint(cfg: Config, name: str, manifest: dict, device) -> tuple[Path, O
 
 def _train_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> TrainData:
     if t.objective == "rotation":
-        return _rotation_data(t, ctx)
+        return _rotation_data(t, manifest, ctx)
     counts, names = manifest["class_counts"]["labeled"], manifest["class_names"]
     labeled_dir = fs.join(t.splits, "labeled")
     kind = choose_loader(labeled_dir, t)
-    loader, sample = make_loader(kind, labeled_dir, counts, t, ctx.rank, ctx.world, ctx.device)
+    loader, sample = make_loader(kind, labeled_dir, counts, t, ctx.rank, ctx.world, ctx.device,
+                                 normalization=manifest.get("normalization"))
     test = load_split(fs.join(t.splits, "test"))
     val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
     if not t.pseudo_labels:
@@ -273,7 +274,9 @@ def _provenance(t: TrainConfig, manifest: dict, data: TrainData, ctx: distribute
     provenance = {**(state["provenance"] if state else {}),  # a resumed run keeps what it started from
                   "git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
                   "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device),
-                  "loader": data.loader_kind,
+                  "loader": data.loader_kind, "class_counts_trained": data.loss_counts,
+                  "normalization": {"mean": data.loader.augment.mean.flatten().tolist(),
+                                    "std": data.loader.augment.std.flatten().tolist()},
                   **({"semi": {k: v for k, v in data.semi.items() if k != "round"}} if data.semi else {})}
     if t.pretrained and not state:  # a resumed run has the pre-trained weights in its checkpoint already
         from pipeline.pretrained import load_backbone
@@ -334,7 +337,7 @@ def _pseudo_labeled(t: TrainConfig, manifest: dict, ctx: distributed.Context) ->
                     "pseudo_ids_sha256": ids_sha256(ids)}
 
 
-def _rotation_data(t: TrainConfig, ctx: distributed.Context) -> TrainData:
+def _rotation_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> TrainData:
     """SSP data: the labeled split's images (and the pool's, if asked) without their labels; the
     test images rotated as in training (each once at a seeded random rotation, or all four), to
     measure rotation accuracy."""
@@ -342,7 +345,7 @@ def _rotation_data(t: TrainConfig, ctx: distributed.Context) -> TrainData:
     images = concat([load_split(fs.join(t.splits, p)) for p in parts])
     unlabeled = ImageSet(images.images, torch.zeros(len(images), dtype=torch.int64), images.ids)
     loader, sample = make_loader("memory", None, [len(unlabeled)], t, ctx.rank, ctx.world, ctx.device,
-                                 data=unlabeled)  # one pseudo-class: the sampler only shuffles
+                                 data=unlabeled, normalization=manifest.get("normalization"))  # one pseudo-class
     test = load_split(fs.join(t.splits, "test"))
     if t.ssp_rotations == "random":
         x, y = random_rotations(test.images, torch.Generator().manual_seed(t.seed))

@@ -114,6 +114,9 @@ def test_cifar10_archive_with_a_malicious_batch_and_a_bad_label(spark, tmp_path)
     assert "refused global" in reasons["unreadable_source"]["detail"]
     assert reasons["unreadable_source"]["source"].endswith("data_batch_3")
     assert reasons["bad_label"]["label_raw"] == "12" and len(reasons["bad_label"]["payload"]) == 32 * 32 * 3
+    # the reference code's normalisation travels with the data to every training on it
+    assert report["normalization"] == {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010],
+                                       "from": "cifar10 reference"}
 
 
 def test_cifar10_pixels_are_hwc_from_the_planar_batch(spark, tmp_path):

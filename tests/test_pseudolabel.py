@@ -294,6 +294,9 @@ def test_train_semi_rounds_are_runs_linked_to_their_pseudo_labels(spark, base, t
     # the run trained on exactly the pseudo-labels the stream's balance counted as selected
     selected = sinks.latest_balance(str(pl)).column("selected_count").to_pylist()
     assert json.loads(run1.data.params["provenance.semi.pseudo_counts"]) == selected
+    labeled_counts = json.loads((base["splits"] / "manifest.json").read_text())["class_counts"]["labeled"]
+    trained = json.loads(run1.data.params["provenance.class_counts_trained"])  # what the loss saw: both sets
+    assert trained == [a + b for a, b in zip(labeled_counts, selected)]
     assert int(run1.data.params["provenance.semi.pseudo_total"]) == sum(selected) == labeled["selected"]
     assert run2.info.status == "FINISHED" and np.isfinite(run2.data.metrics["final_test_top1"])
     # the same command again: every finished step is taken from the record, nothing is trained twice

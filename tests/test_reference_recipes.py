@@ -174,6 +174,20 @@ def test_weighted_losses_reduce_as_their_reference_code(loss, reference, weights
                                atol=1e-8)
 
 
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+def test_sigmoid_focal_is_finite_for_confident_logits_at_any_gamma(gamma):
+    cfg = resolve([str(ROOT / "conf/methods/cb_focal.yaml")], [("train.focal_gamma", str(gamma))]).train
+    fn = create_loss(COUNTS.tolist(), cfg).double()
+    z = torch.tensor([[20.0, -20.0, -20.0, -20.0, -20.0], [-20.0, 20.0, -20.0, -20.0, -20.0]], requires_grad=True,
+                     dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    loss = fn(z, y, torch.tensor(effective_number(COUNTS)))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    assert loss.item() == pytest.approx(cui_sigmoid(z.detach().numpy(), y.numpy(), effective_number(COUNTS), gamma),
+                                        rel=1e-6)
+
+
 def test_cui_and_ldam_drw_reweighting_differ_by_the_weight_sum_over_n():
     """cb_softmax (sum / N) and reweight_cb (sum / sum w) on one long-tailed batch: the ratio is
     sum_i w_yi / N, small on a head-heavy batch (why the two are two recipes)."""

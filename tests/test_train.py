@@ -144,6 +144,19 @@ def test_report_of_an_earlier_run_is_rebuilt_from_what_it_logged(splits, tmp_pat
         report_job.main(["--run", "no-such-run"])
 
 
+def test_sigmoid_recipe_trains_from_the_prior_bias_and_records_its_normalisation(splits, tmp_path):
+    fit(cfg_for(splits, tmp_path, "cb_sigmoid", epochs=1, lr=0.0))  # lr 0: the head keeps its initial bias
+    state = torch.load(next(tmp_path.rglob("checkpoint.pt")), weights_only=True)
+    assert torch.allclose(state["model"]["head.bias"], torch.full((10,), -float(np.log(9))))
+    manifest = json.loads((splits / "manifest.json").read_text())
+    assert manifest["normalization"] is None  # digits: no reference constants, measured on the labeled split
+    assert state["provenance"]["normalization"]["mean"] != [0.4914, 0.4822, 0.4465]
+    custom = fit(cfg_for(splits, tmp_path / "n", "ce", epochs=1, norm_mean="[0.3]", norm_std="[0.2]"))
+    params = mlflow.get_run(custom["run_id"]).data.params
+    assert json.loads(params["provenance.normalization.mean"]) == [pytest.approx(0.3)]
+    assert json.loads(params["provenance.normalization.std"]) == [pytest.approx(0.2)]
+
+
 def test_register_makes_a_version_with_the_candidate_alias(splits, tmp_path):
     result = fit(cfg_for(splits, tmp_path, "ce", epochs=1, register="tests-registered"))
     version = mlflow.tracking.MlflowClient().get_model_version_by_alias("tests-registered", "candidate")

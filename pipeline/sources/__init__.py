@@ -107,6 +107,8 @@ class Source:
     name: ClassVar[str]
     size: ClassVar[Optional[tuple[int, int]]] = None  # declared by the data set
     channels: ClassVar[Optional[int]] = None
+    # the per-channel (mean, std) the reference code normalises this data set with, if it has one
+    normalization: ClassVar[Optional[tuple[list[float], list[float]]]] = None
 
     def plan(self, cfg: IngestConfig, parallelism: int) -> Plan:
         raise NotImplementedError

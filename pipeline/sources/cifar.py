@@ -19,6 +19,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 class _Cifar(Source):
     size = (32, 32)
     channels = 3
+    normalization = ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])  # kaidic/LDAM-DRW, YyzHarry/imbalanced-semi-self
     folder: str  # the folder inside the archive
     batches: dict[str, str]  # batch file -> split
     meta: str  # file holding the class names

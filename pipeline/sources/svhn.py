@@ -18,6 +18,7 @@ SPLIT_FILES = {"train_32x32.mat": "train", "test_32x32.mat": "test", "extra_32x3
 class Svhn(Source):
     size = (32, 32)
     channels = 3
+    normalization = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])  # YyzHarry/imbalanced-semi-self train.py
 
     def plan(self, cfg: IngestConfig, parallelism: int) -> Plan:
         sources = cfg.source

@@ -50,7 +50,7 @@ demo: venv
 	$(SUBMIT) jobs/train_semi.py --config $(DEMO) --splits $(D)/digits-lt10 --method ce --pseudo-labels $(D)/pseudo-labels \
 	    --pretrained $(call RUN_ID,$(D)/pretrain.json)
 	$(PY) jobs/compare.py --experiment digits-lt10
-	@echo "Compare the runs in the MLflow UI: make mlflow-ui  (then open http://127.0.0.1:5000)"
+	@echo "Compare the runs in the MLflow UI: make mlflow-ui  (then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
 
 GRID ?= conf/sweeps/digits_methods.yaml
 # A study (methods x imbalance ratios x seeds) as Spark tasks; its grid reads the demo's digits ingest.
@@ -62,7 +62,8 @@ BALANCE ?= $(D)/pseudo-labels/balance
 dashboard: venv  # the live pseudo-label balance of a jobs/pseudolabel.py output (BALANCE=OUT/balance)
 	$(PY) -m streaming.dashboard --balance $(BALANCE)
 
-mlflow-ui: venv
+mlflow-ui: venv  # then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the model-training view)"
 	mkdir -p $(RUNS)/mlflow
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_DB) \
 	    --host 127.0.0.1 --port 5000 --workers 1

@@ -129,6 +129,15 @@ def describe(data: dict) -> list[str]:
     return lines
 
 
+def run_page(mlflow_ui: str, info: dict) -> str:
+    """The MLflow UI's page of the scoring model's run, in its model-training view (MLflow 3's UI
+    opens on its GenAI view unless the URL asks: the experiment kind tag alone does not switch it)."""
+    experiment = info.get("base_run", {}).get("experiment_id")
+    run = info["model_run_id"]
+    path = f"experiments/{experiment}/runs/{run}" if experiment else f"runs/{run}"
+    return f"{mlflow_ui}/#/{path}?workflowType=machine_learning"
+
+
 GRAPH_HEIGHT = 290  # px: three rows of charts fit a 1600 x 1000 screen under the header
 CARD = {"border": "1px solid #ddd", "borderRadius": "6px", "padding": "6px 14px", "minWidth": "120px"}
 
@@ -163,10 +172,10 @@ def create_app(balance_dir: str, interval_s: float = 2.0, mlflow_ui: str = "http
             return ([], [html.Div(data["out"])], f"Error reading the balance table: {data['error']}",
                     {"color": "white", "background": "#c0392b", "padding": "8px"}, *empty, *[hidden] * len(graph_ids))
         header = [html.Div(line) for line in describe(data)]
-        run = (data.get("info") or {}).get("model_run_id")
-        if run:  # the scoring model's MLflow page
-            header.append(html.A(f"model run {run} in the MLflow UI", id="model-link", href=f"{mlflow_ui}/#/runs/{run}",
-                                 target="_blank"))
+        info = data.get("info") or {}
+        if info.get("model_run_id"):  # the scoring model's MLflow page
+            header.append(html.A(f"model run {info['model_run_id']} in the MLflow UI", id="model-link",
+                                 href=run_page(mlflow_ui, info), target="_blank"))
         if data["state"] == "waiting":
             return ([], header, "Waiting for data: no micro-batch has been committed yet.",
                     {"color": "#555", "padding": "8px"}, *empty, *[hidden] * len(graph_ids))

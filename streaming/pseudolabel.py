@@ -44,7 +44,8 @@ def base_run(model: ScoringModel) -> dict:
     except Exception as e:
         raise StreamError(f"run {model.run_id} has no manifest.json artifact (not a jobs/train.py run?): {e}") from None
     experiment = mlflow.tracking.MlflowClient(model.tracking_uri).get_experiment(run.info.experiment_id).name
-    return {"tags": run.data.tags, "name": run.info.run_name, "experiment": experiment, "manifest": manifest}
+    return {"tags": run.data.tags, "name": run.info.run_name, "experiment": experiment,
+            "experiment_id": run.info.experiment_id, "manifest": manifest}
 
 
 def truth_path(cfg) -> Optional[str]:
@@ -88,7 +89,7 @@ def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, t
             "class_names": manifest["class_names"], "labeled_counts": manifest["class_counts"]["labeled"],
             "splits_manifest_sha256": manifest.get("manifest_sha256"),
             "round": int(base["tags"].get("round", 0)),  # the self-training round of the scoring model
-            "base_run": {"name": base["name"], "experiment": base["experiment"],
+            "base_run": {"name": base["name"], "experiment": base["experiment"], "experiment_id": base["experiment_id"],
                          **{k: base["tags"].get(k) for k in ("dataset", "imbalance_ratio", "method", "seed", "stage")}}}
 
 

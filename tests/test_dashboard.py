@@ -105,7 +105,8 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
         rows = sinks.latest_balance(str(out)).to_pylist()
         assert driver.find_element("id", "figure-kept").text == str(sum(r["selected_count"] for r in rows))
         assert driver.find_element("id", "figure-precision-of-kept").text == f"{100 * overall_precision(rows):.1f}%"
-        assert driver.find_element("id", "model-link").get_attribute("href").endswith(f"#/runs/{base['run_id']}")
+        link = driver.find_element("id", "model-link").get_attribute("href")
+        assert f"/runs/{base['run_id']}?workflowType=machine_learning" in link and "/#/experiments/" in link
         # class names on the axes, in class order
         names = json.loads((base["splits"] / "manifest.json").read_text())["class_names"]
         x = driver.execute_script("return document.getElementById('counts')"

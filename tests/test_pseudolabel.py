@@ -191,7 +191,7 @@ def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 180)
     while not condition():
         assert proc.poll() is None, f"the job ended early:\n{log.read_text()[-3000:]}"
         assert time.time() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
-        time.sleep(0.1)
+        time.sleep(0.02)
 
 
 def test_continuous_mode_picks_up_a_file_added_while_running(base, tmp_path):
@@ -226,10 +226,14 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
     out, log = tmp_path / "pl", tmp_path / "job.log"
     args = ["--model", base["run_id"], "--input", base["splits"] / "unlabeled", "--out", out,
             "--select", "top_k_per_class", "--top-k", "20"]
+    def writing() -> bool:  # a micro-batch is being scored and written: its folder has no _SUCCESS yet
+        labels = out / "labels"
+        return labels.exists() and any(not (d / "_SUCCESS").exists() for d in labels.glob("batch_id=*"))
+
     for kill_after in (1, 3):  # committed micro-batches before each SIGKILL
         proc = start(*args, log=log)
-        wait_for(lambda: len(sinks.committed_batches(str(out))) >= kill_after, proc, log)
-        time.sleep(0.3 * kill_after)  # land the kill inside a later micro-batch, not only between them
+        # the kill lands inside a micro-batch (not between two), after kill_after have committed
+        wait_for(lambda: len(sinks.committed_batches(str(out))) >= kill_after and writing(), proc, log)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         assert len(label_ids(out)) < 600, "killed too late to test the restart"

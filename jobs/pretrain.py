@@ -3,7 +3,8 @@
 Self-supervised pre-training (SSP) by rotation prediction on the labeled split's images (and the
 unlabeled pool's, if asked), launched through TorchDistributor and tracked in MLflow (stage
 "pretrain"). Use the run id with jobs/train.py --pretrained."""
-from pipeline.cli import RECIPES, JobParser, run_spark_job
+from pipeline.cli import JobParser, run_spark_job
+from pipeline.recipes import RECIPES
 from pipeline.launch import launch_fit, result_summary
 
 

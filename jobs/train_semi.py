@@ -8,7 +8,8 @@ and optionally an SSP initialisation. --semi-batches fixed_share instead gives e
 share of pseudo-labeled images (--unlabeled-share, --unlabeled-weight). --rounds R > 1 self-trains:
 each round's model re-labels the pool and the next round trains on the new labels."""
 from pipeline.cli import JobParser, run_spark_job, semi_layers
-from pipeline.launch import launch_semi, result_summary
+from pipeline.launch import result_summary
+from pipeline.rounds import launch_semi
 
 
 def main(argv=None) -> dict:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import MODELS, Classifier
+from models.base import MODELS, Classifier
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

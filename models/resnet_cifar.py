@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import MODELS, Classifier
+from models.base import MODELS, Classifier
 
 
 class BasicBlock(nn.Module):

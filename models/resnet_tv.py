@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import MODELS, Classifier
+from models.base import MODELS, Classifier
 
 
 class TorchvisionBackbone(nn.Module):

@@ -10,23 +10,9 @@ from typing import Callable
 
 from pipeline.config import Config, ConfigError, resolve
 from pipeline.errors import PipelineError
-from pipeline.provenance import PROJECT_ROOT
+from pipeline.recipes import RECIPES, recipe_layers, semi_layers  # noqa: F401  (the jobs' layers)
 
 _OVERRIDES = "_overrides"
-RECIPES = PROJECT_ROOT / "conf" / "methods"  # conf/methods/<name>.yaml: the training recipes
-SEMI_STAGE = PROJECT_ROOT / "conf" / "stages" / "semi.yaml"  # semi-supervised defaults of the reference
-
-
-def recipe_layers(cfg: Config) -> list[str]:
-    """The YAML of the recipe ``train.method`` names (none when it names none): a ``layers`` for resolve."""
-    return [str(RECIPES / f"{cfg.train.method}.yaml")] if cfg.train.method else []
-
-
-def semi_layers(cfg: Config) -> list[str]:
-    """The recipe, then the semi-supervised stage's settings (batch 256, union batches)."""
-    return recipe_layers(cfg) + [str(SEMI_STAGE)]
-
-
 class _Override(argparse.Action):
     """Record ``(config_key, raw_value)`` in order; the config module parses and type-checks it."""
 

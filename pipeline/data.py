@@ -5,7 +5,8 @@ for an epoch, this process's shard only.
   sampling, random crops and flips done on the device, vectorised (as the fastest CIFAR trainers do).
 * ``PetastormLoader`` (pipeline/petastorm_loader.py): streams Parquet row groups sharded by rank,
   for data that does not fit.
-``make_loader`` builds either; ``choose_loader`` picks by decoded size when ``train.loader`` is ``auto``.
+``pipeline.loaders`` builds either (``make_loader``) and picks by decoded size when ``train.loader``
+is ``auto`` (``choose_loader``); this module does not import the petastorm one.
 """
 from __future__ import annotations
 
@@ -247,30 +248,6 @@ def decoded_bytes(split_dir: str) -> int:
     """Size of the split once decoded to uint8, from the Parquet metadata columns only."""
     t = read_table(split_dir, columns=["height", "width", "channels"])
     return int(sum(h * w * c for h, w, c in zip(*(t.column(k).to_pylist() for k in ("height", "width", "channels")))))
-
-
-def choose_loader(split_dir: str, cfg: TrainConfig) -> str:
-    if cfg.loader != "auto":
-        return cfg.loader
-    return "memory" if decoded_bytes(split_dir) <= cfg.memory_limit_mb * 2 ** 20 else "petastorm"
-
-
-STATS_ROWS = 10_000  # images the normalisation statistics are measured on when streaming
-
-
-def make_loader(kind: str, split_dir: Optional[str], counts, cfg: TrainConfig, rank: int, world: int, device,
-                data: Optional[ImageSet] = None, normalization: Optional[dict] = None):
-    """(loader, sample of the split for statistics and shape) for ``kind`` = memory or petastorm;
-    the memory loader takes already decoded ``data`` instead of ``split_dir`` when given."""
-    if kind == "memory":
-        data = data if data is not None else load_split(split_dir)
-        augment = make_augment(data.images, cfg, normalization)
-        return MemoryLoader(data.to(device), counts, cfg, augment, rank, world), data
-    from pipeline.petastorm_loader import PetastormLoader
-
-    sample = load_split(split_dir, max_rows=STATS_ROWS)
-    augment = make_augment(sample.images, cfg, normalization)
-    return PetastormLoader(split_dir, counts, cfg, augment, rank, world).to(device), sample
 
 
 def make_augment(images: torch.Tensor, cfg: TrainConfig, normalization: Optional[dict] = None) -> Augment:

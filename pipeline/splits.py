@@ -19,7 +19,7 @@ from pipeline.longtail import LongTailError, class_counts, ids_sha256, subsample
 from pipeline.output import staged
 from pipeline.provenance import stamp
 
-MANIFEST, TRUTH = "manifest.json", "unlabeled_truth"
+MANIFEST, TRUTH = schema.MANIFEST, schema.TRUTH
 CARVED = ("labeled", "val", "unlabeled")
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from pipeline import fs
-from pipeline.cli import RECIPES
+from pipeline.recipes import RECIPES
 from pipeline.config import Config, ConfigError, apply_mapping, resolve, to_dict
 from pipeline.provenance import PROJECT_ROOT
 

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from models import Classifier, create_model
-from pipeline import distributed, fs
+from pipeline import distributed, fs, schema
 from pipeline.config import Config, ConfigError, TrainConfig, to_dict
-from pipeline.data import (ROTATIONS, Augment, ImageSet, choose_loader, concat, eval_batches, load_split,
-                           make_loader, random_rotations, rotations, semi_loader)
+from pipeline.data import (ROTATIONS, Augment, ImageSet, concat, eval_batches, load_split, random_rotations,
+                           rotations, semi_loader)
+from pipeline.loaders import choose_loader, make_loader
 from pipeline.errors import PipelineError
 from pipeline.longtail import ids_sha256
 from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
@@ -28,7 +29,6 @@ from pipeline.metrics import evaluate_logits
 from pipeline.objectives import OBJECTIVES, Objective, Phase, phases
 from pipeline.provenance import git_commit
 from pipeline.schedule import drw_epoch, lr_at
-from pipeline.splits import MANIFEST
 
 
 def train_one_epoch(model, objective: Objective, loss_fn, optimizer, loader, epoch: int,
@@ -141,7 +141,7 @@ class TrainData(NamedTuple):
 
 def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     t = cfg.train
-    manifest = json.loads(fs.read_text(fs.join(t.splits, MANIFEST)))
+    manifest = json.loads(fs.read_text(fs.join(t.splits, schema.MANIFEST)))
     data = _train_data(t, manifest, ctx)
     loss_fn = create_loss(data.loss_counts, t).to(ctx.device)
     model = _model(t, data, loss_fn, ctx.device)
@@ -316,7 +316,7 @@ def _log_inputs(tracker, t: TrainConfig, manifest: dict, data: TrainData) -> Non
 
 def _pseudo_labeled(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> tuple[ImageSet, dict]:
     """The pseudo-labeled images the policy kept, and what the run records about them."""
-    from streaming.sinks import selected_pseudo_labels
+    from pipeline.pseudo_labels import selected_pseudo_labels
 
     ids, labels, info = selected_pseudo_labels(t.pseudo_labels)
     if info["class_names"] != manifest["class_names"]:

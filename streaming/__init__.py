@@ -1,1 +1,1 @@
-"""Structured Streaming pseudo-labelling and its dashboard (the streaming issue fills this package)."""
+"""Structured Streaming pseudo-labelling: scoring, selection policies, class balance, the sinks that write the output (its format and readers: pipeline.pseudo_labels), and the live dashboard."""

@@ -24,7 +24,6 @@ from streaming.balance import balance_metrics, balance_table, imbalance_ratio, o
 from streaming.score import ERROR, ScoringModel, resolve, score
 from streaming.select import Policy, from_config
 
-TRUTH = "unlabeled_truth"  # written beside SPLITS/unlabeled by jobs/longtail.py
 
 
 class StreamError(PipelineError):
@@ -53,7 +52,7 @@ def truth_path(cfg) -> Optional[str]:
         if not fs.exists(cfg.truth):
             raise StreamError(f"pseudolabel.truth: {fs.normalize(cfg.truth)} does not exist")
         return fs.normalize(cfg.truth)
-    sibling = fs.join(posixpath.dirname(fs.normalize(cfg.input).rstrip("/")), TRUTH)
+    sibling = fs.join(posixpath.dirname(fs.normalize(cfg.input).rstrip("/")), schema.TRUTH)
     return sibling if fs.exists(sibling) else None
 
 
@@ -71,7 +70,7 @@ def input_identity(input_dir: str) -> Optional[str]:
     beside it), else None (an inbox that grows)."""
     import json
 
-    manifest = fs.join(posixpath.dirname(fs.normalize(input_dir).rstrip("/")), "manifest.json")
+    manifest = fs.join(posixpath.dirname(fs.normalize(input_dir).rstrip("/")), schema.MANIFEST)
     if not fs.exists(manifest):
         return None
     hashes = json.loads(fs.read_text(manifest)).get("ids_sha256", {})

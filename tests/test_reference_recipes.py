@@ -308,7 +308,7 @@ def semi_sets(n_labeled=30, n_pseudo=50):
 
 
 def test_semi_default_shuffles_labeled_and_pseudo_labeled_together_with_one_criterion():
-    from pipeline.cli import SEMI_STAGE
+    from pipeline.recipes import SEMI_STAGE
     from pipeline.data import Augment, semi_loader
     from pipeline.objectives import OBJECTIVES, phases
 

@@ -1,0 +1,147 @@
+"""The pseudo-label output of jobs/pseudolabel.py, as a format: its layout and its readers (plain
+pyarrow, no Spark). The stream writes it (streaming.sinks), training reads it; both import this.
+
+OUT/labels/batch_id=N/   the scored rows of micro-batch N (schema.LABEL_COLUMNS), written by Spark
+                         with overwrite: a micro-batch replayed after a crash (Spark re-reads the same
+                         input files, logged in the checkpoint's offsets before it ran) replaces its
+                         own directory, so every id is there once. Spark's ``_SUCCESS`` marks a
+                         directory complete; ``read_labels`` reads only complete ones, so a reader
+                         never sees the partial files a kill can leave until the replay replaces them.
+OUT/balance/batch-N.parquet  the class balance after micro-batch N (schema.BALANCE_COLUMNS), written
+                         whole then renamed into place, keyed (and so replaced on replay) by N.
+OUT/rejected/batch-N.parquet  inputs of micro-batch N that could not be scored, with the reason.
+OUT/stream.json          the model, its run, the selection policy, the input: what the labels are.
+
+Why ``foreachBatch`` and not the streaming file sink: one query writes both outputs from the same
+scored micro-batch, so the labels, the balance and the MLflow step all carry Spark's batch id; the
+file sink cannot tell its rows which batch wrote them. Exactly-once comes from the idempotent write
+per batch id (measured in ../shared/notes/stack.md and by tests/test_pseudolabel.py with SIGKILL).
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import fs, schema
+from pipeline.errors import PipelineError
+
+LABELS, BALANCE, STREAM, REJECTED = "labels", "balance", "stream.json", "rejected"
+REJECTED_SCHEMA = pa.schema([("batch_id", pa.int64()), ("id", pa.string()), ("source", pa.string()),
+                             ("reason", pa.string()), ("detail", pa.string())])
+_BATCH_DIR = re.compile(rf"^{schema.LABEL_BATCH}=(\d+)$")
+_BALANCE_FILE = re.compile(r"^batch-(\d+)\.parquet$")
+
+
+class OutputError(PipelineError):
+    pass
+
+
+def batch_dir(out: str, batch_id: int) -> str:
+    return fs.join(out, LABELS, f"{schema.LABEL_BATCH}={batch_id}")
+
+
+def committed_batches(out: str) -> dict[int, list[str]]:
+    """{batch id: its Parquet files} for every complete micro-batch (its _SUCCESS written)."""
+    root = fs.join(out, LABELS)
+    if not fs.exists(root):
+        return {}
+    files: dict[int, list[str]] = {}
+    complete: set[int] = set()
+    for rel, _ in fs.list_files(root):
+        parts = rel.split("/")
+        match = _BATCH_DIR.match(parts[0]) if len(parts) == 2 else None
+        if not match:
+            continue  # Spark's _temporary attempts and anything else
+        batch = int(match.group(1))
+        if parts[1] == "_SUCCESS":
+            complete.add(batch)
+        elif parts[1].endswith(".parquet") and not parts[1].startswith(("_", ".")):
+            files.setdefault(batch, []).append(fs.join(root, rel))
+    return {b: sorted(files.get(b, [])) for b in sorted(complete)}
+
+
+def read_labels(out: str, upto: Optional[int] = None, columns: Optional[list[str]] = None) -> pa.Table:
+    """The committed pseudo-labels with their batch id, in scoring order (batch, then id)."""
+    wanted = columns or schema.names(schema.LABEL_COLUMNS)
+    names = wanted if "id" in wanted else ["id", *wanted]  # the id orders the rows
+    arrow = schema.arrow_schema(schema.LABEL_COLUMNS)
+    tables = []
+    for batch, files in committed_batches(out).items():
+        if upto is not None and batch > upto:
+            continue
+        for file in files:
+            fsys, path = fs.filesystem(file)
+            t = pq.read_table(path, filesystem=fsys, columns=names)
+            tables.append(t.append_column(schema.LABEL_BATCH, pa.array(np.full(t.num_rows, batch, np.int64))))
+    if not tables:
+        empty = pa.schema([arrow.field(n) for n in wanted] + [pa.field(schema.LABEL_BATCH, pa.int64())])
+        return empty.empty_table()
+    table = pa.concat_tables(tables, promote_options="permissive")
+    table = table.sort_by([(schema.LABEL_BATCH, "ascending"), ("id", "ascending")])
+    return table.select([*wanted, schema.LABEL_BATCH])
+
+
+def read_rejected(out: str) -> pa.Table:
+    """Every micro-batch's rejected inputs (empty when none)."""
+    root = fs.join(out, REJECTED)
+    files = [fs.join(root, p) for p, _ in fs.list_files(root) if p.endswith(".parquet")] if fs.exists(root) else []
+    tables = [pq.read_table(fs.filesystem(f)[1], filesystem=fs.filesystem(f)[0]) for f in files]
+    return pa.concat_tables(tables) if tables else REJECTED_SCHEMA.empty_table()
+
+
+def read_balance(out: str) -> pa.Table:
+    """Every micro-batch's balance rows, by batch then class; empty when nothing was scored yet.
+    ``out`` is the pseudo-label output or its balance folder."""
+    root = out if fs.name(out) == BALANCE else fs.join(out, BALANCE)
+    if not fs.exists(root):
+        return schema.arrow_schema(schema.BALANCE_COLUMNS).empty_table()
+    files = [fs.join(root, rel) for rel, _ in fs.list_files(root) if _BALANCE_FILE.match(rel)]
+    if not files:
+        return schema.arrow_schema(schema.BALANCE_COLUMNS).empty_table()
+    tables = []
+    for file in files:
+        fsys, path = fs.filesystem(file)
+        try:
+            tables.append(pq.read_table(path, filesystem=fsys))
+        except (OSError, pa.ArrowInvalid) as e:
+            raise OutputError(f"{file}: unreadable balance file: {e}") from None
+    return pa.concat_tables(tables).sort_by([("batch_id", "ascending"), ("class_index", "ascending")])
+
+
+def read_stream_info(out: str) -> dict:
+    import json
+
+    path = fs.join(out, STREAM)
+    if not fs.exists(path):
+        raise OutputError(f"{fs.normalize(out)} is not a pseudo-label output (no {STREAM}); "
+                          f"make one with jobs/pseudolabel.py")
+    return json.loads(fs.read_text(path))
+
+
+def latest_balance(out: str) -> Optional[pa.Table]:
+    """The balance after the last committed micro-batch, or None."""
+    table = read_balance(out)
+    if table.num_rows == 0:
+        return None
+    last = pc.max(table["batch_id"]).as_py()
+    return table.filter(pc.equal(table["batch_id"], last))
+
+
+def selected_pseudo_labels(out: str) -> tuple[list[str], np.ndarray, dict]:
+    """(ids, pseudo-labels, stream info) of the committed predictions the output's own policy keeps,
+    in scoring order: exactly what the stream's balance counted as selected."""
+    from streaming.select import Policy
+
+    info = read_stream_info(out)
+    table = read_labels(out, columns=["id", "predicted", "confidence"])
+    if table.num_rows == 0:
+        raise OutputError(f"{fs.normalize(out)}: no committed pseudo-labels yet")
+    predicted = table.column("predicted").to_numpy().astype(np.int64)
+    keep = Policy(**info["policy"]).select(predicted, table.column("confidence").to_numpy(), len(info["class_names"]))
+    ids = table.column("id").to_pylist()
+    return [i for i, k in zip(ids, keep) if k], predicted[keep], info

@@ -1,0 +1,19 @@
+"""Where the training recipes and stage settings live (conf/methods/, conf/stages/) and the YAML
+layers they add to a job's config."""
+from __future__ import annotations
+
+from pipeline.config import Config
+from pipeline.provenance import PROJECT_ROOT
+
+RECIPES = PROJECT_ROOT / "conf" / "methods"  # conf/methods/<name>.yaml: the training recipes
+SEMI_STAGE = PROJECT_ROOT / "conf" / "stages" / "semi.yaml"  # semi-supervised defaults of the reference
+
+
+def recipe_layers(cfg: Config) -> list[str]:
+    """The YAML of the recipe ``train.method`` names (none when it names none): a ``layers`` for resolve."""
+    return [str(RECIPES / f"{cfg.train.method}.yaml")] if cfg.train.method else []
+
+
+def semi_layers(cfg: Config) -> list[str]:
+    """The recipe, then the semi-supervised stage's settings (batch 256, union batches)."""
+    return recipe_layers(cfg) + [str(SEMI_STAGE)]

@@ -1,0 +1,61 @@
+"""Self-training rounds (Yang & Xu 2020, with rounds): train on the pseudo-labels, let the new model
+re-label the pool through the stream, train again. Above both the training launcher and the
+streaming job, which know nothing of each other."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from pipeline import fs
+from pipeline.config import to_dict
+from pipeline.launch import launch_fit
+from pipeline.pseudo_labels import read_stream_info
+from pipeline.train import config_key
+from streaming.pseudolabel import run_pseudolabel
+
+
+def launch_semi(spark, cfg) -> dict:
+    """Semi-supervised training on ``cfg.train.pseudo_labels``; with ``self_training_rounds`` > 1,
+    each round's model re-labels the pool (the same policy, a new output beside the first) and the
+    next round trains on those labels. Every round is its own MLflow run, tagged with its parent.
+    Finished steps are recorded (``run_dir/semi-rounds-<config sha>.json``), so the same command
+    run again continues where it stopped instead of paying for finished rounds again."""
+    key = {"train": config_key(cfg), "pseudolabel": to_dict(cfg.pseudolabel)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    record = Path(fs.normalize(cfg.train.run_dir)) / f"semi-rounds-{digest}.json"
+    done = json.loads(record.read_text())["rounds"] if record.exists() else []
+
+    def save(rounds):
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"config": key, "rounds": rounds}, indent=2, default=str))
+        os.replace(tmp, record)
+
+    rounds, result = [], {}
+    for round_ in range(1, cfg.train.self_training_rounds + 1):
+        step = done[round_ - 1] if len(done) >= round_ else None
+        if step is None:  # this round's training has not finished yet
+            result = launch_fit(spark, cfg)
+            step = {"round": round_, "run_id": result["run_id"], "pseudo_labels": cfg.train.pseudo_labels,
+                    "final_test_top1": result["final_test_top1"], "result": result}
+            save(rounds + [step])
+        result = step["result"]
+        rounds.append(step)
+        if round_ == cfg.train.self_training_rounds:
+            break
+        out = f"{cfg.train.pseudo_labels.rstrip('/')}-round{round_ + 1}"
+        if "next_pseudolabel_run_id" not in step:  # the re-labelling resumes from its own stream checkpoint
+            info = read_stream_info(cfg.train.pseudo_labels)
+            policy = info["policy"]
+            relabel = dataclasses.replace(cfg.pseudolabel, model=step["run_id"], input=info["input"], out=out,
+                                          checkpoint=None, truth=info["truth"], trigger="available-now",
+                                          select=policy["name"], **{k: v for k, v in policy.items() if k != "name"})
+            labeled = run_pseudolabel(spark, dataclasses.replace(cfg, pseudolabel=relabel))
+            step["next_pseudolabel_run_id"] = labeled["run_id"]
+            save(rounds)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, pseudo_labels=out))
+    summary = [{k: v for k, v in r.items() if k != "result"} for r in rounds]
+    return {**result, "rounds": summary} if len(rounds) > 1 else result

@@ -3,13 +3,13 @@ TorchDistributor, MLflow), at the reference schedule scaled to ``--epochs``:
 
 1. ingest the JPEG copy of CIFAR-10, make the standard split (n_max 5,000: 12,406 labeled images) and
    train ``ce``, ``ldam_drw``, ``cb_focal`` and ``balanced_softmax`` on it (experiment
-   ``study-cifar10-lt100``);
+   ``study-cifar10-lt100-e<epochs>``);
 2. the semi-supervised chain of Yang & Xu (2020) on the split of the semi-supervised benchmarks
    (N1 = 1,500 labeled and M1 = 3,000 unlabeled at the head, both rho = 100: CIFAR-10 has no images
    left for an unlabeled pool of the head class after the standard split): a ``ce`` base model, SSP
    rotation pre-training then ``ce`` fine-tuning, streaming pseudo-labels of the pool by the base
    model (policy ``all``, hidden-truth precision per class), and semi-supervised ``ce`` training on
-   labeled + pseudo-labeled images (experiment ``study-cifar10-lt100-ssl``).
+   labeled + pseudo-labeled images (experiment ``study-cifar10-lt100-ssl-e<epochs>``).
 
     .venv/bin/python bench/study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs 15   # or: make study
 
@@ -78,11 +78,11 @@ def main() -> None:
     study.job("splits", "longtail.py", "--config", STANDARD, "--data", str(data), "--out", str(std), "--overwrite")
     study.job("splits-ssl", "longtail.py", "--config", SEMI, "--data", str(data), "--out", str(ssl), "--overwrite")
 
-    supervised = "study-cifar10-lt100"
+    supervised = f"study-cifar10-lt100-e{args.epochs}"  # one experiment per budget: tables never mix budgets
     for method in args.methods.split(","):
         study.train(f"train-{method}", STANDARD, std, method, supervised)
 
-    semi = "study-cifar10-lt100-ssl"
+    semi = f"study-cifar10-lt100-ssl-e{args.epochs}"
     base = study.train("ssl-base", SEMI, ssl, "ce", semi)
     pre = study.job("ssl-pretrain", "pretrain.py", "--config", SEMI, "--splits", str(ssl), "--epochs",
                     str(args.epochs), "--experiment", semi)

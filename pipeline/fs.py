@@ -20,9 +20,9 @@ def _has_scheme(uri: str) -> bool:
 def normalize(uri: str) -> str:
     """An absolute local path, or the URI unchanged."""
     if uri.startswith("file://"):
-        return uri[len("file://"):]
-    if uri.startswith("file:"):
-        return uri[len("file:"):]
+        uri = uri[len("file://"):]
+    elif uri.startswith("file:"):
+        uri = uri[len("file:"):]
     return uri if _has_scheme(uri) else os.path.abspath(os.path.expanduser(uri))
 
 

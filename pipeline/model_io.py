@@ -36,6 +36,27 @@ def spec_of(architecture: str, *, num_classes: int, in_channels: int, image_size
             "mean": [float(v) for v in mean], "std": [float(v) for v in std], "posthoc_tau": float(posthoc_tau)}
 
 
+_BOUNDS = {"num_classes": (2, 100_000), "in_channels": (1, 16), "image_size": (1, 4096)}
+
+
+def _check_values(spec: dict) -> None:
+    """Types and sizes, before anything is allocated: a spec is untrusted input too."""
+    for key, (low, high) in _BOUNDS.items():
+        value = spec[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ModelFormatError(f"model spec: {key}={value!r} is not an integer in [{low}, {high}]")
+    if spec["head"] not in ("linear", "normed") or not isinstance(spec["architecture"], str):
+        raise ModelFormatError(f"model spec: head {spec['head']!r} / architecture {spec['architecture']!r}")
+    for key in ("mean", "std"):
+        values = spec[key]
+        if (not isinstance(values, list) or len(values) != spec["in_channels"]
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise ModelFormatError(f"model spec: {key} must be {spec['in_channels']} numbers, got {values!r}")
+    for key in ("head_scale", "posthoc_tau"):
+        if not isinstance(spec[key], (int, float)) or isinstance(spec[key], bool):
+            raise ModelFormatError(f"model spec: {key}={spec[key]!r} is not a number")
+
+
 def build(spec: dict) -> torch.nn.Module:
     """The exported module of ``spec`` with fresh weights: [0, 1] images in, logits out."""
     from models import MODELS, PosthocAdjusted, Standardized, create_model
@@ -44,6 +65,7 @@ def build(spec: dict) -> torch.nn.Module:
     if spec.get("format") != FORMAT or unknown or missing:
         raise ModelFormatError(f"model spec: format {spec.get('format')!r} (expected {FORMAT}), unknown keys "
                                f"{sorted(unknown)}, missing {sorted(missing)}")
+    _check_values(spec)
     if spec["architecture"] not in MODELS:
         raise ModelFormatError(f"model spec: unknown architecture {spec['architecture']!r}; registered: "
                                f"{', '.join(sorted(MODELS))}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from typing import Iterator, Sequence
@@ -36,6 +37,8 @@ def is_output(path: str) -> bool:
 
 
 def _inside(child: str, parent: str) -> bool:
+    if "://" not in child and "://" not in parent:  # local: compare where they really are (.., symlinks)
+        child, parent = os.path.realpath(child), os.path.realpath(parent)
     child, parent = child.rstrip("/") + "/", parent.rstrip("/") + "/"
     return child.startswith(parent)
 

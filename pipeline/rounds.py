@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from pipeline import fs
+from pipeline import fs, schema
 from pipeline.config import to_dict
 from pipeline.launch import launch_fit
 from pipeline.pseudo_labels import read_stream_info
@@ -23,7 +23,11 @@ def launch_semi(spark, cfg) -> dict:
     next round trains on those labels. Every round is its own MLflow run, tagged with its parent.
     Finished steps are recorded (``run_dir/semi-rounds-<config sha>.json``), so the same command
     run again continues where it stopped instead of paying for finished rounds again."""
-    key = {"train": config_key(cfg), "pseudolabel": to_dict(cfg.pseudolabel)}
+    manifest = json.loads(fs.read_text(fs.join(cfg.train.splits, schema.MANIFEST)))
+    first = read_stream_info(cfg.train.pseudo_labels)
+    key = {"train": config_key(cfg), "pseudolabel": to_dict(cfg.pseudolabel),  # and the data: re-made splits or a
+           "splits_sha256": manifest["manifest_sha256"], "pseudolabel_run_id": first["run_id"]}  # re-run stream
+
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     record = Path(fs.normalize(cfg.train.run_dir)) / f"semi-rounds-{digest}.json"
     done = json.loads(record.read_text())["rounds"] if record.exists() else []

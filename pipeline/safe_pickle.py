@@ -67,7 +67,7 @@ class _Array:
         shape, dtype, fortran, raw = state[-4:]
         if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
             raise _Refused(f"array shape {shape!r}")
-        if not isinstance(dtype, _Dtype):
+        if not isinstance(dtype, _Dtype):  # (a _Guard of numpy.dtype called gives a _Dtype)
             raise _Refused(f"array dtype {type(dtype).__name__}")
         if isinstance(raw, pickle.PickleBuffer):
             raw = raw.raw()
@@ -87,7 +87,7 @@ class _Array:
 
 
 def _reconstruct(cls, shape, typecode):
-    if cls is not _NdarrayMarker:
+    if not (isinstance(cls, _Guard) and cls.target is _NdarrayMarker):
         raise _Refused(f"_reconstruct of {getattr(cls, '__name__', cls)!r}")
     return _Array()
 
@@ -117,36 +117,66 @@ STAND_INS = {
 }
 
 
+class _Guard:
+    """What ``find_class`` hands the pickle: a fresh wrapper per reference, so a BUILD on a global
+    (pickle may set attributes on anything) changes nothing that outlives this load."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __call__(self, *args):
+        return self.target(*args)
+
+    def __setstate__(self, state):
+        raise _Refused(f"a state for the global {getattr(self.target, '__name__', self.target)}")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         try:
-            return STAND_INS[(module, name)]
+            return _Guard(STAND_INS[(module, name)])
         except KeyError:
             raise _Refused(f"global {module}.{name}: CIFAR batches only contain dicts, lists, strings "
                            f"and numeric numpy arrays") from None
 
 
-def _arrays(obj: Any) -> Any:
-    """``obj`` with every stand-in array made a real one (containers rebuilt, nothing else kept)."""
+MAX_BYTES = 2 ** 31  # arrays of one file, all together (a CIFAR batch holds 30 MB)
+
+
+def _arrays(obj: Any, seen: dict, budget: list) -> Any:
+    """``obj`` with every stand-in array made a real one (containers rebuilt, nothing else kept).
+    Shared references are converted once (a pickle of [x, x] nested 60 deep is 200 bytes), and the
+    arrays' bytes are counted against ``MAX_BYTES``."""
+    key = id(obj)
+    if key in seen:
+        return seen[key]
     if isinstance(obj, _Array):
-        return obj.numpy()
-    if isinstance(obj, dict):
-        return {_arrays(k): _arrays(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_arrays(v) for v in obj)
-    if isinstance(obj, (_Dtype, type)) or callable(obj):
+        out = obj.numpy()
+        budget[0] -= out.nbytes
+        if budget[0] < 0:
+            raise _Refused(f"arrays of more than {MAX_BYTES} bytes in all")
+    elif isinstance(obj, dict):
+        out = {_arrays(k, seen, budget): _arrays(v, seen, budget) for k, v in obj.items()}
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        out = type(obj)(_arrays(v, seen, budget) for v in obj)
+    elif isinstance(obj, (_Dtype, _Guard, type)) or callable(obj):
         raise _Refused(f"a bare {type(obj).__name__} outside an array")
-    return obj
+    else:
+        out = obj
+    seen[key] = out
+    return out
 
 
 def loads(data: bytes, name: str = "<bytes>"):
     """Unpickle with CIFAR's conventions (Python 2 pickles, so byte strings stay bytes); ``name``
     (the file) is in every error."""
     try:
-        return _arrays(RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load())
+        loaded = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+        return _arrays(loaded, {}, [MAX_BYTES])
     except _Refused as e:
         raise pickle.UnpicklingError(f"{name}: refused {e}") from None
     except pickle.UnpicklingError as e:
         raise pickle.UnpicklingError(f"{name}: {e}") from None
-    except (EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
+    except (EOFError, TypeError, ValueError, AttributeError, IndexError, KeyError, OverflowError, RecursionError,
+            MemoryError) as e:
         raise pickle.UnpicklingError(f"{name}: not a valid pickle: {type(e).__name__}: {e}") from None

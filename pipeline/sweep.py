@@ -187,15 +187,24 @@ def is_small(child: Child, grid: Grid) -> bool:
     return decoded <= grid.small_mb * 2 ** 20
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: Linux sends it SIGKILL when the process that started it dies."""
+def _die_with(parent: int):
+    """For the child, before exec: Linux sends it SIGKILL when the process that started it dies
+    (and it exits at once if that already happened between the fork and here)."""
     import ctypes
+    import os
     import signal
 
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: the process group below still ends it with a normal task end
-        pass
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before the fork
+    except OSError:  # not Linux: the process group still ends it with a normal task end
+        libc = None
+
+    def set_up() -> None:
+        if libc is not None:
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+    return set_up
 
 
 def run_child(command: list[str], env: dict):
@@ -207,7 +216,7 @@ def run_child(command: list[str], env: dict):
     import subprocess
 
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+                            start_new_session=True, preexec_fn=_die_with(os.getpid()))
     try:
         out, _ = proc.communicate()
     except BaseException:

@@ -147,7 +147,7 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     model = _model(t, data, loss_fn, ctx.device)
     plan = [(phase, e) for phase in phases(t) for e in range(phase.epochs)]  # (phase, epoch within it) per epoch
     name = run_name(cfg, manifest, data.semi)
-    ckpt_path, state = _checkpoint(cfg, name, manifest, ctx.device)
+    ckpt_path, state = _checkpoint(cfg, name, manifest, ctx.device, data.semi)
     start = state["epoch"] + 1 if state else 0
     if state:
         model.load_state_dict(state["model"])
@@ -212,7 +212,8 @@ def config_key(cfg: Config) -> dict:
     return {k: v for k, v in train.items() if k not in NOT_IN_KEY}
 
 
-def _checkpoint(cfg: Config, name: str, manifest: dict, device) -> tuple[Path, Optional[dict]]:
+def _checkpoint(cfg: Config, name: str, manifest: dict, device,
+                semi: Optional[dict] = None) -> tuple[Path, Optional[dict]]:
     """(checkpoint path, state to resume from or None). The folder is keyed by the run's resolved
     config (``name``-<sha256 prefix>), so runs that differ in any setting never share a checkpoint;
     ``--resume`` with changed settings or re-made splits is refused naming what changed."""
@@ -235,6 +236,10 @@ def _checkpoint(cfg: Config, name: str, manifest: dict, device) -> tuple[Path, O
         raise ConfigError(f"--resume: {path} was trained on splits with manifest sha256 "
                           f"{state['provenance']['manifest_sha256'][:12]}..., {cfg.train.splits} now has "
                           f"{manifest['manifest_sha256'][:12]}... (re-made splits); drop --resume to start over")
+    was = state["provenance"].get("semi", {}).get("pseudo_ids_sha256")
+    if semi and was != semi["pseudo_ids_sha256"]:
+        raise ConfigError(f"--resume: {path} was trained on other pseudo-labels than {semi['pseudo_labels']} holds "
+                          f"now (a re-run stream); drop --resume to start over")
     return path, state
 
 

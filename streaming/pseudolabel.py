@@ -108,42 +108,67 @@ def _check_same_stream(old: dict, new: dict, out: str) -> None:
                           f"use a new --out, or delete the old output")
 
 
-def batch_files(checkpoint: str, batch_id: int) -> list[str]:
-    """The input files of micro-batch ``batch_id``, from the file source's log in the checkpoint
-    (``sources/0/<batch>``, or the ``.compact`` file that folds it in): a micro-batch DataFrame does
-    not report them itself."""
+CHECKPOINT_OWNER = "_longtail_lab_output.json"  # in the checkpoint: the output it belongs to
+
+
+def claim_checkpoint(checkpoint: str, out: str) -> None:
+    """A checkpoint serves one output: reused for another, the query would skip every file the
+    first stream consumed and the new output would silently lack them."""
     import json
 
+    owner = fs.join(checkpoint, CHECKPOINT_OWNER)
+    if fs.exists(owner):
+        first = json.loads(fs.read_text(owner))["out"]
+        if first != out:
+            raise StreamError(f"checkpoint {checkpoint} belongs to the stream writing {first}; reusing it for {out} "
+                              f"would skip every file that stream consumed: give a new --checkpoint")
+    elif fs.exists(fs.join(checkpoint, "offsets")):
+        raise StreamError(f"checkpoint {checkpoint} holds a query of unknown origin (no {CHECKPOINT_OWNER}): "
+                          f"give a new --checkpoint")
+    else:
+        fs.write_json_atomic(owner, {"out": out})
+
+
+def batch_files(checkpoint: str, batch_id: int) -> list[str]:
+    """The input files of micro-batch ``batch_id`` (paths or URIs), from the file source's log in
+    the checkpoint: ``sources/0/<batch>``, or a later ``<n>.compact`` that folds it in (a
+    micro-batch DataFrame does not report them itself). Spark logs percent-encoded URIs."""
+    import json
+    from urllib.parse import unquote, urlparse
+
     root = fs.join(checkpoint, "sources", "0")
-    for name in (str(batch_id), f"{batch_id}.compact"):
-        if fs.exists(fs.join(root, name)):
-            lines = fs.read_text(fs.join(root, name)).splitlines()[1:]  # the first line is the format version
-            entries = [json.loads(line) for line in lines if line.strip()]
-            return [e["path"] for e in entries if e.get("batchId", batch_id) == batch_id]
-    compacts = [p for p, _ in fs.list_files(root) if p.endswith(".compact")] if fs.exists(root) else []
-    for name in sorted(compacts, key=lambda p: int(p.split(".")[0]), reverse=True):
-        if int(name.split(".")[0]) >= batch_id:
-            entries = [json.loads(line) for line in fs.read_text(fs.join(root, name)).splitlines()[1:] if line.strip()]
-            found = [e["path"] for e in entries if e.get("batchId") == batch_id]
-            if found:
-                return found
+    if not fs.exists(root):
+        return []
+    logs = [str(batch_id)] + sorted((p for p, _ in fs.list_files(root)
+                                     if p.endswith(".compact") and int(p.split(".")[0]) >= batch_id),
+                                    key=lambda p: int(p.split(".")[0]))
+    for name in logs:
+        if not fs.exists(fs.join(root, name)):
+            continue
+        entries = [json.loads(line) for line in fs.read_text(fs.join(root, name)).splitlines()[1:] if line.strip()]
+        found = [e["path"] for e in entries if e.get("batchId", batch_id) == batch_id]
+        if found:
+            parsed = [urlparse(p) for p in found]
+            return [unquote(u.path) if u.scheme == "file" else unquote(p) if not u.scheme else p
+                    for u, p in zip(parsed, found)]
     return []
 
 
-def unreadable_files(files: list[str]) -> list[dict]:
-    """Rejected rows for the micro-batch's input files that are not readable Parquet."""
+def unreadable_files(files: list[str]) -> tuple[list[dict], int]:
+    """(rejected rows for the micro-batch's input files that are not readable Parquet, rows the
+    readable ones hold by their footers)."""
     import pyarrow.parquet as pq
 
-    rows = []
+    rows, expected = [], 0
     for file in files:
         try:
             fsys, path = fs.filesystem(file)
             with fsys.open_input_file(path) as f:
-                pq.read_metadata(f)
+                expected += pq.read_metadata(f).num_rows
         except Exception as e:
             rows.append({"id": None, "source": fs.normalize(file), "reason": "unreadable_file",
                          "detail": f"{fs.normalize(file)}: {type(e).__name__}: {e}"})
-    return rows
+    return rows, expected
 
 
 def run_pseudolabel(spark, cfg: Config) -> dict:
@@ -159,6 +184,7 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     previous = sinks.read_stream_info(out) if fs.exists(fs.join(out, sinks.STREAM)) else None
     if previous:
         _check_same_stream(previous, info, out)
+    claim_checkpoint(checkpoint, out)
     truth = load_truth(info["truth"])
     names, labeled = info["class_names"], info["labeled_counts"]
 
@@ -187,9 +213,16 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
             sinks.write_labels(scored.filter(F.col(ERROR).isNull()).drop(ERROR), out, batch_id)
             rejected = [{"id": r["id"], "source": None, "reason": "not_scorable", "detail": r[ERROR]}
                         for r in scored.filter(F.col(ERROR).isNotNull()).select("id", ERROR).collect()]
+            read = scored.count()
         finally:
             scored.unpersist()
-        rejected += unreadable_files(batch_files(checkpoint, batch_id))
+        files = batch_files(checkpoint, batch_id)
+        unreadable, expected = unreadable_files(files)
+        rejected += unreadable
+        if files and read < expected:  # a file whose footer reads but whose data does not: Spark skipped the rest
+            rejected.append({"id": None, "source": None, "reason": "unreadable_rows",
+                             "detail": f"{expected - read} of the {expected} rows the batch's readable files "
+                                       f"declare could not be read: {', '.join(map(fs.normalize, files))}"})
         sinks.write_rejected(out, batch_id, rejected)
         latency = time.time() - started
         labels = sinks.read_labels(out, upto=batch_id, columns=["id", "predicted", "confidence"])

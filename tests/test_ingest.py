@@ -362,3 +362,24 @@ def test_a_typo_label_does_not_create_a_hundred_thousand_classes(spark, tmp_path
     report, _, rejected = assert_accounted((run(tmp_path / "o", "--dataset", "manifest", "--source", manifest, "--root",
                                                 tmp_path / "r", "--set", "ingest.num_classes=3"), tmp_path / "o")[1])
     assert report["num_classes"] == 3 and report["rejected"]["by_reason"] == {"bad_label": 1}
+
+
+def test_outside_root_refuses_queries_fragments_and_nul_bytes():
+    from pipeline.sources import outside_root
+
+    assert outside_root("s3://bucket/root", "x.jpg") is None
+    for path in ("x.jpg?endpoint_override=evil:9000&scheme=http", "x.jpg#frag", "x\x00.jpg"):
+        assert "holds '?', '#' or a NUL byte" in outside_root("s3://bucket/root", path)
+
+
+def test_overlap_check_sees_through_file_uris_dots_and_symlinks(tmp_path):
+    from pipeline.output import OutputOverlap, check_target
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "link").symlink_to(data, target_is_directory=True)
+    for out, given in ((str(data / "sub"), f"file:{data}"), (str(tmp_path / "b" / "sub"), f"file://{tmp_path}/a/../b"),
+                       (str(tmp_path / "link" / "sub"), str(data))):
+        (tmp_path / "b").mkdir(exist_ok=True)
+        with pytest.raises(OutputOverlap):
+            check_target(out, True, [given])

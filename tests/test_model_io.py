@@ -68,3 +68,16 @@ def test_weights_of_another_shape_are_refused_naming_the_architecture(tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps({**SPEC, "num_classes": 5}))
     with pytest.raises(ModelFormatError, match="does not fit resnet20"):
         model_io.load(tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_classes": 10 ** 9}, "num_classes=1000000000 is not an integer"),
+    ({"in_channels": "3"}, "in_channels='3' is not an integer"),
+    ({"mean": [0.5, 0.5]}, "mean must be 1 numbers"),
+    ({"head": "os.system"}, "head 'os.system'"),
+])
+def test_a_spec_with_absurd_values_is_refused_before_anything_is_built(tmp_path, change, message):
+    model_io.save(tmp_path, SPEC, model_io.build(SPEC))
+    (tmp_path / "spec.json").write_text(json.dumps({**SPEC, **change}))
+    with pytest.raises(ModelFormatError, match=message):
+        model_io.load(tmp_path)

@@ -367,3 +367,29 @@ def test_a_corrupt_file_and_an_undecodable_image_are_rejected_and_the_stream_goe
     assert by_reason["unreadable_file"]["source"].endswith("part-99998-garbage.parquet")
     scored = {r["id"]: r["detail"] for r in rejected if r["reason"] == "not_scorable"}
     assert scored.keys() == {"broken-jpeg", "short-raw"} and "cannot decode the jpeg image" in scored["broken-jpeg"]
+
+
+def test_a_checkpoint_serves_one_output(tmp_path):
+    from streaming.pseudolabel import StreamError, claim_checkpoint
+
+    ckpt = str(tmp_path / "ckpt")
+    claim_checkpoint(ckpt, "/out/a")
+    claim_checkpoint(ckpt, "/out/a")  # the same stream restarting
+    with pytest.raises(StreamError, match="belongs to the stream writing /out/a"):
+        claim_checkpoint(ckpt, "/out/b")
+    (tmp_path / "foreign" / "offsets").mkdir(parents=True)
+    with pytest.raises(StreamError, match="of unknown origin"):
+        claim_checkpoint(str(tmp_path / "foreign"), "/out/a")
+
+
+def test_batch_files_come_from_the_source_log_or_its_compaction_decoded(tmp_path):
+    from streaming.pseudolabel import batch_files
+
+    log = tmp_path / "sources" / "0"
+    log.mkdir(parents=True)
+    entry = lambda path, b: json.dumps({"path": path, "timestamp": 1, "batchId": b})
+    (log / "3").write_text("v1\n" + entry("file:///data/pool%20dir/part-3.parquet", 3) + "\n")
+    (log / "9.compact").write_text("v1\n" + "\n".join(entry(f"file:///data/p/part-{b}.parquet", b) for b in range(10)))
+    assert batch_files(str(tmp_path), 3) == ["/data/pool dir/part-3.parquet"]
+    assert batch_files(str(tmp_path), 5) == ["/data/p/part-5.parquet"]  # folded into 9.compact
+    assert batch_files(str(tmp_path), 11) == []

@@ -76,3 +76,33 @@ class ShortArray:
 def test_data_that_does_not_fill_the_shape_is_refused():
     with pytest.raises(pickle.UnpicklingError, match=r"x: refused array of shape \(2, 4\).*needs 8 bytes, got 6"):
         safe_pickle.loads(pickle.dumps({b"data": ShortArray()}, protocol=2), "x")
+
+
+def test_shared_references_nested_deep_load_once_not_exponentially():
+    import time
+
+    x = [np.zeros(3, dtype=np.uint8)]
+    for _ in range(60):  # 2^60 paths to the same array
+        x = [x, x]
+    started = time.time()
+    out = safe_pickle.loads(pickle.dumps({b"data": x}, protocol=2), "deep")
+    assert time.time() - started < 5
+    assert out[b"data"][0] is out[b"data"][1]  # shared stays shared
+
+
+class HugeShape:
+    def __reduce__(self):
+        return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, (2 ** 70,), np.dtype("u1"), False, b""))
+
+
+def test_an_absurd_shape_is_an_unpickling_error_naming_the_file():
+    with pytest.raises(pickle.UnpicklingError, match="^huge: "):
+        safe_pickle.loads(pickle.dumps({b"data": HugeShape()}, protocol=2), "huge")
+
+
+def test_a_state_for_a_global_changes_nothing_beyond_the_load():
+    """pickle's BUILD can target the object find_class returned: each load gets a fresh guard."""
+    forged = (b"\x80\x02cnumpy\nndarray\nq\x00}q\x01X\x05\x00\x00\x00extraq\x02K\x01sb.")
+    with pytest.raises(pickle.UnpicklingError, match="refused a state for the global"):
+        safe_pickle.loads(forged, "f")
+    assert not hasattr(safe_pickle._NdarrayMarker, "extra")

@@ -91,6 +91,8 @@ def outside_root(root: str, path: str) -> Optional[str]:
     (URI roots). Checked in the task, right before the read."""
     if "://" in path or path.startswith(("/", "\\", "file:")) or (len(path) > 1 and path[1] == ":"):
         return f"absolute path or URI {path!r}: manifest paths must be relative to the root {root}"
+    if any(c in path for c in "?#\x00"):  # a query would reconfigure a URI root's file system (endpoint...)
+        return f"{path!r} holds '?', '#' or a NUL byte"
     parts = path.replace("\\", "/").split("/")
     if ".." in parts:
         return f"{path!r} climbs out with '..'"

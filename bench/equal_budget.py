@@ -89,10 +89,22 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
 
 
+def welch(a: list[float], b: list[float]) -> str:
+    """Welch's t-test of two sets of final accuracies: the difference of the means and its p-value."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return "-"
+    result = stats.ttest_ind(a, b, equal_var=False)
+    return f"{100 * (statistics.mean(b) - statistics.mean(a)):+.1f} (p = {result.pvalue:.2f})"
+
+
 def table(rows: list[dict], epochs: int) -> str:
     lines = [f"CIFAR-10-LT rho=100, ResNet-32, {epochs} epochs (final epoch; mean ± std over seeds)",
-             "| method | code | seeds | top-1 | per class (airplane .. truck) | minutes per run |", "|---|---|---|---|---|---|"]
+             "| method | code | seeds | top-1 | per class (airplane .. truck) | minutes per run | "
+             "this project - reference (Welch) |", "|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in rows):
+        top1 = {impl: [r["top1"] for r in rows if r["method"] == method and r["impl"] == impl] for impl in ("ref", "ours")}
         for impl in ("ref", "ours"):
             runs = [r for r in rows if r["method"] == method and r["impl"] == impl]
             if not runs:
@@ -101,7 +113,8 @@ def table(rows: list[dict], epochs: int) -> str:
             lines.append(f"| {method} | {'reference' if impl == 'ref' else 'this project'} | "
                          f"{','.join(str(r['seed']) for r in runs)} | {_mean_std([r['top1'] for r in runs])} | "
                          f"{' '.join(f'{a:.3f}'.lstrip('0') for a in per_class)} | "
-                         f"{statistics.mean(r['seconds'] for r in runs) / 60:.0f} |")
+                         f"{statistics.mean(r['seconds'] for r in runs) / 60:.0f} | "
+                         f"{welch(top1['ref'], top1['ours']) if impl == 'ours' else ''} |")
     return "\n".join(lines)
 
 

@@ -207,6 +207,7 @@ class PseudoLabelConfig:
     tau: float = 0.95  # threshold, class_threshold: confidence threshold (of the most predicted class)
     alpha: float = 1.0  # class_threshold: tau_c = tau * (n_c / n_max) ** alpha, n_c = predictions of class c
     top_k: int = 100  # top_k_per_class: the k most confident predictions of each class
+    crest_alpha: float = 3.0  # crest: keep rate mu_c = (N_(K+1-r(c)) / N_1) ** (1 / crest_alpha)
     batch_size: int = 512  # images per forward pass
     threads_per_task: int = 1  # torch threads in each Python worker (a worker per core on local[*])
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -142,6 +142,7 @@ def selected_pseudo_labels(out: str) -> tuple[list[str], np.ndarray, dict]:
     if table.num_rows == 0:
         raise OutputError(f"{fs.normalize(out)}: no committed pseudo-labels yet")
     predicted = table.column("predicted").to_numpy().astype(np.int64)
-    keep = Policy(**info["policy"]).select(predicted, table.column("confidence").to_numpy(), len(info["class_names"]))
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in info["policy"].items()}
+    keep = Policy(**params).select(predicted, table.column("confidence").to_numpy(), len(info["class_names"]))
     ids = table.column("id").to_pylist()
     return [i for i, k in zip(ids, keep) if k], predicted[keep], info

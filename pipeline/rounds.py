@@ -10,11 +10,13 @@ import os
 from pathlib import Path
 
 from pipeline import fs, schema
-from pipeline.config import to_dict
+from pipeline.config import PseudoLabelConfig, to_dict
 from pipeline.launch import launch_fit
 from pipeline.pseudo_labels import read_stream_info
 from pipeline.train import config_key
 from streaming.pseudolabel import run_pseudolabel
+
+PSEUDOLABEL_KEYS = {f.name for f in dataclasses.fields(PseudoLabelConfig)} - {"select"}  # a policy's settings
 
 
 def launch_semi(spark, cfg) -> dict:
@@ -56,7 +58,8 @@ def launch_semi(spark, cfg) -> dict:
             policy = info["policy"]
             relabel = dataclasses.replace(cfg.pseudolabel, model=step["run_id"], input=info["input"], out=out,
                                           checkpoint=None, truth=info["truth"], trigger="available-now",
-                                          select=policy["name"], **{k: v for k, v in policy.items() if k != "name"})
+                                          select=policy["name"], **{k: v for k, v in policy.items()
+                                                                    if k in PSEUDOLABEL_KEYS})
             labeled = run_pseudolabel(spark, dataclasses.replace(cfg, pseudolabel=relabel))
             step["next_pseudolabel_run_id"] = labeled["run_id"]
             save(rounds)

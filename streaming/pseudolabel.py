@@ -173,9 +173,10 @@ def unreadable_files(files: list[str]) -> tuple[list[dict], int]:
 
 def run_pseudolabel(spark, cfg: Config) -> dict:
     p = cfg.pseudolabel
-    policy = from_config(p)
+    from_config(p)  # an unknown policy fails before any work
     model = resolve(p.model, p.device, p.batch_size, p.threads_per_task)
     base = base_run(model)
+    policy = from_config(p, base["manifest"]["class_counts"]["labeled"])
     if not fs.exists(p.input):
         raise StreamError(f"pseudolabel.input: {fs.normalize(p.input)} does not exist")
     out = fs.normalize(p.out)

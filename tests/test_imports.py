@@ -16,7 +16,7 @@ LAYERS = [
      "pipeline.loaders", "pipeline.objectives", "pipeline.model_io", "pipeline.plots", "pipeline.sources",
      "pipeline.sources.cifar", "pipeline.sources.digits", "pipeline.sources.download", "pipeline.sources.imagefolder",
      "pipeline.sources.manifest", "pipeline.sources.svhn", "pipeline.pseudo_labels", "pipeline.recipes", "streaming",
-     "streaming.select", "streaming.balance"},
+     "streaming.select", "streaming.balance", "streaming.prior"},
     # 2 tracking and what reads runs back
     {"pipeline.tracking", "pipeline.pretrained", "pipeline.run_report", "pipeline.report"},
     # 3 the training loop | streaming | the Spark data jobs

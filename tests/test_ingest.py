@@ -150,11 +150,13 @@ def test_svhn_mat_files_map_label_10_to_digit_0_and_reject_bad_labels(spark, tmp
     from scipy.io import savemat
 
     rng = np.random.default_rng(0)
-    savemat(tmp_path / "train_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 4), dtype=np.uint8),
+    src = tmp_path / "svhn"
+    src.mkdir()
+    savemat(src / "train_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 4), dtype=np.uint8),
                                             "y": np.array([[10], [1], [9], [0]], dtype=np.uint8)})
-    savemat(tmp_path / "test_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 2), dtype=np.uint8),
+    savemat(src / "test_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, 2), dtype=np.uint8),
                                            "y": np.array([[3], [10]], dtype=np.uint8)})
-    report, images, rejected = assert_accounted((run(tmp_path / "s", "--dataset", "svhn", "--source", tmp_path),
+    report, images, rejected = assert_accounted((run(tmp_path / "s", "--dataset", "svhn", "--source", src),
                                                  tmp_path / "s")[1])
     labels = dict(zip(images.column("id").to_pylist(), images.column("label").to_pylist()))
     assert labels["train_32x32/000000"] == 0 and labels["train_32x32/000001"] == 1

@@ -31,7 +31,7 @@ CONF = np.array([0.9, 0.6, 0.99, 0.7, 0.5, 0.8, 0.3])
 
 
 def test_every_policy_is_registered_and_records_only_its_parameters():
-    assert set(POLICIES) == {"all", "threshold", "class_threshold", "top_k_per_class"}
+    assert set(POLICIES) == {"all", "threshold", "class_threshold", "top_k_per_class", "crest"}
     assert Policy("threshold", tau=0.8).params() == {"name": "threshold", "tau": 0.8}
     assert Policy("top_k_per_class", top_k=5).params() == {"name": "top_k_per_class", "top_k": 5}
 
@@ -393,3 +393,12 @@ def test_batch_files_come_from_the_source_log_or_its_compaction_decoded(tmp_path
     assert batch_files(str(tmp_path), 3) == ["/data/pool dir/part-3.parquet"]
     assert batch_files(str(tmp_path), 5) == ["/data/p/part-5.parquet"]  # folded into 9.compact
     assert batch_files(str(tmp_path), 11) == []
+
+
+def test_crest_policy_is_recorded_with_its_counts_and_selects_by_rank():
+    policy = Policy("crest", crest_alpha=3.0, labeled_counts=(10, 1000, 100))
+    assert policy.params() == {"name": "crest", "crest_alpha": 3.0, "labeled_counts": [10, 1000, 100]}
+    predicted = np.array([1] * 10 + [0] * 10)
+    keep = policy.select(predicted, np.linspace(0, 1, 20), 3)
+    # class 1 is the head (rank 1): mu = (10 / 1000)^(1/3) ~ 0.215 -> 2 of 10; class 0 the rarest: all 10
+    assert keep[:10].sum() == 2 and keep[10:].all() and keep[8] and keep[9]

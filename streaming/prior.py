@@ -1,0 +1,159 @@
+"""Distribution-aware pseudo-labels, pure functions of probability tables (numpy, float64):
+estimating the unlabeled pool's class prior, correcting the predictions for it, and re-balancing
+which pseudo-labels are kept.
+
+* ``em_prior``: EM prior correction (Saerens et al. 2002), pi <- mean_x normalise(p(x) pi / pi_train).
+* ``bbse_prior``: black-box shift estimation (Lipton et al. 2018): q = C^-1 mean_x p(x), C the soft
+  confusion matrix (C_ij = mean of p_i(x) over held-out labeled images of class j), with cond(C).
+* ``adjust``: logit-adjusted probabilities p~ proportional to p (pi_u / pi_train)^tau.
+* ``crest_rates``: CReST's per-class keep rates mu_c = (N_(K+1-r(c)) / N_1)^(1/alpha) (Wei et al. 2021).
+* ``align``: CReST+'s distribution alignment to the labeled distribution at temperature t.
+* ``darp``: DARP's refinement of soft pseudo-labels to target class counts (Kim et al. 2020).
+Estimators are registered by name (``PRIOR_ESTIMATORS``)."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from pipeline.registry import Registry
+
+PRIOR_ESTIMATORS: Registry = Registry("prior estimator")
+EPS = 1e-12
+
+
+def _normalise_rows(p: np.ndarray) -> np.ndarray:
+    return p / np.maximum(p.sum(axis=1, keepdims=True), EPS)
+
+
+def _prior(v: np.ndarray) -> np.ndarray:
+    v = np.clip(np.asarray(v, dtype=np.float64), 0.0, None)
+    return v / max(v.sum(), EPS)
+
+
+class Estimate(NamedTuple):
+    prior: np.ndarray  # the estimated class prior of the pool (sums to 1)
+    iterations: int  # EM: iterations run; BBSE: 0
+    condition: float  # BBSE: condition number of the confusion matrix; EM: nan
+
+
+@PRIOR_ESTIMATORS.register("em")
+def em_prior(probs: np.ndarray, train_prior: np.ndarray, tol: float = 1e-8, max_iter: int = 1000,
+             **_) -> Estimate:
+    """Saerens et al. (2002): the posteriors ``probs`` were calibrated under ``train_prior``; re-weight
+    them by pi / pi_train, average, repeat until the prior stops moving."""
+    probs, train_prior = np.asarray(probs, dtype=np.float64), _prior(train_prior)
+    pi = train_prior.copy()
+    for it in range(1, max_iter + 1):
+        new = _normalise_rows(probs * (pi / np.maximum(train_prior, EPS))).mean(axis=0)
+        if np.abs(new - pi).max() < tol:
+            return Estimate(new, it, float("nan"))
+        pi = new
+    return Estimate(pi, max_iter, float("nan"))
+
+
+def confusion(val_probs: np.ndarray, val_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """C[i, j] = mean over held-out images of class j of p_i(x): columns sum to 1."""
+    val_probs, val_labels = np.asarray(val_probs, dtype=np.float64), np.asarray(val_labels)
+    c = np.zeros((num_classes, num_classes))
+    for j in range(num_classes):
+        rows = val_probs[val_labels == j]
+        if len(rows) == 0:
+            raise ValueError(f"BBSE needs held-out images of every class; class {j} has none")
+        c[:, j] = rows.mean(axis=0)
+    return c
+
+
+@PRIOR_ESTIMATORS.register("bbse")
+def bbse_prior(probs: np.ndarray, train_prior: Optional[np.ndarray] = None, *, val_probs: np.ndarray,
+               val_labels: np.ndarray, **_) -> Estimate:
+    """Lipton et al. (2018), soft form: mean_x p(x) over the pool = C q, solved by least squares,
+    negative entries clipped, renormalised."""
+    probs = np.asarray(probs, dtype=np.float64)
+    c = confusion(val_probs, val_labels, probs.shape[1])
+    q, *_ = np.linalg.lstsq(c, probs.mean(axis=0), rcond=None)
+    return Estimate(_prior(q), 0, float(np.linalg.cond(c)))
+
+
+def adjust(probs: np.ndarray, pool_prior: np.ndarray, train_prior: np.ndarray, tau: float = 1.0) -> np.ndarray:
+    """Predictions corrected for the pool's prior: p~ proportional to p * (pi_u / pi_train)^tau."""
+    ratio = (_prior(pool_prior) + EPS) / (_prior(train_prior) + EPS)
+    return _normalise_rows(np.asarray(probs, dtype=np.float64) * ratio ** tau)
+
+
+def crest_rates(labeled_counts, alpha: float = 3.0) -> np.ndarray:
+    """CReST: class c, r(c)-th most frequent in the labeled set (1 = the head), keeps the share
+    mu_c = (N_(K+1-r(c)) / N_1)^(1/alpha) of its pseudo-labels, N_1 >= ... >= N_K the sorted counts:
+    the head keeps the least, the rarest class all."""
+    counts = np.asarray(labeled_counts, dtype=np.float64)
+    descending = np.sort(counts)[::-1]
+    rank = np.empty(len(counts), dtype=np.int64)  # 1-based rank by count, ties by class index
+    rank[np.argsort(-counts, kind="stable")] = np.arange(1, len(counts) + 1)
+    return (descending[len(counts) - rank] / descending[0]) ** (1.0 / alpha)
+
+
+def crest_keep(predicted: np.ndarray, confidence: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """Per predicted class c, the floor(|P_c| mu_c) most confident (ties: earliest scored)."""
+    predicted, confidence = np.asarray(predicted), np.asarray(confidence)
+    keep = np.zeros(len(predicted), dtype=bool)
+    for c, rate in enumerate(rates):
+        rows = np.flatnonzero(predicted == c)
+        if len(rows):
+            order = rows[np.lexsort((rows, -confidence[rows]))]
+            keep[order[:int(np.floor(len(rows) * rate))]] = True
+    return keep
+
+
+def crest_temperature(round_: int, rounds: int, final: float = 0.5) -> float:
+    """CReST+'s alignment temperature, annealed linearly from 1.0 (round 1) to ``final`` (last)."""
+    return 1.0 if rounds <= 1 else 1.0 - (1.0 - final) * (round_ - 1) / (rounds - 1)
+
+
+def align(probs: np.ndarray, labeled_counts, t: float) -> np.ndarray:
+    """CReST+'s distribution alignment: scale the predictions so their mean follows the labeled
+    distribution flattened by temperature t (pi_l^t, normalised)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    target = _prior(np.asarray(labeled_counts, dtype=np.float64) ** t)
+    return _normalise_rows(probs * (target / np.maximum(probs.mean(axis=0), EPS)))
+
+
+def darp(probs: np.ndarray, target_counts: np.ndarray, alpha: float = 2.0, iterations: int = 10) -> np.ndarray:
+    """DARP (Kim et al. 2020): soft pseudo-labels x_m refined to rows summing to 1 and columns summing
+    to ``target_counts``, minimising sum_m w_m KL(x_m || x^_m), w_m = 1 / H(x^_m). First the
+    published pre-step: per class k the alpha * target_k rows most confident in k are scaled up
+    towards the target; then dual coordinate ascent on the row (closed form) and column (a monotone
+    1-D root per class) multipliers of x_mk = x^_mk exp(-1 - (lambda_m + nu_k) / w_m)."""
+    from scipy.optimize import brentq
+
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, None)
+    p = _normalise_rows(p)
+    n, k = p.shape
+    target = np.asarray(target_counts, dtype=np.float64)
+    target = target * n / max(target.sum(), EPS)  # the columns must add up to the rows
+    scale = np.ones_like(p)
+    for c in range(k):
+        top = np.argsort(-p[:, c], kind="stable")[:int(alpha * target[c])]
+        if len(top):
+            scale[top, c] = (target[c] + 1e-6) / (p[top, c].sum() + 1e-6)
+    p = _normalise_rows(p * scale)
+    w = 1.0 / np.maximum(-(p * np.log(p)).sum(axis=1), 1e-6)  # confident rows weigh more, so move less
+    a = p / np.e
+    nu = np.zeros(k)
+    for _ in range(iterations):
+        col = np.exp(-nu[None, :] / w[:, None])
+        row = 1.0 / np.maximum((a * col).sum(axis=1), EPS)  # exp(-lambda_m / w_m): rows sum to 1
+        for c in range(k):
+            def excess(v, c=c):
+                return float((a[:, c] * row * np.exp(-v / w)).sum() - target[c])
+            if target[c] <= 0:
+                nu[c] = 1e6
+                continue
+            lo, hi = -1.0, 1.0
+            while excess(lo) < 0:
+                lo *= 2
+            while excess(hi) > 0:
+                hi *= 2
+            nu[c] = brentq(excess, lo, hi, xtol=1e-10)
+    col = np.exp(-nu[None, :] / w[:, None])
+    row = 1.0 / np.maximum((a * col).sum(axis=1), EPS)
+    return a * row[:, None] * col

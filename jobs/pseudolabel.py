@@ -1,10 +1,13 @@
 """spark-submit jobs/pseudolabel.py --model RUN_ID|MODEL_URI --input DIR --out OUT [--checkpoint CKPT]
     [--trigger available-now|continuous] [--max-files-per-trigger N] [--select POLICY]
+    [--adjust none|em|bbse [--adjust-tau T] [--val DIR]]
 
 Score the unlabeled pool with a base classifier from MLflow as a Structured Streaming query, and
 write pseudo-labels (OUT/labels), their class balance (OUT/balance, read by the dashboard) and a
 "pseudolabel" MLflow run. Killed and started again with the same checkpoint, it resumes: every
-image is labeled exactly once."""
+image is labeled exactly once. ``--adjust em|bbse`` corrects the predictions for the pool's class
+prior as estimated so far (EM; BBSE on a held-out labeled split) before the policy selects; the EM
+estimate (and BBSE's, when a held-out split is there) is recorded with every micro-batch either way."""
 from pipeline.cli import JobParser, run_spark_job
 from streaming.pseudolabel import run_pseudolabel, summary
 from streaming.select import POLICIES
@@ -26,6 +29,11 @@ def main(argv=None) -> dict:
     parser.flag("--select", key="pseudolabel.select", metavar="POLICY", help=f"one of {', '.join(POLICIES)}")
     parser.flag("--tau", key="pseudolabel.tau")
     parser.flag("--top-k", key="pseudolabel.top_k")
+    parser.flag("--adjust", key="pseudolabel.adjust", choices=["none", "em", "bbse"],
+                help="correct the predictions for the pool prior estimated by EM or BBSE before selecting")
+    parser.flag("--adjust-tau", key="pseudolabel.adjust_tau", metavar="T", help="p * (pi_pool / pi_labeled) ** T")
+    parser.flag("--val", key="pseudolabel.val", metavar="DIR",
+                help="held-out labeled split for BBSE; default: INPUT/../val when it has images")
     parser.flag("--experiment", key="pseudolabel.experiment", help="MLflow experiment; default: the model's")
     args, cfg = parser.resolve(argv, required={"pseudolabel.model": "--model", "pseudolabel.input": "--input DIR",
                                             "pseudolabel.out": "--out OUT"})

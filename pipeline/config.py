@@ -203,11 +203,14 @@ class PseudoLabelConfig:
     interval_s: float = 2.0  # continuous: seconds between micro-batch triggers
     timeout_s: float = 0.0  # continuous: stop after this many seconds (0: run until stopped)
     max_files_per_trigger: int = 1  # input files per micro-batch
-    select: str = "all"  # a registered selection policy: all, threshold, class_threshold, top_k_per_class
+    select: str = "all"  # a registered selection policy: all, threshold, class_threshold, top_k_per_class, crest
     tau: float = 0.95  # threshold, class_threshold: confidence threshold (of the most predicted class)
     alpha: float = 1.0  # class_threshold: tau_c = tau * (n_c / n_max) ** alpha, n_c = predictions of class c
     top_k: int = 100  # top_k_per_class: the k most confident predictions of each class
     crest_alpha: float = 3.0  # crest: keep rate mu_c = (N_(K+1-r(c)) / N_1) ** (1 / crest_alpha)
+    adjust: Literal["none", "em", "bbse"] = "none"  # correct predictions for the pool prior estimated by EM or BBSE
+    adjust_tau: float = 1.0  # the correction p * (pi_pool / pi_labeled) ** adjust_tau, before any policy
+    val: Optional[str] = None  # held-out labeled split for BBSE; None: INPUT/../val when it has images
     batch_size: int = 512  # images per forward pass
     threads_per_task: int = 1  # torch threads in each Python worker (a worker per core on local[*])
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -221,6 +224,9 @@ class PseudoLabelConfig:
             raise ConfigError(f"pseudolabel.tau must be in [0, 1], got {self.tau}")
         if self.interval_s <= 0 or self.timeout_s < 0:
             raise ConfigError("pseudolabel.interval_s must be > 0 and pseudolabel.timeout_s >= 0")
+        if self.adjust_tau < 0 or self.crest_alpha <= 0:
+            raise ConfigError(f"pseudolabel.adjust_tau must be >= 0 and pseudolabel.crest_alpha > 0, got "
+                              f"{self.adjust_tau} and {self.crest_alpha}")
 
 
 @dataclass

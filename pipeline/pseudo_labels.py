@@ -110,7 +110,9 @@ def read_balance(out: str) -> pa.Table:
             tables.append(pq.read_table(path, filesystem=fsys))
         except (OSError, pa.ArrowInvalid) as e:
             raise OutputError(f"{file}: unreadable balance file: {e}") from None
-    return pa.concat_tables(tables).sort_by([("batch_id", "ascending"), ("class_index", "ascending")])
+    # an output written before a column was added lacks it: null there
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.sort_by([("batch_id", "ascending"), ("class_index", "ascending")])
 
 
 def read_stream_info(out: str) -> dict:
@@ -138,11 +140,22 @@ def selected_pseudo_labels(out: str) -> tuple[list[str], np.ndarray, dict]:
     from streaming.select import Policy
 
     info = read_stream_info(out)
-    table = read_labels(out, columns=["id", "predicted", "confidence"])
+    policy = Policy.from_params(info["policy"])
+    corrected = policy.adjust != "none"  # the prior correction needs the probability vectors
+    table = read_labels(out, columns=["id", "predicted", "confidence"] + (["probs"] if corrected else []))
     if table.num_rows == 0:
         raise OutputError(f"{fs.normalize(out)}: no committed pseudo-labels yet")
-    predicted = table.column("predicted").to_numpy().astype(np.int64)
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in info["policy"].items()}
-    keep = Policy(**params).select(predicted, table.column("confidence").to_numpy(), len(info["class_names"]))
+    if corrected:
+        view = policy.view(probs_matrix(table))
+        predicted, keep = view.predicted, view.keep
+    else:
+        predicted = table.column("predicted").to_numpy().astype(np.int64)
+        keep = policy.select(predicted, table.column("confidence").to_numpy(), len(info["class_names"]))
     ids = table.column("id").to_pylist()
     return [i for i, k in zip(ids, keep) if k], predicted[keep], info
+
+
+def probs_matrix(table: pa.Table) -> np.ndarray:
+    """The ``probs`` column (one vector per row) as an N x C float32 matrix."""
+    values = pc.list_flatten(table.column("probs")).to_numpy().astype(np.float32)
+    return values.reshape(table.num_rows, -1) if table.num_rows else values.reshape(0, 0)

@@ -22,22 +22,42 @@ def _mean_by_class(values: np.ndarray, classes: np.ndarray, num_classes: int) ->
 
 def balance_table(batch_id: int, predicted: np.ndarray, confidence: np.ndarray, in_batch: np.ndarray,
                   class_names: Sequence[str], labeled_counts: Sequence[int], policy: Policy,
-                  latency_s: float, truth: Optional[np.ndarray] = None) -> pa.Table:
-    """One row per class (schema.BALANCE_COLUMNS). ``predicted``/``confidence`` cover every row scored
-    up to and including this micro-batch, ``in_batch`` marks this micro-batch's rows and ``truth``
-    holds the hidden label of each row (-1: unknown) or is None."""
+                  latency_s: float, truth: Optional[np.ndarray] = None, probs: Optional[np.ndarray] = None,
+                  confusion=()) -> pa.Table:
+    """One row per class (schema.BALANCE_COLUMNS). ``predicted``/``confidence`` (and ``probs``, the
+    probability vectors) cover every row scored up to and including this micro-batch, ``in_batch``
+    marks this micro-batch's rows and ``truth`` holds the hidden label of each row (-1: unknown) or
+    is None. With ``probs`` the pool prior is estimated (EM; BBSE given the held-out ``confusion``)
+    and the policy's correction, if any, applied before it selects: precision and recall are those
+    of the labels it keeps, by their corrected class."""
+    from streaming.prior import estimate_priors
+
     c = len(class_names)
     predicted = np.asarray(predicted, dtype=np.int64)
     confidence = np.asarray(confidence, dtype=np.float64)
-    keep = policy.select(predicted, confidence, c)
+    estimates = {}
+    if probs is not None:
+        estimates = estimate_priors(probs, labeled_counts, confusion)
+        view = policy.view(probs, estimates)
+        labels, keep = view.predicted, view.keep
+    elif policy.adjust != "none":
+        raise ValueError(f"policy {policy.name} corrects for the pool prior ({policy.adjust}): it needs the probabilities")
+    else:
+        labels, keep = predicted, policy.select(predicted, confidence, c)
     batch_rows = int(in_batch.sum())
+    em, bbse = estimates.get("em"), estimates.get("bbse")
     columns = {
         "batch_id": [batch_id] * c,
         "class_index": list(range(c)),
         "class_name": list(class_names),
         "batch_count": np.bincount(predicted[in_batch], minlength=c).tolist(),
         "cumulative_count": np.bincount(predicted, minlength=c).tolist(),
-        "selected_count": np.bincount(predicted[keep], minlength=c).tolist(),
+        "selected_count": np.bincount(labels[keep], minlength=c).tolist(),
+        "adjusted_count": np.bincount(labels, minlength=c).tolist(),
+        "prior_em": [None] * c if em is None else em.prior.tolist(),
+        "prior_bbse": [None] * c if bbse is None else bbse.prior.tolist(),
+        "em_iterations": [None if em is None else em.iterations] * c,
+        "bbse_condition": [None if bbse is None else bbse.condition] * c,
         "batch_mean_confidence": _mean_by_class(confidence[in_batch], predicted[in_batch], c),
         "mean_confidence": _mean_by_class(confidence, predicted, c),
         "labeled_count": [int(n) for n in labeled_counts],
@@ -52,8 +72,8 @@ def balance_table(batch_id: int, predicted: np.ndarray, confidence: np.ndarray, 
         truth = np.asarray(truth, dtype=np.int64)
         known = truth >= 0
         true_count = np.bincount(truth[known], minlength=c)
-        right = np.bincount(predicted[keep & known & (predicted == truth)], minlength=c)
-        kept = np.bincount(predicted[keep & known], minlength=c)
+        right = np.bincount(labels[keep & known & (labels == truth)], minlength=c)
+        kept = np.bincount(labels[keep & known], minlength=c)
         columns["true_count"] = true_count.tolist()
         columns["precision"] = [float(r / k) if k else None for r, k in zip(right, kept)]
         columns["recall"] = [float(r / t) if t else None for r, t in zip(right, true_count)]
@@ -93,10 +113,34 @@ def balance_metrics(table: pa.Table) -> dict[str, float]:
         name = metric_name(r["class_name"])
         metrics[f"pl_count_{name}"] = r["cumulative_count"]
         metrics[f"pl_selected_{name}"] = r["selected_count"]
-        for key in ("mean_confidence", "precision", "recall"):
-            if r[key] is not None:
-                metrics[f"pl_{key}_{name}"] = r[key]
+        for key in ("adjusted_count", "prior_em", "prior_bbse", "mean_confidence", "precision", "recall"):
+            if r.get(key) is not None:
+                metrics[f"pl_{key.removesuffix('_count')}_{name}"] = r[key]
     precision = overall_precision(rows)
     if precision is not None:
         metrics["pl_precision"] = precision
+    if first.get("bbse_condition") is not None:
+        metrics["pl_bbse_condition"] = first["bbse_condition"]
+    metrics.update(prior_errors(rows))
     return {k: v for k, v in metrics.items() if np.isfinite(v)}
+
+
+def prior_errors(rows: list[dict]) -> dict[str, float]:
+    """How far the pool-prior estimates (EM, BBSE, and the labeled split's distribution that plain
+    self-training assumes) are from the hidden truth (L1 and KL(truth || estimate)), and the KL of
+    the kept labels' distribution from the EM estimate: {metric: value}, from one batch's rows."""
+    from streaming.prior import divergences
+
+    out = {}
+    kept = np.array([r["selected_count"] for r in rows], dtype=np.float64)
+    em = [r.get("prior_em") for r in rows]
+    if None not in em and kept.sum() > 0:
+        out["pl_kl_selected_em"] = divergences(kept, np.array(em))[1]
+    if rows[0]["true_count"] is None or sum(r["true_count"] for r in rows) == 0:
+        return out
+    truth = np.array([r["true_count"] for r in rows], dtype=np.float64)
+    for name, key in (("em", "prior_em"), ("bbse", "prior_bbse"), ("labeled", "labeled_count")):
+        estimate = [r.get(key) for r in rows]
+        if None not in estimate:
+            out[f"pl_prior_l1_{name}"], out[f"pl_prior_kl_{name}"] = divergences(truth, np.array(estimate, dtype=float))
+    return out

@@ -6,7 +6,8 @@ writes to OUT/balance, refreshed every few seconds.
 It shows pseudo-label counts per class (cumulative and latest micro-batch) next to the labeled
 split's counts and the hidden true counts, the imbalance ratio over time, mean confidence per class,
 the confidence histogram, rows/s and latency, per-class precision/recall when the truth is known,
-and which model, policy and input the stream uses. Nothing yet: a "waiting for data" state; an
+the pool's class distribution as EM and BBSE estimate it against the assumed (labeled) one, the
+kept labels' and the true one, with the estimates' error over the micro-batches, and which model, policy and input the stream uses. Nothing yet: a "waiting for data" state; an
 unreadable table: an error panel, and the page keeps polling."""
 from __future__ import annotations
 
@@ -94,8 +95,52 @@ def figures(data: dict, log_scale: bool = False) -> dict:
                              go.Bar(name="recall", x=names, y=last.recall.tolist())])
         quality.update_layout(barmode="group", title="Kept pseudo-labels against the hidden truth",
                               yaxis_range=[0, 1])
+    prior, prior_error = prior_figures(table, last, names)
     return {"counts": counts, "latest": latest, "ratio": ratio, "confidence": confidence,
-            "histogram": histogram, "speed": speed, "quality": quality}
+            "histogram": histogram, "speed": speed, "quality": quality, "prior": prior, "prior_error": prior_error}
+
+
+def _share(values) -> list[float]:
+    total = float(sum(values))
+    return [float(v) / total if total else 0.0 for v in values]
+
+
+def prior_figures(table: pd.DataFrame, last: pd.DataFrame, names: list[str]):
+    """The pool's class distribution as estimated (EM, BBSE) against what plain self-training
+    assumes (the labeled split's), the kept labels' and, when known, the hidden truth; and the
+    estimates' L1 error over the micro-batches. (None, None) for an output without estimates."""
+    import plotly.graph_objects as go
+
+    if "prior_em" not in last or last.prior_em.isna().all():
+        return None, None
+    prior = go.Figure()
+    series = [("assumed: labeled split", _share(last.labeled_count), COLORS["labeled"]),
+              ("EM estimate", last.prior_em.tolist(), "#e45756"),
+              ("BBSE estimate", last.prior_bbse.tolist() if last.prior_bbse.notna().all() else None, "#b279a2"),
+              ("kept pseudo-labels", _share(last.selected_count), COLORS["selected"]),
+              ("hidden truth", _share(last.true_count) if last.true_count.notna().all() else None, COLORS["true"])]
+    for name, values, color in series:
+        if values is not None:
+            prior.add_bar(name=name, x=names, y=values, marker_color=color)
+    prior.update_layout(barmode="group", title="Class distribution of the pool: estimated, assumed, kept",
+                        legend_orientation="h", yaxis_title="share")
+    error = go.Figure()
+    if last.true_count.notna().all():
+        from streaming.prior import divergences
+
+        for name, column in (("EM", "prior_em"), ("BBSE", "prior_bbse"), ("assumed (labeled)", "labeled_count"),
+                             ("kept labels", "selected_count")):
+            points = [(b, divergences(g.true_count.to_numpy(float), g[column].to_numpy(float))[0])
+                      for b, g in table.groupby("batch_id") if g[column].notna().all() and g.true_count.sum() > 0]
+            if points:
+                error.add_scatter(x=[b for b, _ in points], y=[e for _, e in points], mode="lines+markers", name=name)
+        error.update_layout(title="L1 distance to the pool's true class distribution", xaxis_title="micro-batch",
+                            legend_orientation="h")
+    else:
+        for c, g in table.groupby("class_index"):
+            error.add_scatter(x=g.batch_id, y=g.prior_em, mode="lines", name=g.class_name.iloc[0])
+        error.update_layout(title="EM estimate of the pool prior over micro-batches", xaxis_title="micro-batch")
+    return prior, error
 
 
 def headline(data: dict) -> dict[str, str]:
@@ -109,7 +154,19 @@ def headline(data: dict) -> dict[str, str]:
     return {"scored": f"{int(rows[0]['cumulative_rows'])}", "images/s": f"{rows[0]['rows_per_s']:.0f}",
             "last micro-batch": f"{rows[0]['latency_s']:.2f} s", "kept": f"{sum(kept)}",
             "imbalance of kept": f"{ratio:.1f}" if math.isfinite(ratio) else "inf (a class has none)",
-            "precision of kept": "-" if precision is None else f"{100 * precision:.1f}%"}
+            "precision of kept": "-" if precision is None else f"{100 * precision:.1f}%",
+            **pool_prior_error(rows)}
+
+
+def pool_prior_error(rows: list[dict]) -> dict[str, str]:
+    """The header's estimate figure: the EM estimate's L1 distance to the hidden truth (and the
+    assumed labeled distribution's, for scale), when both are known."""
+    from streaming.balance import prior_errors
+
+    if not rows or pd.isna(rows[0].get("prior_em", float("nan"))) or pd.isna(rows[0]["true_count"]):
+        return {}
+    errors = prior_errors(rows)
+    return {"pool prior L1 EM/assumed": f"{errors['pl_prior_l1_em']:.2f} / {errors['pl_prior_l1_labeled']:.2f}"}
 
 
 def describe(data: dict) -> list[str]:
@@ -138,7 +195,7 @@ def run_page(mlflow_ui: str, info: dict) -> str:
     return f"{mlflow_ui}/#/{path}?workflowType=machine_learning"
 
 
-GRAPH_HEIGHT = 290  # px: three rows of charts fit a 1600 x 1000 screen under the header
+GRAPH_HEIGHT = 290  # px: two rows of four charts fit a 1600 x 1000 screen under the header
 CARD = {"border": "1px solid #ddd", "borderRadius": "6px", "padding": "6px 14px", "minWidth": "120px"}
 
 
@@ -146,7 +203,7 @@ def create_app(balance_dir: str, interval_s: float = 2.0, mlflow_ui: str = "http
     from dash import Dash, Input, Output, dcc, html
 
     app = Dash(__name__, title="Pseudo-label balance")
-    graph_ids = ("counts", "latest", "ratio", "confidence", "histogram", "speed", "quality")
+    graph_ids = ("counts", "prior", "prior_error", "latest", "ratio", "confidence", "histogram", "speed", "quality")
     app.layout = html.Div([
         html.Div([html.H3("Pseudo-label class balance", style={"margin": "0 16px 0 0"}),
                   html.Div(id="status", style={"fontWeight": "bold"}),
@@ -156,7 +213,7 @@ def create_app(balance_dir: str, interval_s: float = 2.0, mlflow_ui: str = "http
         html.Div(id="figures", style={"display": "flex", "gap": "10px", "margin": "6px 0", "flexWrap": "wrap"}),
         html.Div(id="header", style={"fontSize": "12px", "color": "#555"}),
         html.Div([dcc.Graph(id=g, style={"display": "none"}, config={"displayModeBar": False}) for g in graph_ids],
-                 style={"display": "grid", "gridTemplateColumns": "repeat(3, minmax(0, 1fr))", "gap": "4px"}),
+                 style={"display": "grid", "gridTemplateColumns": "repeat(4, minmax(0, 1fr))", "gap": "4px"}),
         dcc.Interval(id="tick", interval=int(interval_s * 1000)),
     ], style={"fontFamily": "sans-serif", "margin": "8px 16px"})
 

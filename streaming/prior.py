@@ -70,9 +70,33 @@ def bbse_prior(probs: np.ndarray, train_prior: Optional[np.ndarray] = None, *, v
     """Lipton et al. (2018), soft form: mean_x p(x) over the pool = C q, solved by least squares,
     negative entries clipped, renormalised."""
     probs = np.asarray(probs, dtype=np.float64)
-    c = confusion(val_probs, val_labels, probs.shape[1])
-    q, *_ = np.linalg.lstsq(c, probs.mean(axis=0), rcond=None)
-    return Estimate(_prior(q), 0, float(np.linalg.cond(c)))
+    return estimate_priors(probs, (), confusion(val_probs, val_labels, probs.shape[1]), only="bbse")["bbse"]
+
+
+def estimate_priors(probs: np.ndarray, labeled_counts, confusion=(), only: Optional[str] = None) -> dict:
+    """{estimator name: Estimate} of the pool prior from its rows' probabilities: EM always, BBSE
+    when the held-out ``confusion`` matrix is known (``only``: just that one)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    out = {}
+    if len(probs) == 0:
+        return out
+    if only in (None, "em"):
+        out["em"] = em_prior(probs, np.asarray(labeled_counts, dtype=np.float64))
+    if only in (None, "bbse") and len(confusion):
+        c = np.asarray(confusion, dtype=np.float64)
+        q, *_ = np.linalg.lstsq(c, probs.mean(axis=0), rcond=None)
+        out["bbse"] = Estimate(_prior(q), 0, float(np.linalg.cond(c)))
+    if only is not None and only not in out:
+        raise ValueError(f"cannot estimate the pool prior by {only!r}" +
+                         (": BBSE needs the confusion matrix of a held-out labeled split" if only == "bbse" else ""))
+    return out
+
+
+def divergences(truth: np.ndarray, estimate: np.ndarray) -> tuple[float, float]:
+    """(L1 distance, KL(truth || estimate)) of two class distributions."""
+    t, e = _prior(truth), _prior(estimate)
+    kl = float(np.sum(np.where(t > 0, t * np.log(np.maximum(t, EPS) / np.maximum(e, EPS)), 0.0)))
+    return float(np.abs(t - e).sum()), kl
 
 
 def adjust(probs: np.ndarray, pool_prior: np.ndarray, train_prior: np.ndarray, tau: float = 1.0) -> np.ndarray:

@@ -19,8 +19,9 @@ from pipeline import fs, schema
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.provenance import git_commit, stamp
+from pipeline.pseudo_labels import probs_matrix
 from streaming import sinks
-from streaming.balance import balance_metrics, balance_table, imbalance_ratio, overall_precision
+from streaming.balance import balance_metrics, balance_table, imbalance_ratio, overall_precision, prior_errors
 from streaming.score import ERROR, ScoringModel, resolve, score
 from streaming.select import Policy, from_config
 
@@ -63,6 +64,41 @@ def load_truth(path: Optional[str]) -> Optional[dict[str, int]]:
 
     table = read_table(path, columns=["id", "label"])
     return dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist()))
+
+
+def val_path(cfg) -> Optional[str]:
+    """The held-out labeled split BBSE calibrates on: ``pseudolabel.val``, else the pool's sibling
+    ``val`` split of jobs/longtail.py when it holds images (longtail.val_per_class > 0), else None."""
+    if cfg.val:
+        if not fs.exists(cfg.val):
+            raise StreamError(f"pseudolabel.val: {fs.normalize(cfg.val)} does not exist")
+        return fs.normalize(cfg.val)
+    sibling = fs.join(posixpath.dirname(fs.normalize(cfg.input).rstrip("/")), "val")
+    if not fs.exists(sibling):
+        return None
+    files = [fs.join(sibling, p) for p, _ in fs.list_files(sibling) if p.endswith(".parquet")]
+    return sibling if unreadable_files(files)[1] > 0 else None  # jobs/longtail.py writes an empty one by default
+
+
+def held_out_confusion(spark, model: ScoringModel, path: str, num_classes: int) -> dict:
+    """BBSE's soft confusion matrix: the model's mean probabilities on the held-out labeled images
+    of each class (streaming.prior.confusion), scored once when the stream starts."""
+    from pyspark.sql import functions as F
+
+    from streaming.prior import confusion
+
+    images = spark.read.parquet(fs.spark_path(path))
+    rows = (score(images, model).filter(F.col(ERROR).isNull()).join(images.select("id", "label"), "id")
+            .select("id", "label", "probs").orderBy("id").collect())
+    if not rows:
+        raise StreamError(f"BBSE: no scorable labeled image in the held-out split {path}")
+    try:
+        c = confusion(np.array([r["probs"] for r in rows], dtype=np.float64), np.array([r["label"] for r in rows]),
+                      num_classes)
+    except ValueError as e:
+        raise StreamError(f"BBSE on the held-out split {path}: {e}") from None
+    return {"val": path, "val_rows": len(rows), "val_ids_sha256": input_identity(path),
+            "confusion": c.tolist(), "condition": float(np.linalg.cond(c))}
 
 
 def input_identity(input_dir: str) -> Optional[str]:
@@ -176,13 +212,22 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     from_config(p)  # an unknown policy fails before any work
     model = resolve(p.model, p.device, p.batch_size, p.threads_per_task)
     base = base_run(model)
-    policy = from_config(p, base["manifest"]["class_counts"]["labeled"])
     if not fs.exists(p.input):
         raise StreamError(f"pseudolabel.input: {fs.normalize(p.input)} does not exist")
     out = fs.normalize(p.out)
     checkpoint = fs.normalize(p.checkpoint) if p.checkpoint else fs.join(out, "_checkpoint")
-    info = _stream_info(cfg, model, policy, base, truth_path(p), checkpoint)
     previous = sinks.read_stream_info(out) if fs.exists(fs.join(out, sinks.STREAM)) else None
+    held_out = val_path(p)
+    if p.adjust == "bbse" and held_out is None:
+        raise StreamError("pseudolabel.adjust=bbse needs a held-out labeled split: make the splits with "
+                          "longtail.val_per_class > 0, or give pseudolabel.val")
+    bbse = None
+    if held_out is not None:  # a restart keeps the matrix it started with (a re-score could differ in the last bit)
+        same = previous and (previous.get("bbse") or {}).get("val") == held_out and previous.get("model_run_id") == model.run_id
+        bbse = previous["bbse"] if same else held_out_confusion(spark, model, held_out, len(base["manifest"]["class_names"]))
+    policy = from_config(p, base["manifest"]["class_counts"]["labeled"], bbse["confusion"] if bbse else ())
+    info = _stream_info(cfg, model, policy, base, truth_path(p), checkpoint)
+    info["bbse"] = bbse
     if previous:
         _check_same_stream(previous, info, out)
     claim_checkpoint(checkpoint, out)
@@ -200,9 +245,10 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     info.update(run_id=tracker.run_id, **({"created_at": previous["created_at"]} if previous else stamp()))
     fs.write_json_atomic(fs.join(out, sinks.STREAM), info)
     if not previous:
-        tracker.log_params({"pseudolabel": {k: v for k, v in vars(p).items() if k not in ("select", "tau", "alpha",
-                                                                                          "top_k")},
-                            "policy": policy.params(), "git_commit": git_commit(), "base_run_id": model.run_id})
+        policy_keys = ("select", "tau", "alpha", "top_k", "crest_alpha", "adjust", "adjust_tau")
+        tracker.log_params({"pseudolabel": {k: v for k, v in vars(p).items() if k not in policy_keys},
+                            "policy": {k: v for k, v in policy.params().items() if k != "confusion"},
+                            "git_commit": git_commit(), "base_run_id": model.run_id})
         tracker.log_dict(info, "stream.json")
 
     def process(batch_df, batch_id: int) -> None:
@@ -226,12 +272,12 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
                                        f"declare could not be read: {', '.join(map(fs.normalize, files))}"})
         sinks.write_rejected(out, batch_id, rejected)
         latency = time.time() - started
-        labels = sinks.read_labels(out, upto=batch_id, columns=["id", "predicted", "confidence"])
+        labels = sinks.read_labels(out, upto=batch_id, columns=["id", "predicted", "confidence", "probs"])
         in_batch = labels.column(schema.LABEL_BATCH).to_numpy() == batch_id
         hidden = None if truth is None else np.array([truth.get(i, -1) for i in labels.column("id").to_pylist()])
         table = balance_table(batch_id, labels.column("predicted").to_numpy(),
                               labels.column("confidence").to_numpy(), in_batch, names, labeled, policy,
-                              latency, hidden)
+                              latency, hidden, probs_matrix(labels), bbse["confusion"] if bbse else ())
         sinks.write_balance(out, batch_id, table)
         logged = tracker.last_step("pl_rows_total")
         if logged is None or batch_id > logged:  # a replayed batch is not logged twice
@@ -310,6 +356,10 @@ def summary_of(out: str, info: dict) -> dict:
     precision = overall_precision(rows)
     if precision is not None:
         result["precision"] = precision
+    for key in ("prior_em", "prior_bbse"):
+        if rows[0].get(key) is not None:
+            result[key] = [round(r[key], 4) for r in rows]
+    result.update({k: v for k, v in prior_errors(rows).items() if k.startswith("pl_prior_l1")})
     return result
 
 

@@ -11,10 +11,17 @@ balance and the semi-supervised trainer apply the very same rule to the very sam
 * ``crest``: CReST (Wei et al. 2021): of the predictions of class c, the floor(|P_c| mu_c) most
   confident, mu_c = (N_(K+1-r(c)) / N_1)^(1/alpha) by the class's rank r(c) in the labeled counts
   (streaming.prior.crest_rates; alpha = ``crest_alpha``, 3 by default).
+
+Every policy can first correct the predictions for the pool's estimated class prior (``adjust``:
+``em`` or ``bbse``, see streaming.prior): p~ proportional to p (pi_u / pi_labeled)^adjust_tau, then
+the policy keeps rows by the corrected class and confidence (``Policy.view``, from the probability
+vectors). The estimate is a pure function of every row scored so far, so a replay, a restart and
+the trainer reading the output all recompute the same one.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -30,22 +37,67 @@ class Policy:
     alpha: float = 1.0
     top_k: int = 100
     crest_alpha: float = 3.0
-    labeled_counts: tuple = ()  # crest: the labeled split's class counts
+    labeled_counts: tuple = ()  # crest and adjust: the labeled split's class counts
+    adjust: str = "none"  # correct the predictions for the pool prior estimated by: none, em, bbse
+    adjust_tau: float = 1.0  # the correction's exponent
+    confusion: tuple = ()  # bbse: the soft confusion matrix on the held-out labeled split (rows of tuples)
 
     def params(self) -> dict:
         """The policy and only the parameters it uses: what is recorded with the output."""
         used = {"all": (), "threshold": ("tau",), "class_threshold": ("tau", "alpha"),
                 "top_k_per_class": ("top_k",), "crest": ("crest_alpha", "labeled_counts")}[self.name]
+        if self.adjust != "none":
+            used += ("adjust", "adjust_tau", "labeled_counts") + (("confusion",) if self.adjust == "bbse" else ())
         out = {k: v for k, v in asdict(self).items() if k in used}
-        return {"name": self.name, **{k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}}
+        return {"name": self.name, **{k: _lists(v) for k, v in out.items()}}
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Policy":
+        """The policy ``params()`` recorded (lists back to tuples)."""
+        return cls(**{k: _tuples(v) for k, v in params.items()})
 
     def select(self, predicted: np.ndarray, confidence: np.ndarray, num_classes: int) -> np.ndarray:
         return POLICIES.get(self.name)(np.asarray(predicted), np.asarray(confidence), num_classes, self)
 
+    def view(self, probs: np.ndarray, estimates: Optional[dict] = None) -> "View":
+        """The pseudo-labels of rows with class probabilities ``probs`` (N x C, every row scored so
+        far, in scoring order): corrected for the pool prior when ``adjust`` asks, then selected.
+        ``estimates`` may hold the prior estimates already made of these very rows."""
+        from streaming.prior import adjust, estimate_priors
 
-def from_config(cfg, labeled_counts=()) -> Policy:
+        probs = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
+        prior = None
+        if self.adjust != "none":
+            estimates = estimates if estimates and self.adjust in estimates else estimate_priors(
+                probs, self.labeled_counts, self.confusion, only=self.adjust)
+            prior = estimates[self.adjust].prior
+            probs = adjust(probs, prior, np.asarray(self.labeled_counts, dtype=np.float64), self.adjust_tau)
+        # float32 like the stored predicted/confidence columns: without a correction, the same values
+        probs = probs.astype(np.float32)
+        predicted = probs.argmax(axis=1).astype(np.int64) if len(probs) else np.zeros(0, np.int64)
+        confidence = probs.max(axis=1) if len(probs) else np.zeros(0, np.float32)
+        return View(predicted, confidence, self.select(predicted, confidence, probs.shape[1]), prior)
+
+
+class View(NamedTuple):
+    predicted: np.ndarray  # the (corrected) predicted class of every row
+    confidence: np.ndarray  # its (corrected) probability
+    keep: np.ndarray  # the policy's keep mask
+    prior: Optional[np.ndarray]  # the pool prior the predictions were corrected with, or None
+
+
+def _lists(v):
+    return [_lists(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, (tuple, list)) else v
+
+
+def from_config(cfg, labeled_counts=(), confusion=()) -> Policy:
     POLICIES.get(cfg.select)  # an unknown name fails here, before any work
-    return Policy(cfg.select, cfg.tau, cfg.alpha, cfg.top_k, cfg.crest_alpha, tuple(labeled_counts))
+    return Policy(cfg.select, cfg.tau, cfg.alpha, cfg.top_k, cfg.crest_alpha, tuple(labeled_counts), cfg.adjust,
+                  cfg.adjust_tau, _tuples(confusion) if cfg.adjust == "bbse" else ())
 
 
 @POLICIES.register("all")

@@ -116,7 +116,12 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
         assert ticks == names
         # the main charts fit one 1600 x 1000 screen, no scrolling
         height, width = driver.execute_script("return [window.innerHeight, window.innerWidth];")
-        for chart in ("counts", "latest", "ratio", "confidence", "histogram", "speed"):
+        # the pool's estimated class distribution (EM, every micro-batch) beside the assumed and true ones
+        assert driver.find_element("id", "prior").is_displayed() and driver.find_element("id", "prior_error").is_displayed()
+        traces = driver.execute_script("return document.getElementById('prior')"
+                                       ".getElementsByClassName('js-plotly-plot')[0].data.map(function (t) { return t.name; });")
+        assert {"assumed: labeled split", "EM estimate", "hidden truth"} <= set(traces)
+        for chart in ("counts", "prior", "prior_error", "latest", "ratio", "confidence", "histogram", "speed"):
             rect = driver.find_element("id", chart).rect
             assert rect["y"] + rect["height"] <= height + 1 and rect["x"] + rect["width"] <= width + 1, (chart, rect)
         shot = Path(os.environ.get("DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))

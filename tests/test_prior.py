@@ -93,3 +93,57 @@ def test_darp_meets_its_constraints_and_moves_confident_rows_least():
     entropy = -(pool * np.log(np.clip(pool, 1e-12, None))).sum(1)
     confident, unsure = entropy < np.quantile(entropy, 0.2), entropy > np.quantile(entropy, 0.8)
     assert kl[confident].mean() < kl[unsure].mean()
+
+
+# --- the correction inside the selection policies and the balance table ------------------------
+
+def test_a_policy_corrected_by_em_labels_a_reversed_pool_closer_to_its_truth():
+    from streaming.balance import balance_table, prior_errors
+    from streaming.select import Policy
+
+    rng = np.random.default_rng(3)
+    reversed_prior = TRAIN_PRIOR[::-1]
+    pool, y = draw(reversed_prior, 10_000, rng)
+    counts = tuple(int(n) for n in 1000 * TRAIN_PRIOR)
+    raw = Policy("all").view(pool)
+    fixed = Policy("all", labeled_counts=counts, adjust="em").view(pool)
+    assert raw.prior is None and np.abs(fixed.prior - reversed_prior).sum() < 0.04
+    assert (fixed.predicted == y).mean() > (raw.predicted == y).mean() + 0.05
+    assert np.allclose(fixed.predicted, adjust(pool, fixed.prior, TRAIN_PRIOR).argmax(1))
+    # without a correction the view is the stored argmax / max, bit for bit
+    p32 = pool.astype(np.float32)
+    assert (raw.predicted == p32.argmax(1)).all() and (raw.confidence == p32.max(1)).all()
+
+    names = [f"c{k}" for k in range(K)]
+    table = balance_table(0, p32.argmax(1), p32.max(1), np.ones(len(y), bool), names, counts,
+                          Policy("threshold", tau=0.5, labeled_counts=counts, adjust="em"), 1.0, y, pool).to_pylist()
+    assert [r["prior_em"] for r in table] == pytest.approx(fixed.prior.tolist())
+    assert [r["adjusted_count"] for r in table] == np.bincount(fixed.predicted, minlength=K).tolist()
+    view = Policy("threshold", tau=0.5, labeled_counts=counts, adjust="em").view(pool)
+    assert [r["selected_count"] for r in table] == np.bincount(view.predicted[view.keep], minlength=K).tolist()
+    right = view.keep & (view.predicted == y)
+    assert table[0]["precision"] == pytest.approx(right[view.predicted == 0].sum() / (view.keep & (view.predicted == 0)).sum())
+    errors = prior_errors(table)
+    assert errors["pl_prior_l1_em"] < 0.25 * errors["pl_prior_l1_labeled"]  # "pool = labeled" is far off
+    assert errors["pl_prior_kl_em"] >= 0 and "pl_kl_selected_em" in errors
+
+
+def test_bbse_correction_is_recorded_with_its_matrix_and_replayed_from_the_record():
+    from streaming.prior import confusion
+    from streaming.select import Policy
+
+    rng = np.random.default_rng(4)
+    pool, _ = draw(np.full(K, 0.2), 5_000, rng)
+    val, val_y = draw(np.full(K, 0.2), 2_000, rng)
+    c = confusion(val, val_y, K)
+    policy = Policy("top_k_per_class", top_k=50, labeled_counts=(50, 25, 13, 8, 4), adjust="bbse",
+                    confusion=tuple(map(tuple, c)))
+    params = policy.params()
+    assert set(params) == {"name", "top_k", "labeled_counts", "adjust", "adjust_tau", "confusion"}
+    again = Policy.from_params(params)
+    assert again == policy
+    a, b = policy.view(pool), again.view(pool)
+    assert (a.keep == b.keep).all() and (a.predicted == b.predicted).all()
+    assert "confusion" not in Policy("all").params() and Policy("all").params() == {"name": "all"}
+    with pytest.raises(ValueError, match="confusion matrix of a held-out"):
+        Policy("all", labeled_counts=(1,) * K, adjust="bbse").view(pool)

@@ -402,3 +402,39 @@ def test_crest_policy_is_recorded_with_its_counts_and_selects_by_rank():
     keep = policy.select(predicted, np.linspace(0, 1, 20), 3)
     # class 1 is the head (rank 1): mu = (10 / 1000)^(1/3) ~ 0.215 -> 2 of 10; class 0 the rarest: all 10
     assert keep[:10].sum() == 2 and keep[10:].all() and keep[8] and keep[9]
+
+
+def test_a_prior_corrected_stream_records_em_and_bbse_and_the_trainer_keeps_what_it_counted(spark, base, tmp_path):
+    from pipeline.pseudo_labels import selected_pseudo_labels
+
+    out = tmp_path / "pl-em"
+    held_out = base["splits"] / "test"  # labeled and not trained on: BBSE's held-out split here
+    result = pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"),
+                                   "--out", str(out), "--select", "threshold", "--tau", "0.5",
+                                   "--adjust", "bbse", "--val", str(held_out)])
+    info = sinks.read_stream_info(str(out))
+    assert info["bbse"]["val"] == str(held_out) and info["bbse"]["val_rows"] > 0
+    assert info["policy"]["adjust"] == "bbse" and info["policy"]["confusion"] == info["bbse"]["confusion"]
+    balance = sinks.read_balance(str(out)).to_pandas()
+    last = balance[balance.batch_id == balance.batch_id.max()]
+    assert last.prior_em.sum() == pytest.approx(1.0) and last.prior_bbse.sum() == pytest.approx(1.0)
+    assert (last.em_iterations >= 1).all() and (last.bbse_condition >= 1).all()
+    assert last.adjusted_count.sum() == 600
+    ids, labels, _ = selected_pseudo_labels(str(out))  # the trainer's reading: the very rows the stream counted
+    assert np.bincount(labels, minlength=len(last)).tolist() == last.selected_count.tolist() and len(ids) == len(labels)
+    assert result["prior_bbse"] == pytest.approx(last.prior_bbse.round(4).tolist())
+    metrics = mlflow.get_run(result["run_id"]).data.metrics
+    assert {"pl_prior_l1_em", "pl_prior_l1_bbse", "pl_prior_l1_labeled", "pl_bbse_condition"} <= set(metrics)
+
+    # a restart with another correction is another stream
+    with pytest.raises(SystemExit):
+        pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"),
+                              "--out", str(out), "--select", "threshold", "--tau", "0.5", "--adjust", "em",
+                              "--val", str(held_out)])
+
+
+def test_bbse_without_a_held_out_split_is_refused_before_any_work(spark, base, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"),
+                              "--out", str(tmp_path / "pl"), "--adjust", "bbse"])
+    assert "val_per_class" in capsys.readouterr().err and not (tmp_path / "pl").exists()

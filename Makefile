@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study cluster-check clean
+.PHONY: venv demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study prior-study cluster-check clean
 
 venv: $(VENV)/.installed
 
@@ -92,6 +92,9 @@ bench-stream: venv  # streaming pseudo-label throughput and latency on CIFAR-10-
 EPOCHS ?= 15
 study: venv  # CIFAR-10-LT through the real jobs: 4 recipes, then SSP, streaming pseudo-labels, semi (EPOCHS=15)
 	$(PY) bench/study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS)
+
+prior-study: venv  # pool-prior estimation and pseudo-label selection on CIFAR-10-LT, 3 pool shapes (EPOCHS=15)
+	$(PY) bench/prior_study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS)
 
 bench-equal-budget: venv  # this project vs the reference code, same budget, 3 seeds each (EPOCHS=15)
 	$(PY) bench/equal_budget.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS) --methods ce,ldam_drw

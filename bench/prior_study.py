@@ -33,6 +33,7 @@ from study import SEMI, Study  # noqa: E402
 
 POOLS = {"100": "same as labeled (gamma_u 100)", "1": "uniform (gamma_u 1)", "-100": "reversed (gamma_u -100)"}
 POLICIES = [("all", {}), ("all", {"adjust": "em"}), ("all", {"adjust": "bbse"}),
+            ("all", {"adjust": "em", "adjust_tau": 0.0, "refine": "darp"}),
             ("threshold", {"tau": 0.95}), ("threshold", {"tau": 0.95, "adjust": "em"}),
             ("crest", {"crest_alpha": 3.0}), ("crest", {"crest_alpha": 3.0, "adjust": "em"})]
 

@@ -1,6 +1,6 @@
 """spark-submit jobs/pseudolabel.py --model RUN_ID|MODEL_URI --input DIR --out OUT [--checkpoint CKPT]
     [--trigger available-now|continuous] [--max-files-per-trigger N] [--select POLICY]
-    [--adjust none|em|bbse [--adjust-tau T] [--val DIR]]
+    [--adjust none|em|bbse [--adjust-tau T] [--refine darp] [--val DIR]]
 
 Score the unlabeled pool with a base classifier from MLflow as a Structured Streaming query, and
 write pseudo-labels (OUT/labels), their class balance (OUT/balance, read by the dashboard) and a
@@ -32,6 +32,8 @@ def main(argv=None) -> dict:
     parser.flag("--adjust", key="pseudolabel.adjust", choices=["none", "em", "bbse"],
                 help="correct the predictions for the pool prior estimated by EM or BBSE before selecting")
     parser.flag("--adjust-tau", key="pseudolabel.adjust_tau", metavar="T", help="p * (pi_pool / pi_labeled) ** T")
+    parser.flag("--refine", key="pseudolabel.refine", choices=["none", "darp"],
+                help="darp: refine the soft labels to the estimated class counts before selecting (with --adjust)")
     parser.flag("--val", key="pseudolabel.val", metavar="DIR",
                 help="held-out labeled split for BBSE; default: INPUT/../val when it has images")
     parser.flag("--experiment", key="pseudolabel.experiment", help="MLflow experiment; default: the model's")

@@ -211,6 +211,8 @@ class PseudoLabelConfig:
     adjust: Literal["none", "em", "bbse"] = "none"  # correct predictions for the pool prior estimated by EM or BBSE
     adjust_tau: float = 1.0  # the correction p * (pi_pool / pi_labeled) ** adjust_tau, before any policy
     val: Optional[str] = None  # held-out labeled split for BBSE; None: INPUT/../val when it has images
+    refine: Literal["none", "darp"] = "none"  # darp: refine the soft labels to the estimated counts (needs adjust)
+    darp_alpha: float = 2.0  # darp's pre-step: the alpha * target_k rows most confident in class k
     batch_size: int = 512  # images per forward pass
     threads_per_task: int = 1  # torch threads in each Python worker (a worker per core on local[*])
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -224,6 +226,9 @@ class PseudoLabelConfig:
             raise ConfigError(f"pseudolabel.tau must be in [0, 1], got {self.tau}")
         if self.interval_s <= 0 or self.timeout_s < 0:
             raise ConfigError("pseudolabel.interval_s must be > 0 and pseudolabel.timeout_s >= 0")
+        if self.refine != "none" and self.adjust == "none":
+            raise ConfigError(f"pseudolabel.refine={self.refine} aligns the labels to an estimated pool prior: "
+                              f"set pseudolabel.adjust to em or bbse (adjust_tau=0 to use the estimate for it alone)")
         if self.adjust_tau < 0 or self.crest_alpha <= 0:
             raise ConfigError(f"pseudolabel.adjust_tau must be >= 0 and pseudolabel.crest_alpha > 0, got "
                               f"{self.adjust_tau} and {self.crest_alpha}")

@@ -245,7 +245,7 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     info.update(run_id=tracker.run_id, **({"created_at": previous["created_at"]} if previous else stamp()))
     fs.write_json_atomic(fs.join(out, sinks.STREAM), info)
     if not previous:
-        policy_keys = ("select", "tau", "alpha", "top_k", "crest_alpha", "adjust", "adjust_tau")
+        policy_keys = ("select", "tau", "alpha", "top_k", "crest_alpha", "adjust", "adjust_tau", "refine", "darp_alpha")
         tracker.log_params({"pseudolabel": {k: v for k, v in vars(p).items() if k not in policy_keys},
                             "policy": {k: v for k, v in policy.params().items() if k != "confusion"},
                             "git_commit": git_commit(), "base_run_id": model.run_id})

@@ -15,7 +15,9 @@ balance and the semi-supervised trainer apply the very same rule to the very sam
 Every policy can first correct the predictions for the pool's estimated class prior (``adjust``:
 ``em`` or ``bbse``, see streaming.prior): p~ proportional to p (pi_u / pi_labeled)^adjust_tau, then
 the policy keeps rows by the corrected class and confidence (``Policy.view``, from the probability
-vectors). The estimate is a pure function of every row scored so far, so a replay, a restart and
+vectors). ``refine = darp`` then refines those soft labels to the estimated class counts (DARP,
+Kim et al. 2020, over every row so far) before the policy selects; ``adjust_tau = 0`` uses the
+estimate for DARP alone. The estimate is a pure function of every row scored so far, so a replay, a restart and
 the trainer reading the output all recompute the same one.
 """
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Policy:
     adjust: str = "none"  # correct the predictions for the pool prior estimated by: none, em, bbse
     adjust_tau: float = 1.0  # the correction's exponent
     confusion: tuple = ()  # bbse: the soft confusion matrix on the held-out labeled split (rows of tuples)
+    refine: str = "none"  # darp: refine the (corrected) soft labels to the estimated class counts first
+    darp_alpha: float = 2.0  # darp: its pre-step scales the alpha * target_k rows most confident in k
 
     def params(self) -> dict:
         """The policy and only the parameters it uses: what is recorded with the output."""
@@ -48,6 +52,8 @@ class Policy:
                 "top_k_per_class": ("top_k",), "crest": ("crest_alpha", "labeled_counts")}[self.name]
         if self.adjust != "none":
             used += ("adjust", "adjust_tau", "labeled_counts") + (("confusion",) if self.adjust == "bbse" else ())
+        if self.refine != "none":
+            used += ("refine", "darp_alpha")
         out = {k: v for k, v in asdict(self).items() if k in used}
         return {"name": self.name, **{k: _lists(v) for k, v in out.items()}}
 
@@ -63,15 +69,20 @@ class Policy:
         """The pseudo-labels of rows with class probabilities ``probs`` (N x C, every row scored so
         far, in scoring order): corrected for the pool prior when ``adjust`` asks, then selected.
         ``estimates`` may hold the prior estimates already made of these very rows."""
-        from streaming.prior import adjust, estimate_priors
+        from streaming.prior import adjust, darp, estimate_priors
 
         probs = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
         prior = None
+        if self.refine != "none" and self.adjust == "none":
+            raise ValueError(f"refine={self.refine} aligns the labels to an estimated pool prior: set adjust to em or bbse")
         if self.adjust != "none":
             estimates = estimates if estimates and self.adjust in estimates else estimate_priors(
                 probs, self.labeled_counts, self.confusion, only=self.adjust)
             prior = estimates[self.adjust].prior
-            probs = adjust(probs, prior, np.asarray(self.labeled_counts, dtype=np.float64), self.adjust_tau)
+            if self.adjust_tau:
+                probs = adjust(probs, prior, np.asarray(self.labeled_counts, dtype=np.float64), self.adjust_tau)
+            if self.refine == "darp" and len(probs):
+                probs = darp(probs, prior * len(probs), alpha=self.darp_alpha)
         # float32 like the stored predicted/confidence columns: without a correction, the same values
         probs = probs.astype(np.float32)
         predicted = probs.argmax(axis=1).astype(np.int64) if len(probs) else np.zeros(0, np.int64)
@@ -97,7 +108,7 @@ def _tuples(v):
 def from_config(cfg, labeled_counts=(), confusion=()) -> Policy:
     POLICIES.get(cfg.select)  # an unknown name fails here, before any work
     return Policy(cfg.select, cfg.tau, cfg.alpha, cfg.top_k, cfg.crest_alpha, tuple(labeled_counts), cfg.adjust,
-                  cfg.adjust_tau, _tuples(confusion) if cfg.adjust == "bbse" else ())
+                  cfg.adjust_tau, _tuples(confusion) if cfg.adjust == "bbse" else (), cfg.refine, cfg.darp_alpha)
 
 
 @POLICIES.register("all")

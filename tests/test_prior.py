@@ -147,3 +147,21 @@ def test_bbse_correction_is_recorded_with_its_matrix_and_replayed_from_the_recor
     assert "confusion" not in Policy("all").params() and Policy("all").params() == {"name": "all"}
     with pytest.raises(ValueError, match="confusion matrix of a held-out"):
         Policy("all", labeled_counts=(1,) * K, adjust="bbse").view(pool)
+
+
+def test_darp_in_a_policy_meets_the_estimated_counts_and_needs_an_estimate():
+    from streaming.select import Policy
+
+    rng = np.random.default_rng(5)
+    pool, y = draw(TRAIN_PRIOR[::-1], 4_000, rng)
+    counts = tuple(int(n) for n in 1000 * TRAIN_PRIOR)
+    policy = Policy("all", labeled_counts=counts, adjust="em", adjust_tau=0.0, refine="darp")
+    view = policy.view(pool)
+    want = darp(pool, view.prior * len(pool))
+    assert (view.predicted == want.astype(np.float32).argmax(1)).all()
+    share = np.bincount(view.predicted, minlength=K) / len(pool)
+    raw = np.bincount(pool.argmax(1), minlength=K) / len(pool)
+    assert np.abs(share - view.prior).sum() < np.abs(raw - view.prior).sum()  # the labels follow the estimate
+    assert {"refine", "darp_alpha"} <= set(policy.params()) and Policy.from_params(policy.params()) == policy
+    with pytest.raises(ValueError, match="set adjust to em or bbse"):
+        Policy("all", refine="darp").view(pool)

@@ -21,8 +21,13 @@ class Context:
         return self.rank == 0
 
 
+def wants_gpu(preference: str) -> bool:
+    """``cuda``, or ``auto`` on a machine that has one: the one rule for training, launch and scoring."""
+    return preference == "cuda" or (preference == "auto" and torch.cuda.is_available())
+
+
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+    if wants_gpu(preference):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device=cuda but no CUDA device is visible")
         return torch.device("cuda", local_rank % torch.cuda.device_count())

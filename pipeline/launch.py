@@ -11,8 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
+from pipeline.distributed import wants_gpu
 from pipeline.errors import PipelineError
 
 
@@ -36,7 +35,7 @@ def _reporting_errors(fn: Callable[..., Any], errors: str, *args) -> Any:
 def launch(spark, fn: Callable[..., Any], *args, num_processes: int = 1, device: str = "auto") -> Any:
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    use_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_gpu = wants_gpu(device)
     local_mode = spark.sparkContext.master.startswith("local")
     distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu)
     with tempfile.TemporaryDirectory(prefix="launch-errors-") as errors:

@@ -133,10 +133,10 @@ def _read_back(spark: SparkSession, uri: str, num_classes: int) -> tuple[list[in
 
 
 def _shot_groups(labeled: list[int]) -> dict:
-    """Class indices in the literature's many (>100), medium (20..100) and few (<20) shot groups."""
-    return {"many": [c for c, n in enumerate(labeled) if n > 100],
-            "medium": [c for c, n in enumerate(labeled) if 20 <= n <= 100],
-            "few": [c for c, n in enumerate(labeled) if n < 20]}
+    """Class indices in the literature's many, medium and few shot groups (pipeline.metrics)."""
+    from pipeline.metrics import shot_groups
+
+    return {group: [int(c) for c in classes] for group, classes in shot_groups(labeled).items()}
 
 
 def summary(manifest: dict) -> str:

@@ -96,8 +96,9 @@ def load(ref: ScoringModel):
         from pipeline.tracking import load_model
 
         torch.set_num_threads(ref.threads)
-        device = torch.device("cuda" if ref.device == "cuda" or (ref.device == "auto" and torch.cuda.is_available())
-                              else "cpu")
+        from pipeline.distributed import wants_gpu
+
+        device = torch.device("cuda" if wants_gpu(ref.device) else "cpu")
         model = load_model(ref.uri, map_location=device, store=ref.tracking_uri)
         # channels-last convolutions: ~20% faster ResNet-32 inference on this CPU, the layout GPUs prefer
         _MODELS[ref] = (model.to(memory_format=torch.channels_last), device)

@@ -213,6 +213,8 @@ class PseudoLabelConfig:
     val: Optional[str] = None  # held-out labeled split for BBSE; None: INPUT/../val when it has images
     refine: Literal["none", "darp"] = "none"  # darp: refine the soft labels to the estimated counts (needs adjust)
     darp_alpha: float = 2.0  # darp's pre-step: the alpha * target_k rows most confident in class k
+    crest_align: bool = False  # CReST+: align predictions to the labeled distribution, t annealed over the rounds
+    crest_final_t: float = 0.5  # crest_align: the temperature of the last round's labels (the first: 1.0)
     batch_size: int = 512  # images per forward pass
     threads_per_task: int = 1  # torch threads in each Python worker (a worker per core on local[*])
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -225,7 +225,9 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     if held_out is not None:  # a restart keeps the matrix it started with (a re-score could differ in the last bit)
         same = previous and (previous.get("bbse") or {}).get("val") == held_out and previous.get("model_run_id") == model.run_id
         bbse = previous["bbse"] if same else held_out_confusion(spark, model, held_out, len(base["manifest"]["class_names"]))
-    policy = from_config(p, base["manifest"]["class_counts"]["labeled"], bbse["confusion"] if bbse else ())
+    generation = int(base["tags"].get("round", 0)) + 1  # the base model's labels are the first generation
+    policy = from_config(p, base["manifest"]["class_counts"]["labeled"], bbse["confusion"] if bbse else (),
+                         generation, max(cfg.train.self_training_rounds, generation))
     info = _stream_info(cfg, model, policy, base, truth_path(p), checkpoint)
     info["bbse"] = bbse
     if previous:
@@ -245,7 +247,8 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     info.update(run_id=tracker.run_id, **({"created_at": previous["created_at"]} if previous else stamp()))
     fs.write_json_atomic(fs.join(out, sinks.STREAM), info)
     if not previous:
-        policy_keys = ("select", "tau", "alpha", "top_k", "crest_alpha", "adjust", "adjust_tau", "refine", "darp_alpha")
+        policy_keys = ("select", "tau", "alpha", "top_k", "crest_alpha", "adjust", "adjust_tau", "refine", "darp_alpha",
+                       "crest_align", "crest_final_t")
         tracker.log_params({"pseudolabel": {k: v for k, v in vars(p).items() if k not in policy_keys},
                             "policy": {k: v for k, v in policy.params().items() if k != "confusion"},
                             "git_commit": git_commit(), "base_run_id": model.run_id})

@@ -17,7 +17,8 @@ Every policy can first correct the predictions for the pool's estimated class pr
 the policy keeps rows by the corrected class and confidence (``Policy.view``, from the probability
 vectors). ``refine = darp`` then refines those soft labels to the estimated class counts (DARP,
 Kim et al. 2020, over every row so far) before the policy selects; ``adjust_tau = 0`` uses the
-estimate for DARP alone. The estimate is a pure function of every row scored so far, so a replay, a restart and
+estimate for DARP alone. ``align_t`` > 0 first aligns the predictions to the labeled distribution
+at that temperature (CReST+; set per self-training round from ``crest_align``). The estimate is a pure function of every row scored so far, so a replay, a restart and
 the trainer reading the output all recompute the same one.
 """
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Policy:
     confusion: tuple = ()  # bbse: the soft confusion matrix on the held-out labeled split (rows of tuples)
     refine: str = "none"  # darp: refine the (corrected) soft labels to the estimated class counts first
     darp_alpha: float = 2.0  # darp: its pre-step scales the alpha * target_k rows most confident in k
+    align_t: float = 0.0  # CReST+: align the predictions to the labeled distribution at temperature t (0: off)
+    crest_final_t: float = 0.5  # CReST+: the last round's temperature (recorded, so the rounds anneal to it)
 
     def params(self) -> dict:
         """The policy and only the parameters it uses: what is recorded with the output."""
@@ -54,6 +57,9 @@ class Policy:
             used += ("adjust", "adjust_tau", "labeled_counts") + (("confusion",) if self.adjust == "bbse" else ())
         if self.refine != "none":
             used += ("refine", "darp_alpha")
+        if self.align_t:
+            used += ("align_t", "crest_final_t", "labeled_counts")
+        used = tuple(dict.fromkeys(used))
         out = {k: v for k, v in asdict(self).items() if k in used}
         return {"name": self.name, **{k: _lists(v) for k, v in out.items()}}
 
@@ -69,10 +75,12 @@ class Policy:
         """The pseudo-labels of rows with class probabilities ``probs`` (N x C, every row scored so
         far, in scoring order): corrected for the pool prior when ``adjust`` asks, then selected.
         ``estimates`` may hold the prior estimates already made of these very rows."""
-        from streaming.prior import adjust, darp, estimate_priors
+        from streaming.prior import adjust, align, darp, estimate_priors
 
         probs = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
         prior = None
+        if self.align_t and len(probs):  # CReST+ distribution alignment, before anything else
+            probs = align(probs, self.labeled_counts, self.align_t)
         if self.refine != "none" and self.adjust == "none":
             raise ValueError(f"refine={self.refine} aligns the labels to an estimated pool prior: set adjust to em or bbse")
         if self.adjust != "none":
@@ -105,10 +113,17 @@ def _tuples(v):
     return tuple(_tuples(x) for x in v) if isinstance(v, (tuple, list)) else v
 
 
-def from_config(cfg, labeled_counts=(), confusion=()) -> Policy:
+def from_config(cfg, labeled_counts=(), confusion=(), generation: int = 1, generations: int = 1) -> Policy:
+    """The policy of ``pseudolabel`` settings ``cfg``; ``generation`` of ``generations``: which
+    labelling of the pool this is in the self-training rounds (CReST+'s alignment temperature
+    anneals from 1.0 at the first to ``crest_final_t`` at the last)."""
+    from streaming.prior import crest_temperature
+
     POLICIES.get(cfg.select)  # an unknown name fails here, before any work
+    align_t = crest_temperature(generation, generations, cfg.crest_final_t) if cfg.crest_align else 0.0
     return Policy(cfg.select, cfg.tau, cfg.alpha, cfg.top_k, cfg.crest_alpha, tuple(labeled_counts), cfg.adjust,
-                  cfg.adjust_tau, _tuples(confusion) if cfg.adjust == "bbse" else (), cfg.refine, cfg.darp_alpha)
+                  cfg.adjust_tau, _tuples(confusion) if cfg.adjust == "bbse" else (), cfg.refine, cfg.darp_alpha,
+                  align_t, cfg.crest_final_t)
 
 
 @POLICIES.register("all")

@@ -165,3 +165,21 @@ def test_darp_in_a_policy_meets_the_estimated_counts_and_needs_an_estimate():
     assert {"refine", "darp_alpha"} <= set(policy.params()) and Policy.from_params(policy.params()) == policy
     with pytest.raises(ValueError, match="set adjust to em or bbse"):
         Policy("all", refine="darp").view(pool)
+
+
+def test_crest_plus_alignment_anneals_over_the_rounds_and_is_recorded():
+    from pipeline.config import PseudoLabelConfig
+    from streaming.select import from_config
+
+    counts = (1000, 300, 100, 30, 10)
+    cfg = PseudoLabelConfig(select="crest", crest_align=True, crest_final_t=0.5)
+    temperatures = [from_config(cfg, counts, generation=g, generations=3).align_t for g in (1, 2, 3)]
+    assert temperatures == pytest.approx([1.0, 0.75, 0.5])
+    policy = from_config(cfg, counts, generation=3, generations=3)
+    assert policy.params()["align_t"] == 0.5 and policy.params()["crest_final_t"] == 0.5
+    rng = np.random.default_rng(6)
+    pool, _ = draw(np.full(K, 0.2), 3_000, rng)
+    view = policy.view(pool)
+    aligned = align(pool, counts, 0.5).astype(np.float32)
+    assert (view.predicted == aligned.argmax(1)).all()
+    assert "align_t" not in from_config(PseudoLabelConfig(select="crest"), counts).params()

@@ -81,6 +81,7 @@ class Policy:
         prior = None
         if self.align_t and len(probs):  # CReST+ distribution alignment, before anything else
             probs = align(probs, self.labeled_counts, self.align_t)
+            estimates = None  # made of the raw rows: the estimate below must be of the aligned ones
         if self.refine != "none" and self.adjust == "none":
             raise ValueError(f"refine={self.refine} aligns the labels to an estimated pool prior: set adjust to em or bbse")
         if self.adjust != "none":

@@ -90,11 +90,13 @@ bench-stream: venv  # streaming pseudo-label throughput and latency on CIFAR-10-
 	$(PY) bench/stream.py --archive ../shared/data/cifar10-jpeg.tar.gz
 
 EPOCHS ?= 15
+# prior-study: the pools (of 100, 1, -100) a semi-supervised model is trained on, per policy
+SEMI_POOLS ?= -100
 study: venv  # CIFAR-10-LT through the real jobs: 4 recipes, then SSP, streaming pseudo-labels, semi (EPOCHS=15)
 	$(PY) bench/study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS)
 
-prior-study: venv  # pool-prior estimation and pseudo-label selection on CIFAR-10-LT, 3 pool shapes (EPOCHS=15)
-	$(PY) bench/prior_study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS)
+prior-study: venv  # pool-prior estimation, pseudo-label selection (3 pool shapes) and semi runs (SEMI_POOLS) on CIFAR-10-LT
+	$(PY) bench/prior_study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS) --semi=$(SEMI_POOLS)
 
 bench-equal-budget: venv  # this project vs the reference code, same budget, 3 seeds each (EPOCHS=15)
 	$(PY) bench/equal_budget.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS) --methods ce,ldam_drw

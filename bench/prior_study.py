@@ -13,9 +13,14 @@ labeled and held-out split (``--val-per-class`` images of every class, for BBSE)
 
     .venv/bin/python bench/prior_study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs 15
 
+4. with ``--semi POOLS`` (e.g. ``-100``), per such pool and each of ``SEMI_RUNS``: a stream with that
+   policy, then Yang & Xu's semi-supervised ``ce`` training on labeled + kept pseudo-labels
+   (jobs/train_semi.py, ``--epochs``, the same budget as the base model), final-epoch test top-1
+   (the test split is balanced: top-1 is the balanced accuracy) and many/medium/few.
+
 ``--data DIR`` reuses an ingest of the archive. Finished stages are kept under ``--work``/results and
 skipped by a rerun; ``--screenshot PNG`` saves the dashboard of the reversed pool (headless
-chromium). Not measured here: the semi-supervised model trained on each policy's labels."""
+chromium)."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +41,30 @@ POLICIES = [("all", {}), ("all", {"adjust": "em"}), ("all", {"adjust": "bbse"}),
             ("all", {"adjust": "em", "adjust_tau": 0.0, "refine": "darp"}),
             ("threshold", {"tau": 0.95}), ("threshold", {"tau": 0.95, "adjust": "em"}),
             ("crest", {"crest_alpha": 3.0}), ("crest", {"crest_alpha": 3.0, "adjust": "em"})]
+# (name, policy, pseudolabel settings, train_semi flags): the semi-supervised runs of ``--semi``
+SEMI_RUNS = [("all", "all", {}, ()),
+             ("all-em", "all", {"adjust": "em"}, ()),
+             ("crest-em", "crest", {"crest_alpha": 3.0, "adjust": "em"}, ()),
+             ("all-em-la", "all", {"adjust": "em"}, ("--pseudo-loss", "logit_adjusted"))]
+
+
+def semi_runs(study, gamma: str, splits: Path, base: dict, experiment: str) -> list[dict]:
+    """Per ``SEMI_RUNS`` entry: its stream over the pool (shared by entries of one policy) and its
+    semi-supervised run; the final-epoch test figures of each."""
+    rows = []
+    for name, policy, settings, flags in SEMI_RUNS:
+        tag = policy + "".join(f"-{k}{v}" for k, v in settings.items())
+        out = study.work / f"pseudo-labels-u{gamma}-{tag}"
+        overrides = [a for k, v in settings.items() for a in ("--set", f"pseudolabel.{k}={v}")]
+        study.job(f"stream-u{gamma}-{tag}", "pseudolabel.py", "--config", SEMI, "--model", base["run_id"], "--input",
+                  str(splits / "unlabeled"), "--out", str(out), "--select", policy, *overrides,
+                  "--experiment", experiment)
+        r = study.job(f"semi-u{gamma}-{name}", "train_semi.py", "--config", SEMI, "--splits", str(splits),
+                      "--method", "ce", "--pseudo-labels", str(out), "--epochs", str(study.epochs),
+                      "--experiment", experiment, *flags)
+        rows.append({"run": name, "run_id": r["run_id"], **{k: r.get(f"final_test_{k}") for k in
+                                                             ("top1", "many_accuracy", "medium_accuracy", "few_accuracy")}})
+    return rows
 
 
 def pool_table(out: Path, splits: Path) -> dict:
@@ -129,6 +158,7 @@ def main() -> None:
     ap.add_argument("--val-per-class", type=int, default=100)
     ap.add_argument("--pool-files", type=int, default=10, help="files per pool: micro-batches of the stream")
     ap.add_argument("--screenshot", help="save the reversed pool's dashboard here (PNG)")
+    ap.add_argument("--semi", default="", help="pools (of 100, 1, -100, comma-separated) to train semi-supervised on")
     args = ap.parse_args()
     if not (args.archive or args.data):
         ap.error("give --archive or --data")
@@ -159,6 +189,11 @@ def main() -> None:
                   str(splits[gamma] / "unlabeled"), "--out", str(out), "--select", "all", "--adjust", "em",
                   "--experiment", experiment)
         report["pools"][gamma] = pool_table(out, splits[gamma])
+    semi = [g for g in args.semi.split(",") if g]
+    unknown = set(semi) - set(POOLS)
+    if unknown:
+        ap.error(f"--semi: unknown pools {sorted(unknown)}; known: {', '.join(POOLS)}")
+    report["semi"] = {g: semi_runs(study, g, splits[g], base, experiment) for g in semi}
     (work / "results" / "report.json").write_text(json.dumps(report, indent=2))
 
     print(f"\nbase model: ce, {args.epochs} epochs, final test top-1 {100 * base['final_test_top1']:.2f}%")
@@ -178,6 +213,17 @@ def main() -> None:
             cells.append(f"{p['kept']}: {100 * p['precision']:.1f} / {100 * p['balanced_precision']:.1f} / "
                          f"{100 * p['balanced_recall']:.1f} / {100 * p['min_recall']:.1f}")
         print(f"| {report['pools']['100']['policies'][i]['policy']} | " + " | ".join(cells) + " |")
+    if semi:
+        print(f"\nsemi-supervised ce on labeled + kept pseudo-labels, {args.epochs} epochs (final test top-1 = "
+              f"balanced accuracy / many / medium / few, %):\n")
+        print("| run | " + " | ".join(POOLS[g] for g in semi) + " |\n|---|" + "---|" * len(semi))
+        print("| base model, no pseudo-labels | " + " | ".join("{:.2f} / {:.1f} / {:.1f} / {:.1f}".format(
+            *(100 * base[f"final_test_{k}"] for k in ("top1", "many_accuracy", "medium_accuracy", "few_accuracy")))
+            for _ in semi) + " |")
+        for i, (name, *_rest) in enumerate(SEMI_RUNS):
+            cells = ["{:.2f} / {:.1f} / {:.1f} / {:.1f}".format(*(100 * (report["semi"][g][i][k] or float("nan"))
+                     for k in ("top1", "many_accuracy", "medium_accuracy", "few_accuracy"))) for g in semi]
+            print(f"| {name} | " + " | ".join(cells) + " |")
     if args.screenshot:
         screenshot(work / "pseudo-labels-u-100", Path(args.screenshot).resolve())
         print(f"\ndashboard of the reversed pool: {args.screenshot}")

@@ -159,6 +159,14 @@ class TrainConfig:
     unlabeled_share: float = 0.5  # semi, fixed_share: share of each batch drawn from the pseudo-labeled images
     unlabeled_weight: float = 1.0  # semi, fixed_share: loss = labeled loss + unlabeled_weight * pseudo-labeled loss
     self_training_rounds: int = 1  # semi: > 1 re-labels the pool with each round's model and trains again
+    # semi, variants of ours: the pseudo-labeled rows' loss, the recipe's (same) or CE(f + pseudo_tau *
+    # log prior) (logit_adjusted), and their augmentation, the recipe's (same) or RandAugment + Cutout
+    pseudo_loss: Literal["same", "logit_adjusted"] = "same"
+    pseudo_tau: float = 1.0
+    pseudo_augment: Literal["same", "randaugment"] = "same"
+    randaugment_ops: int = 2  # pseudo_augment=randaugment: operations per image
+    randaugment_magnitude: int = 9  # ... their strength, 0..30 (torchvision's bins)
+    cutout: int = 16  # ... then a square of this many pixels cut out (0: none)
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags of the run (a sweep names itself here)
     register: Optional[str] = None  # register the run's model as a new version of this registered model
     register_alias: Optional[str] = "candidate"  # ...and point this alias at the version
@@ -180,6 +188,14 @@ class TrainConfig:
             raise ConfigError("train.norm_mean and train.norm_std must be set together (or neither: measured)")
         if self.norm_std is not None and (len(self.norm_std) != len(self.norm_mean) or min(self.norm_std) <= 0):
             raise ConfigError(f"train.norm_std must be positive, one per channel of train.norm_mean, got {self.norm_std}")
+        semi_only = {k: getattr(self, k) for k, plain in (("pseudo_loss", "same"), ("pseudo_augment", "same"))
+                     if getattr(self, k) != plain}
+        if semi_only and not self.pseudo_labels:
+            raise ConfigError(f"{', '.join(f'train.{k}={v}' for k, v in semi_only.items())} applies to "
+                              f"pseudo-labeled images: set train.pseudo_labels (a jobs/pseudolabel.py output)")
+        if not 0 <= self.randaugment_magnitude <= 30 or self.randaugment_ops < 1 or self.cutout < 0:
+            raise ConfigError(f"train.randaugment_magnitude must be in [0, 30], randaugment_ops >= 1 and cutout "
+                              f">= 0; got {self.randaugment_magnitude}, {self.randaugment_ops}, {self.cutout}")
         if self.objective == "rotation" and self.pseudo_labels:
             raise ConfigError("train.pseudo_labels: rotation pre-training does not use labels, pseudo or not")
         if self.objective == "rotation":

@@ -24,6 +24,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.images import decode
 from pipeline.samplers import epoch_indices
+from pipeline.strong_augment import cutout, randaugment
 
 
 class DataError(PipelineError):
@@ -133,27 +134,47 @@ def epoch_generator(seed: int, epoch: int, rank: int, stream: int = 0) -> torch.
     return torch.Generator().manual_seed(hash((seed, epoch, rank, stream)) % 2 ** 63)
 
 
+@dataclass(frozen=True)
+class Strong:
+    """The strong augmentation of the rows a loader marks (pseudo-labeled images): RandAugment with
+    ``ops`` layers at ``magnitude`` before the crop and flip, Cutout of ``cutout`` pixels after
+    normalisation (pipeline.strong_augment)."""
+    ops: int = 2
+    magnitude: int = 9
+    cutout: int = 16
+
+
 class Augment:
     """Training: a random crop of the raw image padded with black (torchvision's
     ``RandomCrop(size, padding=p)``) and a horizontal flip; then, always, per-channel normalisation
-    (``ToTensor`` + ``Normalize(mean, std)``). Batched on the batch's device with an explicit generator."""
+    (``ToTensor`` + ``Normalize(mean, std)``). Batched on the batch's device with an explicit generator.
+    With ``strong``, the rows of a batch marked ``strong`` are also strongly augmented."""
 
-    def __init__(self, mean, std, kind: str = "crop_flip", padding: int = 4):
+    def __init__(self, mean, std, kind: str = "crop_flip", padding: int = 4, strong: Optional[Strong] = None):
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
-        self.kind, self.padding = kind, padding
+        self.kind, self.padding, self.strong = kind, padding, strong
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
-    def __call__(self, x: torch.Tensor, gen: Optional[torch.Generator] = None, train: bool = True) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, gen: Optional[torch.Generator] = None, train: bool = True,
+                 strong: Optional[torch.Tensor] = None) -> torch.Tensor:
+        rows = None
+        if train and self.strong and strong is not None and bool(strong.any()):
+            rows = strong.nonzero().squeeze(1)
+            x = x.clone()
+            x[rows] = randaugment(x[rows], self.strong.ops, self.strong.magnitude, gen)
         x = x.float().div_(255)
         if train and self.kind in ("crop_flip", "crop") and self.padding:
             x = self._crop(x, gen)
         if train and self.kind in ("crop_flip", "flip"):
             flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        return self.normalise(x)
+        x = self.normalise(x)
+        if rows is not None and self.strong.cutout:
+            x[rows] = cutout(x[rows], self.strong.cutout, gen)
+        return x
 
     def _crop(self, x: torch.Tensor, gen: Optional[torch.Generator]) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -168,10 +189,14 @@ class Augment:
 
 
 class MemoryLoader:
+    """Batches of ``data`` drawn by the recipe's sampler. With ``pseudo_from`` (the union of labeled
+    and pseudo-labeled images, the pseudo-labeled rows from that index on) it yields
+    (x, y, is_pseudo), and the augmentation treats the pseudo-labeled rows as ``Augment.strong`` says."""
+
     def __init__(self, data: ImageSet, counts, cfg: TrainConfig, augment: Augment, rank: int = 0, world: int = 1,
-                 sampler: Optional[str] = None):
+                 sampler: Optional[str] = None, pseudo_from: Optional[int] = None):
         self.data, self.counts, self.cfg, self.augment = data, np.asarray(counts), cfg, augment
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.pseudo_from = rank, world, pseudo_from
         self.sampler = sampler or cfg.sampler
         self.labels_np = data.labels.cpu().numpy()
         self.batch = max(1, cfg.batch_size // world)  # per process; the global batch is cfg.batch_size
@@ -186,7 +211,11 @@ class MemoryLoader:
         idx = torch.from_numpy(idx).to(self.data.images.device)
         for start in range(0, len(idx), self.batch):
             take = idx[start:start + self.batch]
-            yield self.augment(self.data.images[take], gen), self.data.labels[take]
+            if self.pseudo_from is None:
+                yield self.augment(self.data.images[take], gen), self.data.labels[take]
+            else:
+                pseudo = take >= self.pseudo_from
+                yield self.augment(self.data.images[take], gen, strong=pseudo), self.data.labels[take], pseudo
 
 
 class MixedLoader:
@@ -194,7 +223,7 @@ class MixedLoader:
     ours: Yang & Xu shuffle both sets together, see ``semi_loader``): each holds
     ``batch_size * (1 - unlabeled_share)`` labeled images drawn by the recipe's sampler, then
     ``batch_size * unlabeled_share`` pseudo-labeled ones drawn uniformly; an epoch is one pass of the
-    labeled sampler. Yields (x, y, n_labeled)."""
+    labeled sampler. Yields (x, y, is_pseudo)."""
 
     def __init__(self, labeled: ImageSet, pseudo: ImageSet, counts, cfg: TrainConfig, augment: Augment,
                  rank: int = 0, world: int = 1):
@@ -208,7 +237,7 @@ class MixedLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.labeled) // self.world / self.n_labeled)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         lab = epoch_indices(self.cfg.sampler, self.labeled_np, self.counts, self.cfg.seed, epoch, self.rank, self.world,
                             self.cfg)
         steps = math.ceil(len(lab) / self.n_labeled)
@@ -222,7 +251,8 @@ class MixedLoader:
             pi = torch.from_numpy(pse[step * self.n_pseudo:(step + 1) * self.n_pseudo]).to(device)
             x = torch.cat([self.labeled.images[li], self.pseudo.images[pi]])
             y = torch.cat([self.labeled.labels[li], self.pseudo.labels[pi]])
-            yield self.augment(x, gen), y, len(li)
+            pseudo = torch.arange(len(y), device=device) >= len(li)
+            yield self.augment(x, gen, strong=pseudo), y, pseudo
 
 
 def semi_loader(labeled: ImageSet, pseudo: ImageSet, labeled_counts, cfg: TrainConfig, augment: Augment,
@@ -236,7 +266,7 @@ def semi_loader(labeled: ImageSet, pseudo: ImageSet, labeled_counts, cfg: TrainC
     if cfg.semi_batches == "fixed_share":
         return MixedLoader(labeled, pseudo, labeled_counts, cfg, augment, rank, world)
     counts = np.asarray(labeled_counts) + np.bincount(pseudo.labels.cpu().numpy(), minlength=len(labeled_counts))
-    return MemoryLoader(concat([labeled, pseudo]), counts, cfg, augment, rank, world)
+    return MemoryLoader(concat([labeled, pseudo]), counts, cfg, augment, rank, world, pseudo_from=len(labeled))
 
 
 def eval_batches(data: ImageSet, augment: Augment, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -262,4 +292,6 @@ def make_augment(images: torch.Tensor, cfg: TrainConfig, normalization: Optional
         mean, std = channel_stats(images)
     if len(mean) != images.shape[1]:
         raise DataError(f"normalisation of {len(mean)} channels for images of {images.shape[1]}")
-    return Augment(mean, std, cfg.augment, cfg.crop_padding)
+    strong = Strong(cfg.randaugment_ops, cfg.randaugment_magnitude, cfg.cutout) \
+        if cfg.pseudo_augment == "randaugment" else None
+    return Augment(mean, std, cfg.augment, cfg.crop_padding, strong)

@@ -8,12 +8,17 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 
 
 class LongTailError(PipelineError, ValueError):
     """The requested split cannot be made from the data (the message names the class)."""
 
 
+PROFILES: Registry[Callable[[int, int, float], list[int]]] = Registry("imbalance type", LongTailError)
+
+
+@PROFILES.register("exp")
 def _exp(n_max: int, num_classes: int, ratio: float) -> list[int]:
     # Cao et al. / Cui et al. / Yang & Xu: n_c = n_max * rho^(-c / (C - 1)), truncated.
     if num_classes == 1:
@@ -21,24 +26,21 @@ def _exp(n_max: int, num_classes: int, ratio: float) -> list[int]:
     return [int(n_max * ratio ** (-c / (num_classes - 1))) for c in range(num_classes)]
 
 
+@PROFILES.register("step")
 def _step(n_max: int, num_classes: int, ratio: float) -> list[int]:
-    # The first half of the classes keep n_max, the second half n_max / rho.
-    head = num_classes // 2
+    # The first half of the classes keep n_max, the second half n_max / rho (one class: the head).
+    head = max(1, num_classes // 2)
     return [int(n_max)] * head + [int(n_max / ratio)] * (num_classes - head)
 
 
+@PROFILES.register("none")
 def _none(n_max: int, num_classes: int, ratio: float) -> list[int]:
     return [int(n_max)] * num_classes
 
 
-PROFILES: dict[str, Callable[[int, int, float], list[int]]] = {"exp": _exp, "step": _step, "none": _none}
-
-
 def class_counts(profile: str, n_max: int, num_classes: int, ratio: float) -> list[int]:
     """Images per class, class 0 the head. ``ratio`` < 0 reverses the order (tail first)."""
-    if profile not in PROFILES:
-        raise LongTailError(f"unknown imbalance type {profile!r}; known: {', '.join(PROFILES)}")
-    counts = PROFILES[profile](n_max, num_classes, abs(ratio))
+    counts = PROFILES.get(profile)(n_max, num_classes, abs(ratio))
     return counts[::-1] if ratio < 0 else counts
 
 

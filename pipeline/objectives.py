@@ -1,6 +1,6 @@
 """Training objectives, registered by name: what one batch costs. The one training loop
-(pipeline.train) calls ``objective(model, loss_fn, x, y, class_weight, n_labeled)`` on every batch a
-loader yields and gets ``(loss, logits or None, targets)`` back; which objective runs in which epochs
+(pipeline.train) calls ``objective(model, loss_fn, x, y, class_weight, is_pseudo)`` on every batch a
+loader yields (``is_pseudo``, from the semi-supervised loaders only: which rows are pseudo-labeled) and gets ``(loss, logits or None, targets)`` back; which objective runs in which epochs
 is the run's plan of phases (``phases``)."""
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ class Objective:
     def begin_epoch(self, epoch: int, rank: int) -> None:
         """Seed whatever the objective draws at random in this epoch."""
 
-    def __call__(self, model, loss_fn, x, y, class_weight: Optional[torch.Tensor], n_labeled: Optional[int] = None):
+    def __call__(self, model, loss_fn, x, y, class_weight: Optional[torch.Tensor],
+                 is_pseudo: Optional[torch.Tensor] = None):
         raise NotImplementedError
 
 
@@ -35,7 +36,7 @@ class Objective:
 class Classify(Objective):
     """The recipe's loss on the model's logits."""
 
-    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+    def __call__(self, model, loss_fn, x, y, class_weight, is_pseudo=None):
         logits = model(x)
         return loss_fn(logits, y, class_weight), logits, y
 
@@ -49,29 +50,57 @@ class Rotation(Objective):
     def begin_epoch(self, epoch, rank):
         self.gen = epoch_generator(self.cfg.seed, epoch, rank, ROTATION_STREAM)
 
-    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+    def __call__(self, model, loss_fn, x, y, class_weight, is_pseudo=None):
         x, y = random_rotations(x, self.gen) if self.cfg.ssp_rotations == "random" else rotations(x)
         logits = model(x)
         return loss_fn(logits, y, class_weight), logits, y
 
 
+def pseudo_loss(cfg: TrainConfig, loss_fn, logits, y, class_weight) -> torch.Tensor:
+    """The loss of the pseudo-labeled rows: the recipe's (``train.pseudo_loss=same``) or, a variant of
+    ours, logit-adjusted cross-entropy CE(f + pseudo_tau * log pi) with pi the class prior the model
+    trains on (labeled + pseudo-labeled counts; Menon et al. 2021), which keeps the head classes'
+    surplus of pseudo-labels from pulling the decision boundaries further toward the tail."""
+    if cfg.pseudo_loss == "logit_adjusted":
+        return F.cross_entropy(logits + cfg.pseudo_tau * loss_fn.log_prior.to(logits.device), y)
+    return loss_fn(logits, y, class_weight)
+
+
 @OBJECTIVES.register("fixed_share")
 class FixedShare(Objective):
-    """Semi-supervised batches of ``MixedLoader`` (our variant): the first ``n_labeled`` images are
-    labeled, the rest pseudo-labeled; loss = labeled loss + unlabeled_weight x pseudo-labeled loss."""
+    """Semi-supervised batches of ``MixedLoader`` (our variant): labeled rows first, then
+    pseudo-labeled ones; loss = labeled loss + unlabeled_weight x pseudo-labeled loss (``pseudo_loss``)."""
 
-    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+    def __call__(self, model, loss_fn, x, y, class_weight, is_pseudo=None):
         logits = model(x)
-        n = n_labeled
-        pseudo = loss_fn(logits[n:], y[n:], class_weight) if n < len(y) else logits.sum() * 0
-        return loss_fn(logits[:n], y[:n], class_weight) + self.cfg.unlabeled_weight * pseudo, logits, y
+        lab, pse = ~is_pseudo, is_pseudo
+        pseudo = pseudo_loss(self.cfg, loss_fn, logits[pse], y[pse], class_weight) if pse.any() else logits.sum() * 0
+        return loss_fn(logits[lab], y[lab], class_weight) + self.cfg.unlabeled_weight * pseudo, logits, y
+
+
+@OBJECTIVES.register("union_split_loss")
+class UnionSplitLoss(Objective):
+    """Yang & Xu's union batches with another loss on their pseudo-labeled rows (``train.pseudo_loss``):
+    the two losses weighted by their rows, (n_l * labeled loss + n_p * pseudo loss) / n, which is the
+    one criterion over the batch when both are the same mean loss."""
+
+    def __call__(self, model, loss_fn, x, y, class_weight, is_pseudo=None):
+        logits = model(x)
+        n_p = int(is_pseudo.sum())
+        n_l = len(y) - n_p
+        loss = logits.sum() * 0
+        if n_l:
+            loss = loss + n_l * loss_fn(logits[~is_pseudo], y[~is_pseudo], class_weight)
+        if n_p:
+            loss = loss + n_p * pseudo_loss(self.cfg, loss_fn, logits[is_pseudo], y[is_pseudo], class_weight)
+        return loss / len(y), logits, y
 
 
 @OBJECTIVES.register("joint")
 class Joint(Objective):
     """Autoencoder classifiers: classification + recon_weight x reconstruction MSE."""
 
-    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+    def __call__(self, model, loss_fn, x, y, class_weight, is_pseudo=None):
         logits, recon = model(x, output="both")
         return loss_fn(logits, y, class_weight) + self.cfg.recon_weight * F.mse_loss(recon, x), logits, y
 
@@ -82,7 +111,7 @@ class Reconstruct(Objective):
 
     classifies = False
 
-    def __call__(self, model, loss_fn, x, y, class_weight, n_labeled=None):
+    def __call__(self, model, loss_fn, x, y, class_weight, is_pseudo=None):
         return F.mse_loss(model(x, output="reconstruction"), x), None, y
 
 
@@ -103,4 +132,6 @@ def phases(cfg: TrainConfig) -> list[Phase]:
         return [Phase("joint", cfg.epochs)]
     if cfg.pseudo_labels and cfg.semi_batches == "fixed_share":
         return [Phase("fixed_share", cfg.epochs)]
+    if cfg.pseudo_labels and cfg.pseudo_loss != "same":
+        return [Phase("union_split_loss", cfg.epochs)]
     return [Phase("classify", cfg.epochs)]

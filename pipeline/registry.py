@@ -15,9 +15,12 @@ class UnknownName(PipelineError, KeyError):
 
 
 class Registry(Generic[T], dict):
-    def __init__(self, kind: str):
+    """Name -> part. ``get`` of an unknown name raises ``error`` (default ``UnknownName``) naming the
+    close matches and every registered name."""
+
+    def __init__(self, kind: str, error: type[Exception] = UnknownName):
         super().__init__()
-        self.kind = kind
+        self.kind, self.error = kind, error
 
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -31,5 +34,5 @@ class Registry(Generic[T], dict):
         if name not in self:
             close = difflib.get_close_matches(name, list(self), n=2)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UnknownName(f"unknown {self.kind} {name!r}{hint}; registered: {', '.join(sorted(self))}")
+            raise self.error(f"unknown {self.kind} {name!r}{hint}; registered: {', '.join(sorted(self))}")
         return self[name]

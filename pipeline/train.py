@@ -34,14 +34,14 @@ from pipeline.schedule import drw_epoch, lr_at
 def train_one_epoch(model, objective: Objective, loss_fn, optimizer, loader, epoch: int,
                     class_weight: Optional[torch.Tensor], device, frozen_backbone: bool = False) -> tuple[float, float, int]:
     """One pass over this process's shard; returns (summed loss, correct, images) for all-reduce.
-    A loader yields (images, labels) or, with a fixed semi-supervised share, (images, labels, number labeled)."""
+    A loader yields (images, labels) or, semi-supervised, (images, labels, which rows are pseudo-labeled)."""
     model.train()
     if frozen_backbone:  # a frozen encoder keeps its batch-norm statistics too
         distributed.unwrap(model).backbone.eval()
     loss_sum, correct, seen = 0.0, 0, 0
-    for x, y, *n_labeled in loader.epoch(epoch):
+    for x, y, *is_pseudo in loader.epoch(epoch):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logits, targets = objective(model, loss_fn, x, y, class_weight, *n_labeled)
+        loss, logits, targets = objective(model, loss_fn, x, y, class_weight, *(m.to(device) for m in is_pseudo))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -70,13 +70,15 @@ def _save_atomic(obj: dict, path: Path) -> None:
 
 
 def run_name(cfg: Config, manifest: dict, semi: Optional[dict] = None) -> str:
-    """dataset-r<ratio>-<method>[-ssp][-semi<round>-<policy>]-s<seed>: also the checkpoint folder."""
+    """dataset-r<ratio>-<method>[-ssp][-semi<round>-<policy>[-la][-ra]]-s<seed>: also the checkpoint folder
+    (la: logit-adjusted pseudo loss, ra: RandAugment on the pseudo-labeled images)."""
     t, ratio = cfg.train, manifest["params"]["imbalance_ratio"]
     parts = [manifest["source"]["dataset"], f"r{ratio:g}", t.method or t.loss]
     if t.pretrained and t.objective != "rotation":
         parts.append("ssp")
     if semi:
         parts.append(f"semi{semi['round'] if semi['round'] > 1 else ''}-{semi['policy']['name']}")
+        parts += (["la"] if t.pseudo_loss == "logit_adjusted" else []) + (["ra"] if t.pseudo_augment == "randaugment" else [])
     return "-".join(parts + [f"s{t.seed}"])
 
 

@@ -12,7 +12,8 @@ LAYERS = [
      "pipeline.output"},
     # 1 parts: architectures, losses, samplers, data, objectives, sources, formats, policies
     {"models", "models.base", "models.autoencoders", "models.resnet_cifar", "models.resnet_tv", "pipeline.losses",
-     "pipeline.samplers", "pipeline.schedule", "pipeline.metrics", "pipeline.data", "pipeline.petastorm_loader",
+     "pipeline.samplers", "pipeline.schedule", "pipeline.metrics", "pipeline.data", "pipeline.strong_augment",
+     "pipeline.petastorm_loader",
      "pipeline.loaders", "pipeline.objectives", "pipeline.model_io", "pipeline.plots", "pipeline.sources",
      "pipeline.sources.cifar", "pipeline.sources.digits", "pipeline.sources.download", "pipeline.sources.imagefolder",
      "pipeline.sources.manifest", "pipeline.sources.svhn", "pipeline.pseudo_labels", "pipeline.recipes", "streaming",

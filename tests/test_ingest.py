@@ -385,3 +385,12 @@ def test_overlap_check_sees_through_file_uris_dots_and_symlinks(tmp_path):
         (tmp_path / "b").mkdir(exist_ok=True)
         with pytest.raises(OutputOverlap):
             check_target(out, True, [given])
+
+
+@pytest.mark.parametrize("name", sorted(__import__("pipeline.sources", fromlist=["load_sources"]).load_sources()))
+def test_every_registered_source_plans_and_reads_under_its_own_name(name):
+    from pipeline.sources import Source, get_source
+
+    source = get_source(name)
+    assert isinstance(source, Source) and source.name == name
+    assert type(source).plan is not Source.plan and type(source).read is not Source.read  # both implemented

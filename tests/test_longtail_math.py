@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline.longtail import LongTailError, class_counts, ids_sha256, stratified_holdout, subsample
+from pipeline.longtail import PROFILES, LongTailError, class_counts, ids_sha256, stratified_holdout, subsample
 
 
 def test_exp_profile_matches_the_reference_cifar10_lt_counts():
@@ -29,8 +29,17 @@ def test_negative_ratio_reverses_the_class_order():
 
 
 def test_unknown_profile_is_named_in_the_error():
-    with pytest.raises(LongTailError, match="zipf"):
+    with pytest.raises(LongTailError, match=r"'zipf'.*registered: exp, none, step"):
         class_counts("zipf", 10, 3, 2)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_profile_starts_at_n_max_never_grows_and_reverses_with_a_negative_ratio(profile):
+    for n_max, classes, ratio in ((5000, 10, 100), (500, 100, 10), (7, 3, 2), (40, 1, 5)):
+        counts = class_counts(profile, n_max, classes, ratio)
+        assert len(counts) == classes and counts[0] == n_max and counts == sorted(counts, reverse=True)
+        assert min(counts) >= int(n_max / ratio)  # no class below the tail the ratio names
+        assert class_counts(profile, n_max, classes, -ratio) == counts[::-1]
 
 
 def _pool(per_class=50, classes=4):

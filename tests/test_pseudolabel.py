@@ -268,11 +268,12 @@ def test_mixed_batches_hold_the_labeled_share_and_cover_the_labeled_set_once():
     pseudo = ImageSet(images(7), torch.tensor([1] * 7), [f"u{i}" for i in range(7)])
     cfg = TrainConfig(batch_size=8, unlabeled_share=0.25, augment="none")
     loader = MixedLoader(labeled, pseudo, [30, 10], cfg, Augment([0.5], [0.5], "none"))
-    batches = list(loader.epoch(0))
-    assert [n for _, _, n in batches] == [6] * 6 + [4] and len(batches) == len(loader)
-    assert all(len(y) - n == 2 for _, y, n in batches)  # 2 pseudo-labeled images in every batch
-    assert sum(n for _, _, n in batches) == 40
-    pseudo_part = np.concatenate([y[n:].numpy() for _, y, n in batches])
+    batches = [(x, y, int((~m).sum()), m) for x, y, m in loader.epoch(0)]
+    assert [n for _, _, n, _ in batches] == [6] * 6 + [4] and len(batches) == len(loader)
+    assert all(len(y) - n == 2 for _, y, n, _ in batches)  # 2 pseudo-labeled images in every batch
+    assert all(not m[:n].any() and m[n:].all() for _, _, n, m in batches)  # labeled rows first
+    assert sum(n for _, _, n, _ in batches) == 40
+    pseudo_part = np.concatenate([y[n:].numpy() for _, y, n, _ in batches])
     assert (pseudo_part == 1).all() and len(pseudo_part) == 14  # the 7 pseudo-labels cycled twice
 
 

@@ -320,10 +320,12 @@ def test_semi_default_shuffles_labeled_and_pseudo_labeled_together_with_one_crit
     loader = semi_loader(lab, pse, [20, 10], cfg, Augment([0.5], [0.5], "none"))
     assert loader.counts.tolist() == [30, 50]  # the sampler and the loss see labeled + pseudo-labeled counts
     batches = list(loader.epoch(0))
-    assert [len(y) for _, y in batches] == [16] * 5  # one pass over the 80 images of the union
-    images = torch.cat([x for x, _ in batches])
+    assert [len(y) for _, y, _ in batches] == [16] * 5  # one pass over the 80 images of the union
+    images = torch.cat([x for x, _, _ in batches])
     assert (images > 0).sum().item() == 50 * 16  # every pseudo-labeled image once (white), the labeled once
     assert 0 < (images[:16] > 0).all(dim=(1, 2, 3)).sum() < 16  # mixed within a batch, not in blocks
+    is_pseudo = torch.cat([m for _, _, m in batches])
+    assert torch.equal(is_pseudo, (images > 0).all(dim=(1, 2, 3)))  # the loader says which rows are pseudo-labeled
     # the loss of a batch is the recipe's criterion over all of it
     logits = torch.randn(16, 2, dtype=torch.float64)
     y = batches[0][1]
@@ -340,10 +342,10 @@ def test_semi_fixed_share_remains_an_option_with_its_two_term_loss():
         ("train.unlabeled_share", "0.4"), ("train.unlabeled_weight", "2")]).train
     assert phases(cfg)[0].objective == "fixed_share"
     lab, pse = semi_sets()
-    x, y, n = next(iter(semi_loader(lab, pse, [20, 10], cfg, Augment([0.5], [0.5], "none")).epoch(0)))
-    assert n == 6 and len(y) == 10
+    x, y, is_pseudo = next(iter(semi_loader(lab, pse, [20, 10], cfg, Augment([0.5], [0.5], "none")).epoch(0)))
+    assert is_pseudo.tolist() == [False] * 6 + [True] * 4 and len(y) == 10
     logits = torch.randn(10, 2, dtype=torch.float64)
-    loss, _, _ = OBJECTIVES.get("fixed_share")(cfg)(lambda x: logits, create_loss([20, 10], cfg), x, y, None, n)
+    loss, _, _ = OBJECTIVES.get("fixed_share")(cfg)(lambda x: logits, create_loss([20, 10], cfg), x, y, None, is_pseudo)
     z, t = logits.numpy(), y.numpy()
     assert loss.item() == pytest.approx(torch_ce(z[:6], t[:6]) + 2 * torch_ce(z[6:], t[6:]), rel=1e-12)
 

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.config import IngestConfig
 from pipeline.errors import PipelineError
 from pipeline.images import Rejected, check_shape, inspect_encoded
+from pipeline.registry import Registry
 
 
 class SourceError(PipelineError, RuntimeError):
@@ -119,24 +120,26 @@ class Source:
         raise NotImplementedError
 
 
-SOURCES: dict[str, type[Source]] = {}
+SOURCES: Registry[type[Source]] = Registry("dataset", SourceError)
 _MODULES = ("digits", "cifar", "svhn", "imagefolder", "manifest")
 
 
 def register(name: str) -> Callable[[type[Source]], type[Source]]:
     def wrap(cls: type[Source]) -> type[Source]:
         cls.name = name
-        SOURCES[name] = cls
-        return cls
+        return SOURCES.register(name)(cls)
     return wrap
 
 
-def get_source(name: str) -> Source:
+def load_sources() -> Registry[type[Source]]:
+    """Every source module imported (each registers itself), and the registry."""
     for module in _MODULES:
         importlib.import_module(f"pipeline.sources.{module}")
-    if name not in SOURCES:
-        raise SourceError(f"unknown dataset {name!r}; registered: {', '.join(sorted(SOURCES))}")
-    return SOURCES[name]()
+    return SOURCES
+
+
+def get_source(name: str) -> Source:
+    return load_sources().get(name)()
 
 
 def chunks(items: list, size: int) -> Iterator[list]:

@@ -147,6 +147,10 @@ class TrainConfig:
     eval_batch_size: int = 512
     num_processes: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # how the step runs (pipeline.accel), auto: bf16 autocast and channels-last on CUDA, fp32 NCHW on the CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False  # torch.compile the training step's model
     seed: int = 0
     experiment: str = "longtail-lab"
     run_dir: str = "runs/train"  # checkpoints and local artifacts; a folder per run

@@ -42,6 +42,9 @@ class Grid:
     execution: Literal["auto", "tasks", "distributor"] = "auto"
     small_mb: int = 256  # auto: a one-process child whose labeled images (decoded) fit in this runs as a task
     threads_per_task: int = 1  # torch threads of each task (tasks share the executor's cores)
+    # > 0: each task-run child asks Spark for 1/runs_per_gpu of a GPU (stage-level scheduling), so that
+    # many children train side by side on each GPU, each pinned to the address Spark assigned it
+    runs_per_gpu: int = 0
 
     def validate(self, origin: str) -> None:
         for key in ("name", "data", "methods", "imbalance_ratios", "seeds"):
@@ -58,8 +61,11 @@ class Grid:
             bad = [k for k in o["match"] if k not in MATCH_KEYS]
             if bad:
                 raise ConfigError(f"{where}.match: unknown key {bad[0]!r}; use {', '.join(MATCH_KEYS)}")
-        if self.small_mb < 0 or self.threads_per_task < 1:
-            raise ConfigError(f"{origin}: small_mb must be >= 0 and threads_per_task >= 1")
+        if self.small_mb < 0 or self.threads_per_task < 1 or self.runs_per_gpu < 0:
+            raise ConfigError(f"{origin}: small_mb and runs_per_gpu must be >= 0 and threads_per_task >= 1")
+        if self.runs_per_gpu and self.execution == "distributor":
+            raise ConfigError(f"{origin}: runs_per_gpu shares GPUs between Spark tasks; execution=distributor "
+                              f"runs no child as a task (use tasks or auto)")
 
 
 def load_grid(path: str) -> Grid:
@@ -226,10 +232,30 @@ def run_child(command: list[str], env: dict):
     return subprocess.CompletedProcess(command, proc.returncode, out)
 
 
-def _run_in_task(item: tuple[str, Config], tracking: str, threads: int) -> dict:
+def task_gpus() -> list[str]:
+    """The GPU addresses Spark assigned to the running task (none outside a task or without them)."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    info = ctx.resources().get("gpu") if ctx is not None else None
+    return list(info.addresses) if info is not None else []
+
+
+def pinned(cfg: Config, gpus: list[str]) -> tuple[Config, dict]:
+    """A child on the GPU(s) Spark assigned: only those visible to it (CUDA_VISIBLE_DEVICES), its
+    run tagged with them, and ``train.device=auto`` made ``cuda``, so a child that cannot see its GPU
+    fails saying so instead of training on the CPU (``train.device=cpu`` stays an explicit choice)."""
+    address = ",".join(gpus)
+    t = dataclasses.replace(cfg.train, tags={**cfg.train.tags, "gpu_address": address},
+                            device="cuda" if cfg.train.device == "auto" else cfg.train.device)
+    return dataclasses.replace(cfg, train=t), {"CUDA_VISIBLE_DEVICES": address}
+
+
+def _run_in_task(item: tuple[str, Config], tracking: str, threads: int, runs_per_gpu: int = 0) -> dict:
     """One child inside a Spark task, trained in a Python process of its own: a crash (segfault,
     out-of-memory kill) costs that child only, and every training starts with fresh memory. Never
-    raises: a failure comes back as an outcome, so the other tasks of the sweep go on."""
+    raises: a failure comes back as an outcome, so the other tasks of the sweep go on. With
+    ``runs_per_gpu`` the child is pinned to the task's GPU (``pinned``)."""
     import os
     import subprocess
     import sys
@@ -239,17 +265,39 @@ def _run_in_task(item: tuple[str, Config], tracking: str, threads: int) -> dict:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,  # executors track where the driver does
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the library, shipped or installed
     started = time.time()
+    gpus = task_gpus() if runs_per_gpu else []
+    if runs_per_gpu and not gpus:
+        return {"key": key, "status": "FAILED", "seconds": 0.0, "started": started, "ended": started,
+                "error": f"runs_per_gpu={runs_per_gpu} but Spark assigned this task no GPU"}
+    if gpus:
+        cfg, pin = pinned(cfg, gpus)
+        env.update(pin)
     with tempfile.TemporaryDirectory(prefix="sweep-child-") as tmp:
         spec, outcome = Path(tmp, "child.json"), Path(tmp, "outcome.json")
         spec.write_text(json.dumps({"key": key, "config": to_dict(cfg), "threads": threads}))
         proc = run_child([sys.executable, "-m", "pipeline.sweep", str(spec), str(outcome)], env)
         sys.stdout.write(proc.stdout)  # the training's log, in the executor's output
+        when = {"started": started, "ended": time.time(), **({"gpu_address": ",".join(gpus)} if gpus else {})}
         if outcome.exists():
-            return json.loads(outcome.read_text())
+            return {**json.loads(outcome.read_text()), **when}
     tail = "\n".join(proc.stdout.strip().splitlines()[-20:])
     how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
-    return {"key": key, "status": "FAILED", "seconds": time.time() - started,
+    return {"key": key, "status": "FAILED", "seconds": time.time() - started, **when,
             "error": f"{tail}\nthe training process {how} before reporting a result"}
+
+
+def gpu_share(spark, runs_per_gpu: int):
+    """The stage-level resource profile of ``runs_per_gpu`` children per GPU; refuses, naming the
+    settings, a session whose executors have no GPUs to share (their tasks would never be scheduled)."""
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    amount = spark.sparkContext.getConf().get("spark.executor.resource.gpu.amount", "0")
+    if float(amount) <= 0:
+        raise ConfigError(f"runs_per_gpu={runs_per_gpu}: the executors have no GPUs to share "
+                          f"(spark.executor.resource.gpu.amount={amount}); run on a cluster whose workers "
+                          f"declare them (spark.worker.resource.gpu.amount and .discoveryScript, see "
+                          f"conf/cluster/gpu-discovery.sh) and set spark.executor.resource.gpu.amount")
+    return ResourceProfileBuilder().require(TaskResourceRequests().cpus(1).resource("gpu", 1.0 / runs_per_gpu)).build
 
 
 def _attempt(key: str, run) -> dict:
@@ -273,6 +321,7 @@ def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[s
     experiment = todo[0].cfg.train.experiment
     if len({c.cfg.train.experiment for c in todo}) > 1:
         raise ConfigError(f"sweep {grid.name}: every child must log to one experiment (train.experiment)")
+    share = gpu_share(spark, grid.runs_per_gpu) if grid.runs_per_gpu else None  # refused before any work
     ensure_splits(spark, grid, extra_layers, cli)
     todo = [data_identity(c) for c in todo]
 
@@ -297,10 +346,12 @@ def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[s
     outcomes = []
     try:
         if small:
-            uri, threads = tracking_uri(), grid.threads_per_task
+            uri, threads, per_gpu = tracking_uri(), grid.threads_per_task, grid.runs_per_gpu
             items = [(c.key, with_absolute_paths(c.tagged(grid.name, parent.run_id))) for c in small]
-            outcomes += (spark.sparkContext.parallelize(items, len(items))
-                         .map(lambda item: _run_in_task(item, uri, threads)).collect())
+            rdd = spark.sparkContext.parallelize(items, len(items))
+            if share is not None:
+                rdd = rdd.withResources(share)
+            outcomes += rdd.map(lambda item: _run_in_task(item, uri, threads, per_gpu)).collect()
         for c in large:
             outcomes.append(_attempt(c.key, lambda c=c: launch_fit(spark, c.tagged(grid.name, parent.run_id))))
     except BaseException:  # Spark itself failed (a worker crashed hard) or the job was interrupted

@@ -18,6 +18,7 @@ import torch
 
 from models import Classifier, create_model
 from pipeline import distributed, fs, schema
+from pipeline.accel import Accel, accel_for
 from pipeline.config import Config, ConfigError, TrainConfig, to_dict
 from pipeline.data import (ROTATIONS, Augment, ImageSet, concat, eval_batches, load_split, random_rotations,
                            rotations, semi_loader)
@@ -32,33 +33,44 @@ from pipeline.schedule import drw_epoch, lr_at
 
 
 def train_one_epoch(model, objective: Objective, loss_fn, optimizer, loader, epoch: int,
-                    class_weight: Optional[torch.Tensor], device, frozen_backbone: bool = False) -> tuple[float, float, int]:
+                    class_weight: Optional[torch.Tensor], device, frozen_backbone: bool = False,
+                    accel: Accel = Accel()) -> tuple[float, float, int]:
     """One pass over this process's shard; returns (summed loss, correct, images) for all-reduce.
-    A loader yields (images, labels) or, semi-supervised, (images, labels, which rows are pseudo-labeled)."""
+    A loader yields (images, labels) or, semi-supervised, (images, labels, which rows are pseudo-labeled).
+    The sums stay on the device until the epoch ends: no host sync per step."""
     model.train()
     if frozen_backbone:  # a frozen encoder keeps its batch-norm statistics too
         distributed.unwrap(model).backbone.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    sums, seen = torch.zeros(2, dtype=torch.float64, device=device), 0  # (loss x images, correct), images
     for x, y, *is_pseudo in loader.epoch(epoch):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logits, targets = objective(model, loss_fn, x, y, class_weight, *(m.to(device) for m in is_pseudo))
+        x, y = accel.batch(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        with accel.autocast(device):
+            loss, logits, targets = objective(model, loss_fn, x, y, class_weight, *(m.to(device) for m in is_pseudo))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(targets)
-        correct += 0 if logits is None else (logits.argmax(1) == targets).sum().item()
-        seen += len(targets)
+        seen += len(targets)  # a shape: known without asking the device
+        sums[0] += loss.detach().double() * len(targets)
+        if logits is not None:
+            sums[1] += (logits.argmax(1) == targets).sum()
+    loss_sum, correct = sums.tolist()
     return loss_sum, correct, seen
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: ImageSet, augment: Augment, batch: int, device) -> np.ndarray:
+def predict(model: torch.nn.Module, data: ImageSet, augment: Augment, batch: int, device,
+            accel: Accel = Accel()) -> np.ndarray:
     model.eval()
-    return torch.cat([model(x.to(device)).float().cpu() for x, _ in eval_batches(data, augment, batch)]).numpy()
+    out = []
+    for x, _ in eval_batches(data, augment, batch):
+        with accel.autocast(device):
+            out.append(model(accel.batch(x.to(device))).float())
+    return torch.cat(out).cpu().numpy()
 
 
 def evaluate(model, data: ImageSet, augment: Augment, loss_fn, train_counts, cfg, device) -> dict:
-    logits = torch.from_numpy(predict(model, data, augment, cfg.train.eval_batch_size, device))
+    accel = accel_for(cfg.train, torch.device(device))
+    logits = torch.from_numpy(predict(model, data, augment, cfg.train.eval_batch_size, device, accel))
     logits = posthoc_adjust(logits, loss_fn.log_prior.cpu(), cfg.train.posthoc_tau)
     return evaluate_logits(logits.numpy(), data.labels.cpu().numpy(), train_counts)
 
@@ -176,7 +188,8 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
         weight = class_weight_at(e, switch, data.loss_counts, t) if objective.classifies else None
         objective.begin_epoch(epoch, ctx.rank)
         started = time.time()
-        stats = train_one_epoch(ddp, objective, loss_fn, optimizer, data.loader, epoch, weight, ctx.device, phase.frozen)
+        stats = train_one_epoch(ddp, objective, loss_fn, optimizer, data.loader, epoch, weight, ctx.device, phase.frozen,
+                                accel_for(t, ctx.device))
         loss_sum, correct, seen = distributed.all_reduce_sum(list(stats), ctx.device)
         if not np.isfinite(loss_sum):  # every rank sees the same sum, so every rank stops here
             raise TrainingDiverged(f"epoch {epoch + 1}: the training loss is {loss_sum / seen} (diverged); "
@@ -274,7 +287,7 @@ def _model(t: TrainConfig, data: TrainData, loss_fn, device) -> Classifier:
         raise ConfigError(f"train.ae_mode={t.ae_mode} needs an autoencoder model (unet_ae, mobilenetv2_ae), "
                           f"not {t.model}")
     loss_fn.prepare_head(model.head)
-    return model.to(device)
+    return accel_for(t, device).model(model.to(device))
 
 
 def _provenance(t: TrainConfig, manifest: dict, data: TrainData, ctx: distributed.Context, model, state) -> dict:
@@ -282,6 +295,7 @@ def _provenance(t: TrainConfig, manifest: dict, data: TrainData, ctx: distribute
                   "git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
                   "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device),
                   "loader": data.loader_kind, "class_counts_trained": data.loss_counts,
+                  "step": accel_for(t, ctx.device).describe(),  # the resolved precision, memory format, compile
                   "normalization": {"mean": data.loader.augment.mean.flatten().tolist(),
                                     "std": data.loader.augment.std.flatten().tolist()},
                   **({"semi": {k: v for k, v in data.semi.items() if k != "round"}} if data.semi else {})}
@@ -296,7 +310,7 @@ def _enter(phase: Phase, model, loss_fn, t: TrainConfig, ctx: distributed.Contex
     """(optimizer, the model as this phase trains it, objective) of ``phase``."""
     optimizer = _optimizer(model, loss_fn, t, frozen=phase.frozen)
     ddp = distributed.wrap(model, ctx, find_unused=hasattr(model, "decoder"))
-    return optimizer, ddp, OBJECTIVES.get(phase.objective)(t)
+    return optimizer, accel_for(t, ctx.device).step_model(ddp), OBJECTIVES.get(phase.objective)(t)
 
 
 def _evaluation_row(model, data: TrainData, loss_fn, cfg: Config, device) -> dict:

@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     # 0 base: errors, config, files, schema, pure long-tail math
     {"pipeline", "pipeline.errors", "pipeline.registry", "pipeline.config", "pipeline.fs", "pipeline.schema",
+     "pipeline.accel",
      "pipeline.provenance", "pipeline.images", "pipeline.longtail", "pipeline.safe_pickle", "pipeline.distributed",
      "pipeline.output"},
     # 1 parts: architectures, losses, samplers, data, objectives, sources, formats, policies

@@ -208,3 +208,52 @@ def test_a_training_child_does_not_outlive_its_killed_task(tmp_path):
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     raise AssertionError("the training child outlived its task")
+
+
+def test_runs_per_gpu_trains_that_many_children_at_once_on_one_gpu_address(base, tmp_path, mlflow_store):
+    """Spark's own GPU scheduling, without a GPU: a local cluster whose worker's discovery script
+    reports one address; with runs_per_gpu 4 each child task asks for a quarter of it, so the four
+    children run at the same time, each pinned to address 0 and tagged with it. ``train.device=cpu``
+    is the grid's explicit choice here (auto would make the children require the GPU they cannot see)."""
+    script = tmp_path / "one-gpu.sh"
+    script.write_text('#!/usr/bin/env bash\necho \'{"name": "gpu", "addresses": ["0"]}\'\n')
+    script.chmod(0o755)
+    grid = dict(name="shared-gpu", data=str(base["root"] / "digits"), out=str(tmp_path / "out"),
+                config=[str(ROOT / "conf/experiments/digits_lt10.yaml")], methods=["ce"], imbalance_ratios=[10],
+                seeds=[0, 1, 2, 3], execution="tasks", runs_per_gpu=4,
+                set={"train.epochs": 1, "train.experiment": "tests-sweep-gpu", "train.device": "cpu",
+                     "train.run_dir": str(tmp_path / "train"), "longtail.labeled_max": 40,
+                     "train.system_metrics": False})
+    path = write_grid(tmp_path / "gpu.yaml", **grid)
+    command, env = submit_command("jobs/sweep.py", "--grid", path, "--result", tmp_path / "r.json")
+    at = command.index("local[2]")
+    command[at:at + 1] = ["local-cluster[1,4,1024]", "--conf", "spark.worker.resource.gpu.amount=1",
+                          "--conf", f"spark.worker.resource.gpu.discoveryScript={script}",
+                          "--conf", "spark.executor.resource.gpu.amount=1",
+                          "--conf", f"spark.executor.resource.gpu.discoveryScript={script}"]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    outcomes = json.loads((tmp_path / "r.json").read_text())["outcomes"]
+    assert len(outcomes) == 4 and {o["status"] for o in outcomes} == {"FINISHED"}
+    assert {o["gpu_address"] for o in outcomes} == {"0"}
+    assert max(o["started"] for o in outcomes) < min(o["ended"] for o in outcomes)  # all four at once
+    runs = mlflow.search_runs(experiment_names=["tests-sweep-gpu"], filter_string="tags.sweep = 'shared-gpu'")
+    children_runs = runs[runs["tags.stage"] != "sweep"]
+    assert len(children_runs) == 4 and set(children_runs["tags.gpu_address"]) == {"0"}
+
+    # on local[2] there is no GPU to share: refused before any work, naming the setting
+    command, env = submit_command("jobs/sweep.py", "--grid", path)
+    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "spark.executor.resource.gpu.amount" in refused.stdout + refused.stderr
+
+
+def test_a_pinned_child_sees_only_its_gpu_and_requires_it_unless_told_cpu():
+    from pipeline.config import resolve
+    from pipeline.sweep import pinned
+
+    cfg = resolve([str(ROOT / "conf/experiments/digits_lt10.yaml")])
+    child, env = pinned(cfg, ["3"])
+    assert env == {"CUDA_VISIBLE_DEVICES": "3"} and child.train.tags["gpu_address"] == "3"
+    assert child.train.device == "cuda"  # auto would have fallen back to the CPU silently
+    explicit = resolve([str(ROOT / "conf/experiments/digits_lt10.yaml")], [("train.device", "cpu")])
+    assert pinned(explicit, ["3"])[0].train.device == "cpu"

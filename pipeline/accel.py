@@ -1,0 +1,52 @@
+"""How the training step runs on its device, never what it computes: mixed precision (bf16
+autocast), channels-last tensors and ``torch.compile``, chosen by ``train.precision``,
+``train.channels_last`` and ``train.compile``. ``auto`` means what a device is known to gain from:
+bf16 and channels-last on CUDA, plain fp32 (contiguous NCHW) on the CPU. fp32 on the CPU is the
+reference numerics; the others trade the last bits of each step for speed."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Accel:
+    precision: str = "fp32"  # fp32 | bf16
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def dtype(self):
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    def autocast(self, device):
+        """The forward pass's precision context (a no-op in fp32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(device).type, dtype=self.dtype)
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model in the step's memory format (in place: the weights stay the same tensors' values)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def step_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What the step calls: the (DDP-wrapped) model, compiled when asked; the original keeps the
+        weights, the checkpoint and the evaluation."""
+        return torch.compile(model) if self.compile else model
+
+    def describe(self) -> dict:
+        return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
+
+
+def accel_for(t: TrainConfig, device: torch.device) -> Accel:
+    cuda = device.type == "cuda"
+    precision = ("bf16" if cuda else "fp32") if t.precision == "auto" else t.precision
+    channels_last = cuda if t.channels_last == "auto" else t.channels_last == "on"
+    return Accel(precision, channels_last, t.compile)

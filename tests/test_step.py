@@ -1,0 +1,108 @@
+"""How the step runs (pipeline.accel) never changes what it computes beyond float rounding: sums kept
+on the device equal the per-step host sums, channels-last equals NCHW, bf16 autocast stays close to
+fp32, and ``auto`` resolves per device."""
+import copy
+
+import pytest
+import torch
+
+from models import create_model
+from pipeline.accel import Accel, accel_for
+from pipeline.config import ConfigError, TrainConfig, resolve
+from pipeline.data import Augment, ImageSet, MemoryLoader
+from pipeline.losses import create_loss
+from pipeline.objectives import Classify
+from pipeline.train import predict, train_one_epoch
+
+
+def setup(seed=0, n=96):
+    gen = torch.Generator().manual_seed(seed)
+    data = ImageSet(torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=gen),
+                    torch.randint(0, 4, (n,), generator=gen), [str(i) for i in range(n)])
+    cfg = TrainConfig(batch_size=32, augment="crop_flip", seed=seed)
+    counts = torch.bincount(data.labels, minlength=4).tolist()
+    torch.manual_seed(seed)
+    model = create_model("resnet32", num_classes=4, in_channels=3, image_size=16)
+    loader = MemoryLoader(data, counts, cfg, Augment([0.5] * 3, [0.25] * 3, "crop_flip", 2))
+    return model, loader, create_loss(counts, cfg), cfg
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def test_epoch_sums_kept_on_the_device_equal_the_per_step_host_sums():
+    model, loader, loss_fn, cfg = setup()
+    twin = copy.deepcopy(model)
+    loss_sum, correct, seen = train_one_epoch(model, Classify(cfg), loss_fn, sgd(model), loader, 0, None, "cpu")
+    # the loop as it was: .item() after every step
+    twin.train()
+    opt, want_loss, want_correct, want_seen = sgd(twin), 0.0, 0, 0
+    for x, y in loader.epoch(0):
+        logits = twin(x)
+        loss = loss_fn(logits, y, None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        want_loss += loss.item() * len(y)
+        want_correct += (logits.argmax(1) == y).sum().item()
+        want_seen += len(y)
+    assert (loss_sum, correct, seen) == (want_loss, want_correct, want_seen)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
+
+
+def test_channels_last_trains_and_predicts_as_nchw_up_to_float_rounding():
+    model, loader, loss_fn, cfg = setup(n=32)  # one step: rounding, not a diverging trajectory, is compared
+    twin = copy.deepcopy(model)
+    accel = Accel(channels_last=True)
+    a = train_one_epoch(accel.model(model), Classify(cfg), loss_fn, sgd(model), loader, 0, None, "cpu", accel=accel)
+    b = train_one_epoch(twin, Classify(cfg), loss_fn, sgd(twin), loader, 0, None, "cpu")
+    assert a[0] == pytest.approx(b[0], rel=1e-5) and a[1:] == b[1:]
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, atol=2e-4)
+    kernels = [p for p in model.parameters() if p.dim() == 4]
+    assert kernels and all(k.is_contiguous(memory_format=torch.channels_last) for k in kernels)
+    assert not all(k.is_contiguous(memory_format=torch.channels_last) for k in twin.parameters() if k.dim() == 4)
+    got = predict(model, loader.data, loader.augment, 50, "cpu", accel)
+    want = predict(twin, loader.data, loader.augment, 50, "cpu")
+    assert abs(got - want).max() < 1e-3 * abs(want).max()  # float rounding of the logits' scale
+
+
+def test_bf16_autocast_stays_near_fp32_and_returns_fp32_logits():
+    model, loader, loss_fn, cfg = setup()
+    twin = copy.deepcopy(model)
+    bf16 = Accel(precision="bf16")
+    a = train_one_epoch(model, Classify(cfg), loss_fn, sgd(model), loader, 0, None, "cpu", accel=bf16)
+    b = train_one_epoch(twin, Classify(cfg), loss_fn, sgd(twin), loader, 0, None, "cpu")
+    assert a[0] != b[0] and a[0] == pytest.approx(b[0], rel=0.05)  # really in bf16, and close
+    logits = predict(twin, loader.data, loader.augment, 50, "cpu", bf16)
+    want = predict(twin, loader.data, loader.augment, 50, "cpu")
+    assert logits.dtype == "float32" and not (logits == want).all()
+    assert abs(logits - want).max() < 0.03 * abs(want).max()  # bf16 keeps ~3 significant digits per layer
+    assert (logits.argmax(1) == want.argmax(1)).mean() > 0.9
+
+
+def test_auto_is_fp32_nchw_on_the_cpu_and_bf16_channels_last_on_cuda():
+    t = TrainConfig()
+    assert accel_for(t, torch.device("cpu")) == Accel("fp32", False, False)
+    assert accel_for(t, torch.device("cuda", 0)) == Accel("bf16", True, False)
+    forced = TrainConfig(precision="bf16", channels_last="on", compile=True)
+    assert accel_for(forced, torch.device("cpu")) == Accel("bf16", True, True)
+    assert accel_for(TrainConfig(channels_last="off"), torch.device("cuda", 0)).channels_last is False
+
+
+def test_an_unknown_precision_is_refused_by_name():
+    with pytest.raises(ConfigError, match="train.precision"):
+        resolve([], [("train.precision", "fp8")])
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_as_the_eager_one():
+    model, loader, loss_fn, cfg = setup(n=32)
+    twin = copy.deepcopy(model)
+    a = train_one_epoch(Accel(compile=True).step_model(model), Classify(cfg), loss_fn, sgd(model), loader, 0, None,
+                        "cpu")
+    b = train_one_epoch(twin, Classify(cfg), loss_fn, sgd(twin), loader, 0, None, "cpu")
+    assert a[0] == pytest.approx(b[0], rel=1e-5) and a[1:] == b[1:]
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, atol=1e-3)

@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study prior-study cluster-check clean
+.PHONY: venv demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study prior-study cluster-check gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -82,6 +82,9 @@ bench-ingest: venv
 
 bench-train: venv
 	$(PY) bench/train.py --archive ../shared/data/cifar10-jpeg.tar.gz
+
+gpu-check: venv  # on a GPU machine: the whole chain (CIFAR-10-LT, 2 epochs) required to run on the GPU, sweep 4 runs/GPU
+	$(PY) bench/gpu_check.py --archive ../shared/data/cifar10-jpeg.tar.gz
 
 cluster-check: venv  # a standalone Spark cluster + MLflow server on loopback, the jobs against it
 	bash bench/cluster.sh

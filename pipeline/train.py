@@ -442,6 +442,7 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
                "best_on_test_epoch_top1": best["test_top1"], "best_on_test_epoch": best["epoch"] + 1}
     tracker.log_metrics({k: v for k, v in summary.items() if k != "run_id" and np.isfinite(v)})
     summary["final_test_per_class_accuracy"] = final["per_class_accuracy"]
+    summary.update(device=str(ctx.device), step=accel_for(cfg.train, ctx.device).describe())  # where it ran
     tracker.log_metrics({f"final_test_class_acc_{n}": a for n, a in zip(names, final["per_class_accuracy"])
                          if np.isfinite(a)})
     final = {"class_names": names, "train_counts": counts, **final}

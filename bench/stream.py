@@ -1,7 +1,7 @@
 """Benchmark: streaming pseudo-label throughput (images/s) and micro-batch latency of
 jobs/pseudolabel.py's query: read Parquet, decode, score with ResNet-32, write labels and balance.
 
-    .venv/bin/python bench/stream.py --archive ../shared/data/cifar10-jpeg.tar.gz [--images 20000]
+    .venv/bin/python bench/stream.py --archive ../shared/data/cifar10-jpeg.tar.gz [--images 20000] [--precision bf16]
 
 The pool is CIFAR-10-LT's unlabeled split (JPEG, 32x32), replayed into --files files and read
 --files-per-trigger at a time. The scoring model is an untrained ResNet-32 logged to MLflow like a
@@ -45,15 +45,18 @@ def log_model(splits: Path, name: str) -> str:
     return tracker.run_id
 
 
-def forward_ceiling(name: str, threads: int, images: int = 2048) -> float:
-    """Images/s of the model's forward pass alone (random input, batch 512, channels-last), with
-    ``threads`` torch threads: the bound the stream cannot beat on this device."""
+def forward_ceiling(name: str, threads: int, images: int = 2048, precision: str = "fp32") -> float:
+    """Images/s of the model's forward pass alone (random input, batch 512, channels-last, in
+    ``precision``), with ``threads`` torch threads: the bound the stream cannot beat on this device."""
+    import contextlib
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(threads)
     model = create_model(name, num_classes=10, in_channels=3, image_size=32).eval().to(device)
     model = model.to(memory_format=torch.channels_last)
     x = torch.rand(512, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with torch.inference_mode(), bf16:
         model(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -75,6 +78,7 @@ def main() -> None:
     ap.add_argument("--model", default="resnet32")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per Spark task")
     ap.add_argument("--master", default="local[*]")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the scoring forward pass")
     args = ap.parse_args()
     work = Path(args.work)
     splits = ensure_splits(args.archive, work)
@@ -87,7 +91,8 @@ def main() -> None:
                        ("pseudolabel.input", str(inbox)), ("pseudolabel.out", str(out)),
                        ("pseudolabel.truth", str(splits / "unlabeled_truth")),
                        ("pseudolabel.max_files_per_trigger", str(args.files_per_trigger)),
-                       ("pseudolabel.threads_per_task", str(args.threads))])
+                       ("pseudolabel.threads_per_task", str(args.threads)),
+                       ("pseudolabel.precision", args.precision)])
     spark = session(cfg.spark)
     started = time.time()
     run_pseudolabel(spark, cfg)
@@ -99,7 +104,8 @@ def main() -> None:
     first, steady = batches.iloc[0], batches.iloc[1:]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {cores} Spark task slots"
     print(f"device: {device}; model {args.model}; {int(batches.batch_rows.sum())} images in {len(batches)} "
-          f"micro-batches of {args.files_per_trigger} files; {args.threads} torch thread(s) per task")
+          f"micro-batches of {args.files_per_trigger} files; {args.threads} torch thread(s) per task; "
+          f"scoring in {args.precision}")
     print(f"{'':<42}{'images/s':>10}{'latency s':>11}")
     print(f"{'first micro-batch (workers start, model loads)':<42}{first.rows_per_s:>10.0f}{first.latency_s:>11.2f}")
     if len(steady):
@@ -107,7 +113,7 @@ def main() -> None:
         print(f"{'steady state (later micro-batches)':<42}{rate:>10.0f}{steady.latency_s.median():>11.2f}"
               f"  (median; p90 {steady.latency_s.quantile(0.9):.2f})")
     print(f"{'whole query, wall clock':<42}{batches.batch_rows.sum() / wall:>10.0f}")
-    alone = forward_ceiling(args.model, args.threads)
+    alone = forward_ceiling(args.model, args.threads, precision=args.precision)
     print(f"{f'forward pass alone, {args.threads} thread(s)':<42}{alone:>10.0f}"
           f"  (x {cores} task slots = {alone * cores:.0f}: the bound for this device)")
 

@@ -1,13 +1,15 @@
 """spark-submit jobs/pseudolabel.py --model RUN_ID|MODEL_URI --input DIR --out OUT [--checkpoint CKPT]
     [--trigger available-now|continuous] [--max-files-per-trigger N] [--select POLICY]
-    [--adjust none|em|bbse [--adjust-tau T] [--refine darp] [--val DIR]]
+    [--adjust none|em|bbse [--adjust-tau T] [--refine darp] [--val DIR]] [--precision fp32|bf16]
 
 Score the unlabeled pool with a base classifier from MLflow as a Structured Streaming query, and
 write pseudo-labels (OUT/labels), their class balance (OUT/balance, read by the dashboard) and a
 "pseudolabel" MLflow run. Killed and started again with the same checkpoint, it resumes: every
 image is labeled exactly once. ``--adjust em|bbse`` corrects the predictions for the pool's class
 prior as estimated so far (EM; BBSE on a held-out labeled split) before the policy selects; the EM
-estimate (and BBSE's, when a held-out split is there) is recorded with every micro-batch either way."""
+estimate (and BBSE's, when a held-out split is there) is recorded with every micro-batch either way.
+``--precision bf16`` scores in bf16 autocast (about 3x fp32 on a CPU with AVX512-BF16), after checking
+it against fp32 on the splits' test images (agreement and both top-1s, in stream.json and MLflow)."""
 from pipeline.cli import JobParser, run_spark_job
 from streaming.pseudolabel import run_pseudolabel, summary
 from streaming.select import POLICIES
@@ -36,6 +38,8 @@ def main(argv=None) -> dict:
                 help="darp: refine the soft labels to the estimated class counts before selecting (with --adjust)")
     parser.flag("--val", key="pseudolabel.val", metavar="DIR",
                 help="held-out labeled split for BBSE; default: INPUT/../val when it has images")
+    parser.flag("--precision", key="pseudolabel.precision", choices=["fp32", "bf16"],
+                help="the scoring forward pass; bf16 is checked against fp32 on the splits' test images first")
     parser.flag("--experiment", key="pseudolabel.experiment", help="MLflow experiment; default: the model's")
     args, cfg = parser.resolve(argv, required={"pseudolabel.model": "--model", "pseudolabel.input": "--input DIR",
                                             "pseudolabel.out": "--out OUT"})

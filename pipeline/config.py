@@ -237,6 +237,10 @@ class PseudoLabelConfig:
     crest_final_t: float = 0.5  # crest_align: the temperature of the last round's labels (the first: 1.0)
     batch_size: int = 512  # images per forward pass
     threads_per_task: int = 1  # torch threads in each Python worker (a worker per core on local[*])
+    # the scoring forward pass: fp32, or bf16 autocast (checked against fp32 on the test split when the
+    # stream starts: agreement and top-1 recorded with the stream)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    check_images: int = 2000  # precision bf16: test images of that check (the first by id)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     experiment: Optional[str] = None  # MLflow experiment of the "pseudolabel" run; None: the base model's
 

@@ -101,6 +101,36 @@ def held_out_confusion(spark, model: ScoringModel, path: str, num_classes: int) 
             "confusion": c.tolist(), "condition": float(np.linalg.cond(c))}
 
 
+def precision_check(spark, model: ScoringModel, input_dir: str, images: int) -> dict:
+    """A reduced-precision scoring path against fp32 on the first ``images`` test images (by id) of
+    the pool's splits: how often the two predict the same class, and each one's top-1."""
+    import dataclasses
+
+    from pyspark.sql import functions as F
+
+    test = fs.join(posixpath.dirname(fs.normalize(input_dir).rstrip("/")), "test")
+    check = {"precision": model.precision}
+    if not fs.exists(test):
+        return {**check, "test": None, "why": "no test split beside the input: agreement with fp32 not checked"}
+    rows = spark.read.parquet(fs.spark_path(test)).orderBy("id").limit(images).cache()
+    try:
+        def predicted(ref: ScoringModel) -> dict:
+            return {r["id"]: r["predicted"] for r in score(rows, ref).filter(F.col(ERROR).isNull())
+                    .select("id", "predicted").collect()}
+
+        fast, exact = predicted(model), predicted(dataclasses.replace(model, precision="fp32"))
+        labels = {r["id"]: r["label"] for r in rows.select("id", "label").collect()}
+    finally:
+        rows.unpersist()
+    ids = sorted(set(fast) & set(exact))
+    if not ids:
+        raise StreamError(f"pseudolabel.precision={model.precision}: no scorable image in {test} to check it on")
+    agree = float(np.mean([fast[i] == exact[i] for i in ids]))
+    return {**check, "test": test, "images": len(ids), "agreement": agree,
+            "top1": float(np.mean([fast[i] == labels[i] for i in ids])),
+            "fp32_top1": float(np.mean([exact[i] == labels[i] for i in ids]))}
+
+
 def input_identity(input_dir: str) -> Optional[str]:
     """The sha256 of the pool's ids when the input is a split of jobs/longtail.py (its manifest is
     beside it), else None (an inbox that grows)."""
@@ -128,15 +158,17 @@ def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, t
                          **{k: base["tags"].get(k) for k in ("dataset", "imbalance_ratio", "method", "seed", "stage")}}}
 
 
-RESTART_KEYS = ("model_run_id", "model_uri", "policy", "input", "input_ids_sha256", "checkpoint", "trigger")
+RESTART_KEYS = ("model_run_id", "model_uri", "policy", "input", "input_ids_sha256", "checkpoint", "trigger",
+                "scoring_precision")
+WAS = {"scoring_precision": "fp32"}  # what an output written before a key existed did
 
 
 def _check_same_stream(old: dict, new: dict, out: str) -> None:
     """A restart continues the same stream or is refused: another model (run id), policy, input (or
     input contents), checkpoint or trigger would mix two streams in one output."""
     for key in RESTART_KEYS:
-        if old.get(key) != new[key]:
-            raise StreamError(f"{out} holds pseudo-labels of another stream ({key}: {old.get(key)!r}, now "
+        if old.get(key, WAS.get(key)) != new[key]:
+            raise StreamError(f"{out} holds pseudo-labels of another stream ({key}: {old.get(key, WAS.get(key))!r}, now "
                               f"{new[key]!r}); use a new --out (and --checkpoint), or delete the old output")
     if sinks.committed_batches(out) and not fs.exists(fs.join(new["checkpoint"], "offsets")):
         raise StreamError(f"{out} holds {len(sinks.committed_batches(out))} micro-batches but their checkpoint "
@@ -210,7 +242,7 @@ def unreadable_files(files: list[str]) -> tuple[list[dict], int]:
 def run_pseudolabel(spark, cfg: Config) -> dict:
     p = cfg.pseudolabel
     from_config(p)  # an unknown policy fails before any work
-    model = resolve(p.model, p.device, p.batch_size, p.threads_per_task)
+    model = resolve(p.model, p.device, p.batch_size, p.threads_per_task, p.precision)
     base = base_run(model)
     if not fs.exists(p.input):
         raise StreamError(f"pseudolabel.input: {fs.normalize(p.input)} does not exist")
@@ -230,6 +262,11 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
                          generation, max(cfg.train.self_training_rounds, generation))
     info = _stream_info(cfg, model, policy, base, truth_path(p), checkpoint)
     info["bbse"] = bbse
+    info["scoring_precision"] = p.precision
+    if p.precision != "fp32":  # checked once; a restart keeps the check it started with
+        kept = previous and previous.get("scoring_precision") == p.precision and previous.get("model_run_id") == model.run_id
+        info["scoring_check"] = previous["scoring_check"] if kept else precision_check(spark, model, p.input,
+                                                                                     p.check_images)
     if previous:
         _check_same_stream(previous, info, out)
     claim_checkpoint(checkpoint, out)
@@ -253,6 +290,8 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
                             "policy": {k: v for k, v in policy.params().items() if k != "confusion"},
                             "git_commit": git_commit(), "base_run_id": model.run_id})
         tracker.log_dict(info, "stream.json")
+        check = info.get("scoring_check") or {}
+        tracker.log_metrics({f"scoring_{k}": check[k] for k in ("agreement", "top1", "fp32_top1") if k in check})
 
     def process(batch_df, batch_id: int) -> None:
         from pyspark.sql import functions as F
@@ -348,7 +387,8 @@ def _stop_on_signals(on_signal) -> Iterator[threading.Event]:
 def summary_of(out: str, info: dict) -> dict:
     last = sinks.latest_balance(out)
     result = {"run_id": info["run_id"], "out": out, "model_run_id": info["model_run_id"],
-              "policy": info["policy"]["name"]}
+              "policy": info["policy"]["name"], "scoring_precision": info.get("scoring_precision", "fp32"),
+              **({"scoring_check": info["scoring_check"]} if info.get("scoring_check") else {})}
     if last is None:
         return {**result, "batches": 0, "scored": 0}
     rows = last.to_pylist()

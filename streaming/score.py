@@ -36,6 +36,7 @@ class ScoringModel:
     batch_size: int = 512
     threads: int = 1
     version: Optional[str] = None  # "name/version" when the model was asked for as models:/...
+    precision: str = "fp32"  # fp32 | bf16: the forward pass in bf16 autocast (pseudolabel.precision)
 
 
 def model_uri(ref: str) -> str:
@@ -46,7 +47,8 @@ def model_uri(ref: str) -> str:
     return ref
 
 
-def resolve(ref: str, device: str = "auto", batch_size: int = 512, threads: int = 1) -> ScoringModel:
+def resolve(ref: str, device: str = "auto", batch_size: int = 512, threads: int = 1,
+            precision: str = "fp32") -> ScoringModel:
     """Check on the driver that ``ref`` names a logged model and find the run that logged it."""
     import mlflow
 
@@ -64,7 +66,8 @@ def resolve(ref: str, device: str = "auto", batch_size: int = 512, threads: int 
     # pinned here, once: a models:/name@alias (or latest) would be resolved again by every worker and
     # every restart, and could mix models in one output under one recorded run id
     pinned = f"runs:/{info.run_id}/{info.artifact_path or 'model'}"
-    return ScoringModel(pinned, info.run_id, tracking_uri(), device, batch_size, threads, registered_version(uri))
+    return ScoringModel(pinned, info.run_id, tracking_uri(), device, batch_size, threads, registered_version(uri),
+                        precision)
 
 
 def registered_version(uri: str) -> Optional[str]:
@@ -128,9 +131,14 @@ def images_array(frame: pd.DataFrame) -> tuple[np.ndarray, list[Optional[str]]]:
     return array.transpose(0, 3, 1, 2), errors
 
 
-def score_frame(frame: pd.DataFrame, model, device, run_id: str, batch_size: int) -> pd.DataFrame:
+def score_frame(frame: pd.DataFrame, model, device, run_id: str, batch_size: int,
+                precision: str = "fp32") -> pd.DataFrame:
     """Pseudo-label rows (``SCORED``: schema.LABEL_COLUMNS but scored_at, plus ``error``) for a pandas
-    frame of image rows; a row that cannot be scored keeps its id and says why in ``error``."""
+    frame of image rows; a row that cannot be scored keeps its id and says why in ``error``. With
+    ``precision`` bf16 the forward pass runs in bf16 autocast (about 3x fp32 on a CPU with
+    AVX512-BF16), the softmax in fp32."""
+    import contextlib
+
     import torch
 
     columns = [c.name for c in SCORED]
@@ -142,7 +150,10 @@ def score_frame(frame: pd.DataFrame, model, device, run_id: str, batch_size: int
         for start in range(0, len(pixels), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size])).to(device).float().div_(255)
             x = x.contiguous(memory_format=torch.channels_last)
-            probs.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
+            with (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                  else contextlib.nullcontext()):
+                logits = model(x)
+            probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     good = np.array([e is None for e in errors])
     p = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
     n = len(frame)
@@ -159,7 +170,7 @@ def score_frame(frame: pd.DataFrame, model, device, run_id: str, batch_size: int
 def _score_partition(frames: Iterator[pd.DataFrame], ref: ScoringModel) -> Iterator[pd.DataFrame]:
     model, device = load(ref)
     for frame in frames:
-        yield score_frame(frame, model, device, ref.run_id, ref.batch_size)
+        yield score_frame(frame, model, device, ref.run_id, ref.batch_size, ref.precision)
 
 
 IMAGE_INPUT = ("id", "image", "image_format", "height", "width", "channels")

@@ -439,3 +439,29 @@ def test_bbse_without_a_held_out_split_is_refused_before_any_work(spark, base, t
         pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"),
                               "--out", str(tmp_path / "pl"), "--adjust", "bbse"])
     assert "val_per_class" in capsys.readouterr().err and not (tmp_path / "pl").exists()
+
+
+def test_a_bf16_stream_is_checked_against_fp32_first_and_a_restart_cannot_change_precision(spark, base, tmp_path):
+    from pipeline.data import read_table
+
+    out = tmp_path / "pl-bf16"
+    args = ["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"), "--out", str(out)]
+    result = pseudolabel_job.main([*args, "--precision", "bf16"])
+    check = sinks.read_stream_info(str(out))["scoring_check"]
+    test_rows = read_table(str(base["splits"] / "test"), columns=["id"]).num_rows
+    assert check["precision"] == "bf16" and check["images"] == min(2000, test_rows)
+    assert check["agreement"] >= 0.9 and abs(check["top1"] - check["fp32_top1"]) <= 0.05
+    assert result["scoring_precision"] == "bf16" and result["scored"] == 600
+    metrics = mlflow.get_run(result["run_id"]).data.metrics
+    assert metrics["scoring_agreement"] == pytest.approx(check["agreement"])
+    # the same pool in fp32: the labels agree with the bf16 stream's almost everywhere
+    exact = tmp_path / "pl-fp32"
+    pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"), "--out", str(exact)])
+    def labels(path):
+        t = sinks.read_labels(str(path), columns=["id", "predicted"])
+        return dict(zip(t.column("id").to_pylist(), t.column("predicted").to_pylist()))
+
+    a, b = labels(out), labels(exact)
+    assert a.keys() == b.keys() and np.mean([a[i] == b[i] for i in a]) >= 0.9
+    with pytest.raises(SystemExit):  # one output, one precision
+        pseudolabel_job.main([*args, "--precision", "fp32"])

@@ -81,7 +81,7 @@ def save(folder: str | Path, spec: dict, module: torch.nn.Module) -> None:
     """Write ``spec.json`` and ``weights.pt``; ``module`` must be what ``build(spec)`` makes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}  # NCHW, whatever trained
     build(spec).load_state_dict(state)  # refuse to write what could not be loaded back
     (folder / SPEC).write_text(json.dumps(spec, indent=2))
     torch.save(state, folder / WEIGHTS)

@@ -158,34 +158,63 @@ class Augment:
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
+    def draw(self, n: int, gen: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        """The random choices of ``n`` images' crop and flip, in the order ``__call__`` makes them: a
+        loader draws a whole epoch's at once and moves them to the device in one copy."""
+        drawn = {}
+        if self.kind in ("crop_flip", "crop") and self.padding:
+            drawn["dy"] = torch.randint(0, 2 * self.padding + 1, (n,), generator=gen)
+            drawn["dx"] = torch.randint(0, 2 * self.padding + 1, (n,), generator=gen)
+        if self.kind in ("crop_flip", "flip"):
+            drawn["flip"] = torch.rand(n, generator=gen) < 0.5
+        return drawn
+
     def __call__(self, x: torch.Tensor, gen: Optional[torch.Generator] = None, train: bool = True,
-                 strong: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 strong: Optional[torch.Tensor] = None, drawn: Optional[dict] = None) -> torch.Tensor:
         rows = None
         if train and self.strong and strong is not None and bool(strong.any()):
             rows = strong.nonzero().squeeze(1)
             x = x.clone()
             x[rows] = randaugment(x[rows], self.strong.ops, self.strong.magnitude, gen)
         x = x.float().div_(255)
-        if train and self.kind in ("crop_flip", "crop") and self.padding:
-            x = self._crop(x, gen)
-        if train and self.kind in ("crop_flip", "flip"):
-            flip = (torch.rand(len(x), generator=gen) < 0.5).to(x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if train:
+            drawn = self.draw(len(x), gen) if drawn is None else drawn
+            if "dy" in drawn:
+                x = self._crop(x, drawn["dy"].to(x.device), drawn["dx"].to(x.device))
+            if "flip" in drawn:
+                x = torch.where(drawn["flip"].to(x.device)[:, None, None, None], x.flip(3), x)
         x = self.normalise(x)
         if rows is not None and self.strong.cutout:
             x[rows] = cutout(x[rows], self.strong.cutout, gen)
         return x
 
-    def _crop(self, x: torch.Tensor, gen: Optional[torch.Generator]) -> torch.Tensor:
+    def _crop(self, x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         p = self.padding
         padded = F.pad(x, (p, p, p, p))  # zeros of the raw image: a black border
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
         rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
         cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :]
         return padded[torch.arange(n, device=x.device)[:, None, None, None],
                       torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+def epoch_draws(augment: Augment, sizes: list[int], gen: torch.Generator, device) -> Iterator[Optional[dict]]:
+    """Per batch of ``sizes``, its augmentation draws: the very values batch-by-batch drawing gives,
+    drawn for the whole epoch up front and copied to the device once (no host-to-device copy, and so
+    no wait on the device, per step). With strong augmentation, whose draws interleave, None: the
+    batch draws its own."""
+    if augment.strong is not None:
+        yield from (None for _ in sizes)
+        return
+    per_batch = [augment.draw(n, gen) for n in sizes]
+    if not per_batch or not per_batch[0]:
+        yield from ({} for _ in sizes)
+        return
+    whole = {k: torch.cat([d[k] for d in per_batch]).to(device) for k in per_batch[0]}
+    start = 0
+    for n in sizes:
+        yield {k: v[start:start + n] for k, v in whole.items()}
+        start += n
 
 
 class MemoryLoader:
@@ -209,13 +238,16 @@ class MemoryLoader:
                             self.cfg)
         gen = epoch_generator(self.cfg.seed, epoch, self.rank)
         idx = torch.from_numpy(idx).to(self.data.images.device)
-        for start in range(0, len(idx), self.batch):
+        starts = range(0, len(idx), self.batch)
+        draws = epoch_draws(self.augment, [len(idx[s:s + self.batch]) for s in starts], gen, idx.device)
+        for start, drawn in zip(starts, draws):
             take = idx[start:start + self.batch]
             if self.pseudo_from is None:
-                yield self.augment(self.data.images[take], gen), self.data.labels[take]
+                yield self.augment(self.data.images[take], gen, drawn=drawn), self.data.labels[take]
             else:
                 pseudo = take >= self.pseudo_from
-                yield self.augment(self.data.images[take], gen, strong=pseudo), self.data.labels[take], pseudo
+                yield (self.augment(self.data.images[take], gen, strong=pseudo, drawn=drawn), self.data.labels[take],
+                       pseudo)
 
 
 class MixedLoader:
@@ -246,13 +278,15 @@ class MixedLoader:
         pse = np.resize(order, steps * self.n_pseudo)  # the pool is cycled when it is smaller than needed
         gen = epoch_generator(self.cfg.seed, epoch, self.rank)
         device = self.labeled.images.device
+        sizes = [len(lab[s * self.n_labeled:(s + 1) * self.n_labeled]) + self.n_pseudo for s in range(steps)]
+        draws = iter(epoch_draws(self.augment, sizes, gen, device))
         for step in range(steps):
             li = torch.from_numpy(lab[step * self.n_labeled:(step + 1) * self.n_labeled]).to(device)
             pi = torch.from_numpy(pse[step * self.n_pseudo:(step + 1) * self.n_pseudo]).to(device)
             x = torch.cat([self.labeled.images[li], self.pseudo.images[pi]])
             y = torch.cat([self.labeled.labels[li], self.pseudo.labels[pi]])
             pseudo = torch.arange(len(y), device=device) >= len(li)
-            yield self.augment(x, gen, strong=pseudo), y, pseudo
+            yield self.augment(x, gen, strong=pseudo, drawn=next(draws)), y, pseudo
 
 
 def semi_loader(labeled: ImageSet, pseudo: ImageSet, labeled_counts, cfg: TrainConfig, augment: Augment,

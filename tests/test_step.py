@@ -106,3 +106,17 @@ def test_a_compiled_step_trains_as_the_eager_one():
     assert a[0] == pytest.approx(b[0], rel=1e-5) and a[1:] == b[1:]
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(p, q, atol=1e-3)
+
+
+def test_an_epochs_augmentation_drawn_up_front_is_the_batch_by_batch_draw():
+    from pipeline.data import epoch_generator
+    from pipeline.samplers import epoch_indices
+
+    _, loader, _, cfg = setup(n=90)  # 32 + 32 + 26: a short last batch
+    got = list(loader.epoch(3))
+    gen = epoch_generator(cfg.seed, 3, 0)
+    idx = torch.from_numpy(epoch_indices(cfg.sampler, loader.labels_np, loader.counts, cfg.seed, 3, 0, 1, cfg))
+    want = [(loader.augment(loader.data.images[t], gen), loader.data.labels[t]) for t in idx.split(32)]
+    assert len(got) == len(want) == 3
+    for (x, y), (x0, y0) in zip(got, want):
+        assert torch.equal(x, x0) and torch.equal(y, y0)

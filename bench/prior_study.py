@@ -48,22 +48,37 @@ SEMI_RUNS = [("all", "all", {}, ()),
              ("all-em-la", "all", {"adjust": "em"}, ("--pseudo-loss", "logit_adjusted"))]
 
 
+def shots(result: dict, labeled_counts: list[int]) -> dict:
+    """Final test top-1 and many/medium/few accuracy, the groups by the labeled split's counts for
+    every run alike (a semi run's own groups follow labeled + pseudo-labeled counts, which differ
+    per policy)."""
+    import numpy as np
+
+    from pipeline.metrics import shot_groups
+
+    acc = np.asarray(result["final_test_per_class_accuracy"], dtype=float)
+    out = {"top1": result["final_test_top1"]}
+    for group, idx in shot_groups(labeled_counts).items():
+        out[f"{group}_accuracy"] = float(acc[idx].mean()) if len(idx) else None
+    return out
+
+
 def semi_runs(study, gamma: str, splits: Path, base: dict, experiment: str) -> list[dict]:
     """Per ``SEMI_RUNS`` entry: its stream over the pool (shared by entries of one policy) and its
     semi-supervised run; the final-epoch test figures of each."""
+    counts = json.loads((splits / "manifest.json").read_text())["class_counts"]["labeled"]
     rows = []
     for name, policy, settings, flags in SEMI_RUNS:
         tag = policy + "".join(f"-{k}{v}" for k, v in settings.items())
         out = study.work / f"pseudo-labels-u{gamma}-{tag}"
         overrides = [a for k, v in settings.items() for a in ("--set", f"pseudolabel.{k}={v}")]
-        study.job(f"stream-u{gamma}-{tag}", "pseudolabel.py", "--config", SEMI, "--model", base["run_id"], "--input",
+        stream = study.job(f"stream-u{gamma}-{tag}", "pseudolabel.py", "--config", SEMI, "--model", base["run_id"], "--input",
                   str(splits / "unlabeled"), "--out", str(out), "--select", policy, *overrides,
                   "--experiment", experiment)
         r = study.job(f"semi-u{gamma}-{name}", "train_semi.py", "--config", SEMI, "--splits", str(splits),
                       "--method", "ce", "--pseudo-labels", str(out), "--epochs", str(study.epochs),
                       "--experiment", experiment, *flags)
-        rows.append({"run": name, "run_id": r["run_id"], **{k: r.get(f"final_test_{k}") for k in
-                                                             ("top1", "many_accuracy", "medium_accuracy", "few_accuracy")}})
+        rows.append({"run": name, "run_id": r["run_id"], "pseudo_labels": stream.get("selected"), **shots(r, counts)})
     return rows
 
 
@@ -217,12 +232,15 @@ def main() -> None:
         print(f"\nsemi-supervised ce on labeled + kept pseudo-labels, {args.epochs} epochs (final test top-1 = "
               f"balanced accuracy / many / medium / few, %):\n")
         print("| run | " + " | ".join(POOLS[g] for g in semi) + " |\n|---|" + "---|" * len(semi))
+        counts = json.loads((splits["100"] / "manifest.json").read_text())["class_counts"]["labeled"]
+        plain = shots(base, counts)
         print("| base model, no pseudo-labels | " + " | ".join("{:.2f} / {:.1f} / {:.1f} / {:.1f}".format(
-            *(100 * base[f"final_test_{k}"] for k in ("top1", "many_accuracy", "medium_accuracy", "few_accuracy")))
+            *(100 * plain[k] for k in ("top1", "many_accuracy", "medium_accuracy", "few_accuracy")))
             for _ in semi) + " |")
         for i, (name, *_rest) in enumerate(SEMI_RUNS):
-            cells = ["{:.2f} / {:.1f} / {:.1f} / {:.1f}".format(*(100 * (report["semi"][g][i][k] or float("nan"))
-                     for k in ("top1", "many_accuracy", "medium_accuracy", "few_accuracy"))) for g in semi]
+            cells = ["{:.2f} / {:.1f} / {:.1f} / {:.1f} ({} kept)".format(
+                *(100 * report["semi"][g][i][k] for k in ("top1", "many_accuracy", "medium_accuracy", "few_accuracy")),
+                report["semi"][g][i]["pseudo_labels"]) for g in semi]
             print(f"| {name} | " + " | ".join(cells) + " |")
     if args.screenshot:
         screenshot(work / "pseudo-labels-u-100", Path(args.screenshot).resolve())

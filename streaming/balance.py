@@ -3,6 +3,8 @@ scored so far (in scoring order), the selection policy and, when the pool was ca
 data set, its hidden labels."""
 from __future__ import annotations
 
+import math
+
 import datetime as dt
 import re
 from typing import Optional, Sequence
@@ -97,7 +99,8 @@ def overall_precision(rows: list[dict]) -> Optional[float]:
     if rows[0]["true_count"] is None:
         return None
     kept = sum(r["selected_count"] for r in rows)
-    right = sum(r["precision"] * r["selected_count"] for r in rows if r["precision"] is not None)
+    right = sum(r["precision"] * r["selected_count"] for r in rows  # a class with none kept has no precision
+                if r["selected_count"] and r["precision"] is not None and not math.isnan(r["precision"]))
     return right / kept if kept else 0.0
 
 

@@ -465,3 +465,13 @@ def test_a_bf16_stream_is_checked_against_fp32_first_and_a_restart_cannot_change
     assert a.keys() == b.keys() and np.mean([a[i] == b[i] for i in a]) >= 0.9
     with pytest.raises(SystemExit):  # one output, one precision
         pseudolabel_job.main([*args, "--precision", "fp32"])
+
+
+def test_the_overall_precision_ignores_classes_with_nothing_kept_even_as_nan():
+    from streaming.balance import overall_precision
+
+    rows = [{"true_count": 5, "selected_count": 4, "precision": 0.5},
+            {"true_count": 3, "selected_count": 0, "precision": float("nan")},  # how pandas hands a null over
+            {"true_count": 2, "selected_count": 1, "precision": 1.0}]
+    assert overall_precision(rows) == pytest.approx(3 / 5)
+    assert overall_precision([{**r, "true_count": None} for r in rows]) is None

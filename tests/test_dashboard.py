@@ -48,7 +48,7 @@ def browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def wait(condition, what: str, timeout: float = 120):
+def wait(condition, what: str, timeout: float = 300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = condition()
@@ -88,7 +88,7 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
         for f in pool[:2]:  # the stream is live: every file appears whole (written aside, renamed in)
             shutil.copy(f, tmp_path / "staging.parquet")
             os.replace(tmp_path / "staging.parquet", inbox / f.name)
-        wait(lambda: driver.execute_script(COUNT_BARS) == 200, "bars summing to the first 200 images", 180)
+        wait(lambda: driver.execute_script(COUNT_BARS) == 200, "bars summing to the first 200 images", 300)
         assert "Live" in status() and "scored: 200 images" in driver.find_element("id", "header").text
 
         shutil.copy(pool[2], tmp_path / "staging.parquet")  # a new file arrives whole

@@ -137,9 +137,9 @@ def score_frame(frame: pd.DataFrame, model, device, run_id: str, batch_size: int
     frame of image rows; a row that cannot be scored keeps its id and says why in ``error``. With
     ``precision`` bf16 the forward pass runs in bf16 autocast (about 3x fp32 on a CPU with
     AVX512-BF16), the softmax in fp32."""
-    import contextlib
-
     import torch
+
+    from pipeline.accel import Accel
 
     columns = [c.name for c in SCORED]
     if frame.empty:
@@ -150,8 +150,7 @@ def score_frame(frame: pd.DataFrame, model, device, run_id: str, batch_size: int
         for start in range(0, len(pixels), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size])).to(device).float().div_(255)
             x = x.contiguous(memory_format=torch.channels_last)
-            with (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                  else contextlib.nullcontext()):
+            with Accel(precision=precision).autocast(device):
                 logits = model(x)
             probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     good = np.array([e is None for e in errors])

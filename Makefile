@@ -72,7 +72,7 @@ test: venv
 	$(PY) -m pytest -m "not slow" -q
 
 test-fast: venv  # the pure tests (math, config, losses, samplers, schema, policies, safe loading): < 1 min
-	$(PY) -m pytest -m "not slow and not spark and not browser and not cluster" -q
+	$(PY) -m pytest -m "not slow and not spark and not browser and not cluster and not processes" -q
 
 test-all: venv
 	$(PY) -m pytest -q

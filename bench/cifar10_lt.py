@@ -39,8 +39,8 @@ def main() -> None:
     for method in args.methods.split(","):
         cfg = resolve([str(ROOT / "conf/methods" / f"{method}.yaml"), str(ROOT / EXPERIMENT)], [
             ("train.splits", str(splits)), ("train.method", method), ("train.epochs", str(args.epochs)),
-            ("train.seed", str(args.seed)), ("train.experiment", "bench-cifar10-lt100"),
-            ("train.run_dir", str(Path(args.work) / "runs"))])
+            ("train.seed", str(args.seed)), ("train.tracking.experiment", "bench-cifar10-lt100"),
+            ("train.runtime.run_dir", str(Path(args.work) / "runs"))])
         started = time.time()
         result = fit(cfg)
         rows.append((method, time.time() - started, result))

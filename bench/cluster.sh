@@ -113,7 +113,7 @@ wait_workers 2
 
 # --- 2. the chain -------------------------------------------------------------------------------
 CONF=conf/experiments/digits_lt10.yaml
-SET=(--experiment cluster --set train.run_dir="$WORK/train")
+SET=(--experiment cluster --set train.runtime.run_dir="$WORK/train")
 "${SUBMIT[@]}" jobs/ingest.py --config $CONF --out "$WORK/digits"
 "${SUBMIT[@]}" jobs/longtail.py --config $CONF --data "$WORK/digits" --out "$WORK/digits-lt10"
 "${SUBMIT[@]}" jobs/pretrain.py --config $CONF --splits "$WORK/digits-lt10" --epochs 3 --num-processes 2 \

@@ -77,8 +77,8 @@ def our_run(splits: Path, work: Path, method: str, epochs: int, seed: int) -> di
 
     cfg = resolve([str(ROOT / "conf/methods" / f"{method}.yaml"), str(ROOT / EXPERIMENT)], [
         ("train.splits", str(splits)), ("train.method", method), ("train.epochs", str(epochs)),
-        ("train.seed", str(seed)), ("train.experiment", "bench-equal-budget"),
-        ("train.run_dir", str(work / "runs"))])
+        ("train.seed", str(seed)), ("train.tracking.experiment", "bench-equal-budget"),
+        ("train.runtime.run_dir", str(work / "runs"))])
     result = fit(cfg)
     return {"top1": result["final_test_top1"], "per_class": result["final_test_per_class_accuracy"],
             "run_id": result["run_id"]}

@@ -43,8 +43,8 @@ class Chain:
         return json.loads(result.read_text())
 
     def train(self, stage: str, script: str, *args: str) -> dict:
-        r = self.job(stage, script, "--epochs", str(self.epochs), "--set", f"train.device={self.device}",
-                     "--set", f"train.run_dir={self.work / 'runs'}", "--experiment", "gpu-check", *args)
+        r = self.job(stage, script, "--epochs", str(self.epochs), "--set", f"train.runtime.device={self.device}",
+                     "--set", f"train.runtime.run_dir={self.work / 'runs'}", "--experiment", "gpu-check", *args)
         want = "bf16" if self.device == "cuda" else "fp32"
         assert r["device"].startswith(self.device), f"{stage} trained on {r['device']}, not {self.device}"
         assert r["step"]["precision"] == want, f"{stage}: precision {r['step']['precision']}, expected {want}"
@@ -67,8 +67,8 @@ def sweep(chain: Chain, data: Path, splits_ratio: str) -> None:
     grid = {"name": "gpu-check", "data": str(data), "out": str(chain.work / "sweep"), "config": [str(ROOT / chain.config)],
             "methods": ["ce"], "imbalance_ratios": [float(splits_ratio)], "seeds": [0, 1, 2, 3],
             "execution": "tasks", "runs_per_gpu": 4,
-            "set": {"train.epochs": chain.epochs, "train.experiment": "gpu-check-sweep", "train.device": device,
-                    "train.run_dir": str(chain.work / "sweep-runs")}}
+            "set": {"train.epochs": chain.epochs, "train.tracking.experiment": "gpu-check-sweep", "train.runtime.device": device,
+                    "train.runtime.run_dir": str(chain.work / "sweep-runs")}}
     path = chain.work / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
     master = ("--master", "local-cluster[1,4,4096]", "--conf", "spark.worker.resource.gpu.amount=1",

@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from pipeline.schema import TRUTH  # noqa: E402
 from study import SEMI, Study  # noqa: E402
 
 POOLS = {"100": "same as labeled (gamma_u 100)", "1": "uniform (gamma_u 1)", "-100": "reversed (gamma_u -100)"}
@@ -94,7 +95,7 @@ def pool_table(out: Path, splits: Path) -> dict:
     info = read_stream_info(str(out))
     labels = read_labels(str(out), columns=["id", "probs"])
     probs = probs_matrix(labels)
-    hidden = read_table(str(splits / "unlabeled_truth"), columns=["id", "label"])
+    hidden = read_table(str(splits / TRUTH), columns=["id", "label"])
     truth = dict(zip(hidden.column("id").to_pylist(), hidden.column("label").to_pylist()))
     y = np.array([truth[i] for i in labels.column("id").to_pylist()])
     k, counts = probs.shape[1], tuple(info["labeled_counts"])

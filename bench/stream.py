@@ -28,6 +28,7 @@ from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits 
 from models import create_model  # noqa: E402
 from pipeline import model_io  # noqa: E402
 from pipeline.config import resolve  # noqa: E402
+from pipeline.schema import TRUTH  # noqa: E402
 from pipeline.spark import session  # noqa: E402
 from pipeline.tracking import Tracker  # noqa: E402
 from streaming.pseudolabel import run_pseudolabel  # noqa: E402
@@ -89,7 +90,7 @@ def main() -> None:
     run_id = log_model(splits, args.model)
     cfg = resolve([], [("spark.master", args.master), ("pseudolabel.model", run_id),
                        ("pseudolabel.input", str(inbox)), ("pseudolabel.out", str(out)),
-                       ("pseudolabel.truth", str(splits / "unlabeled_truth")),
+                       ("pseudolabel.truth", str(splits / TRUTH)),
                        ("pseudolabel.max_files_per_trigger", str(args.files_per_trigger)),
                        ("pseudolabel.threads_per_task", str(args.threads)),
                        ("pseudolabel.precision", args.precision)])

@@ -80,7 +80,7 @@ def main() -> None:
     test = load_split(str(splits / "test")).to(device)
     mean, std = channel_stats(labeled.images)
     counts = json.loads((splits / "manifest.json").read_text())["class_counts"]["labeled"]
-    loss_fn = create_loss(counts, cfg).to(device)
+    loss_fn = create_loss(counts, cfg.loss).to(device)
     augment = Augment(mean, std, "crop_flip", 4)
 
     def fresh(accel: Accel):
@@ -114,7 +114,7 @@ def main() -> None:
             rows.append((f"memory loader, {step}", epoch, seen / (time.time() - t0)))
         sync(device)
         t0 = time.time()
-        predict(model, test, augment, cfg.eval_batch_size, device, accel)
+        predict(model, test, augment, cfg.data.eval_batch_size, device, accel)
         sync(device)
         evals[step] = len(test) / (time.time() - t0)
 

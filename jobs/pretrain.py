@@ -11,7 +11,7 @@ from pipeline.launch import launch_fit, result_summary
 def main(argv=None) -> dict:
     parser = JobParser(__doc__)
     parser.training_flags()
-    parser.flag("--include-unlabeled", key="train.pretrain_unlabeled", switch=True,
+    parser.flag("--include-unlabeled", key="train.ssp.unlabeled", switch=True,
                 help="also learn from the unlabeled pool's images")
     args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"}, layers=lambda c: [str(RECIPES / "ssp_rotation.yaml")])
     return run_spark_job(cfg, launch_fit, result_summary, args.result)

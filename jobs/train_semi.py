@@ -19,20 +19,20 @@ def main(argv=None) -> dict:
     parser = JobParser(__doc__)
     parser.method_flag(exclude=("ssp_rotation",))
     parser.training_flags()
-    parser.flag("--pseudo-labels", key="train.pseudo_labels", metavar="OUT", help="a jobs/pseudolabel.py output")
+    parser.flag("--pseudo-labels", key="train.semi.pseudo_labels", metavar="OUT", help="a jobs/pseudolabel.py output")
     parser.flag("--pretrained", key="train.pretrained", metavar="RUN_ID|PATH",
                 help="initialise the backbone from a run's checkpoint (SSP)")
-    parser.flag("--semi-batches", key="train.semi_batches", help="union (the reference) or fixed_share")
-    parser.flag("--unlabeled-share", key="train.unlabeled_share",
+    parser.flag("--semi-batches", key="train.semi.batches", help="union (the reference) or fixed_share")
+    parser.flag("--unlabeled-share", key="train.semi.unlabeled_share",
                 help="fixed_share: share of each batch that is pseudo-labeled")
-    parser.flag("--unlabeled-weight", key="train.unlabeled_weight", help="fixed_share: weight of the pseudo-labeled loss")
-    parser.flag("--pseudo-loss", key="train.pseudo_loss",
+    parser.flag("--unlabeled-weight", key="train.semi.unlabeled_weight", help="fixed_share: weight of the pseudo-labeled loss")
+    parser.flag("--pseudo-loss", key="train.semi.loss",
                 help="the pseudo-labeled rows' loss: same (the recipe's) or logit_adjusted")
-    parser.flag("--pseudo-tau", key="train.pseudo_tau", help="logit_adjusted: tau in CE(f + tau log prior)")
-    parser.flag("--pseudo-augment", key="train.pseudo_augment",
+    parser.flag("--pseudo-tau", key="train.semi.tau", help="logit_adjusted: tau in CE(f + tau log prior)")
+    parser.flag("--pseudo-augment", key="train.semi.augment",
                 help="same (the recipe's) or randaugment (RandAugment + Cutout on the pseudo-labeled images)")
-    parser.flag("--rounds", key="train.self_training_rounds", help="self-training rounds")
-    args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS", "train.pseudo_labels": "--pseudo-labels OUT"},
+    parser.flag("--rounds", key="train.semi.rounds", help="self-training rounds")
+    args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS", "train.semi.pseudo_labels": "--pseudo-labels OUT"},
                                layers=semi_layers)
     return run_spark_job(cfg, launch_semi, result_summary, args.result)
 

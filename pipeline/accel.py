@@ -1,6 +1,6 @@
 """How the training step runs on its device, never what it computes: mixed precision (bf16
-autocast), channels-last tensors and ``torch.compile``, chosen by ``train.precision``,
-``train.channels_last`` and ``train.compile``. ``auto`` means what a device is known to gain from:
+autocast), channels-last tensors and ``torch.compile``, chosen by ``train.runtime.precision``,
+``train.runtime.channels_last`` and ``train.runtime.compile``. ``auto`` means what a device is known to gain from:
 bf16 and channels-last on CUDA, plain fp32 (contiguous NCHW) on the CPU. fp32 on the CPU is the
 reference numerics; the others trade the last bits of each step for speed."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.config import TrainConfig
+from pipeline.config import RuntimeConfig
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Accel:
         return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
 
 
-def accel_for(t: TrainConfig, device: torch.device) -> Accel:
+def accel_for(t: RuntimeConfig, device: torch.device) -> Accel:
     cuda = device.type == "cuda"
     precision = ("bf16" if cuda else "fp32") if t.precision == "auto" else t.precision
     channels_last = cuda if t.channels_last == "auto" else t.channels_last == "on"

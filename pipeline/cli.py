@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import Config, ConfigError, resolve
+from pipeline.config import Config, ConfigError, get_key, resolve
 from pipeline.errors import PipelineError
-from pipeline.recipes import RECIPES, recipe_layers, semi_layers  # noqa: F401  (the jobs' layers)
+from pipeline.recipes import RECIPES, check_recipes, recipe_layers, semi_layers  # noqa: F401  (the jobs' layers)
 
 _OVERRIDES = "_overrides"
 class _Override(argparse.Action):
@@ -68,12 +68,12 @@ class JobParser(argparse.ArgumentParser):
         self.flag("--splits", key="train.splits", help="a jobs/longtail.py output directory")
         self.flag("--model", key="train.model")
         self.flag("--epochs", key="train.epochs")
-        self.flag("--num-processes", key="train.num_processes")
-        self.flag("--experiment", key="train.experiment", help="MLflow experiment")
+        self.flag("--num-processes", key="train.runtime.num_processes")
+        self.flag("--experiment", key="train.tracking.experiment", help="MLflow experiment")
         self.flag("--seed", key="train.seed")
-        self.flag("--resume", key="train.resume", switch=True, help="continue from the run's last checkpoint")
-        self.flag("--register", key="train.register", metavar="NAME",
-                  help="register the model as a new version of NAME (alias train.register_alias: candidate)")
+        self.flag("--resume", key="train.runtime.resume", switch=True, help="continue from the run's last checkpoint")
+        self.flag("--register", key="train.tracking.register", metavar="NAME",
+                  help="register the model as a new version of NAME (alias train.tracking.register_alias: candidate)")
 
     def resolve(self, argv: list[str] | None = None, required: dict[str, str] | None = None,
                 layers: Callable[[Config], list[str]] | None = None) -> tuple[argparse.Namespace, Config]:
@@ -86,16 +86,15 @@ class JobParser(argparse.ArgumentParser):
             cfg = resolve(args.config, overrides)
             extra = layers(cfg) if layers else []
             missing = [f for f in extra if not Path(f).is_file()]
-            if missing:
-                known = sorted(p.stem for p in Path(missing[0]).parent.glob("*.yaml"))
-                raise ConfigError(f"no recipe {Path(missing[0]).stem!r} ({missing[0]}); known: {', '.join(known)}")
+            if missing:  # the layers a config chooses are its recipe's (pipeline.recipes)
+                check_recipes([cfg.train.method] if cfg.train.method else [])
+                raise ConfigError(f"config layer not found: {missing[0]}")
             if extra:
                 cfg = resolve(extra + args.config, overrides)
         except ConfigError as e:
             self.exit(2, f"{self.prog}: config error: {e}\n")
         for key, flag in (required or {}).items():
-            section, name = key.split(".")
-            if getattr(getattr(cfg, section), name) in (None, "", []):
+            if get_key(cfg, key) in (None, "", []):
                 self.exit(2, f"{self.prog}: {flag} is required (config key {key})\n")
         return args, cfg
 

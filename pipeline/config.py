@@ -97,47 +97,51 @@ class LongTailConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Defaults follow the reference protocol of Cao et al. (LDAM-DRW) on CIFAR-LT. Epoch numbers
-    (warm-up, lr milestones, DRW) are given for ``reference_epochs`` and scaled to ``epochs``."""
-    splits: Optional[str] = None  # a jobs/longtail.py output directory
-    method: Optional[str] = None  # the recipe (conf/methods/<name>.yaml) these settings came from
-    reference: Optional[str] = None  # the paper and public code the recipe reproduces (set by the recipe)
-    model: str = "resnet32"  # a registered model
-    head: Literal["linear", "normed"] = "linear"  # normed: cosine classifier (LDAM)
-    weights_path: Optional[str] = None  # torchvision models: initial weights from a local file
-    loss: str = "ce"  # a registered loss
-    class_weights: str = "none"  # a registered per-class weighting: none, inverse, effective_number
-    weights_schedule: Literal["always", "drw"] = "always"  # drw: weights only from drw_epoch on
-    # how class weights reduce over a batch (softmax losses): sum w_y ce / sum w_y (LDAM-DRW's
-    # F.cross_entropy(weight=w)) or sum w_y ce / N (Cui et al.'s TensorFlow code)
-    weighted_reduction: Literal["weighted_mean", "mean"] = "weighted_mean"
-    sampler: str = "random"  # a registered sampler: random, class_balanced
-    sampler_weights: str = "inverse"  # class_balanced: the class weighting examples are drawn by
-    epochs: int = 200
-    reference_epochs: int = 200  # the schedule below is written for this many epochs
-    batch_size: int = 128  # per step, over all processes
+class OptimConfig:
+    """train.optim: SGD with momentum (the reference protocol)."""
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 2e-4
+
+
+@dataclass
+class ScheduleConfig:
+    """train.schedule: epoch numbers written for ``reference_epochs``, scaled to the run's ``train.epochs``."""
+    reference_epochs: int = 200
     warmup_epochs: int = 5  # linear warm-up from lr/warmup to lr
     lr_milestones: list[int] = field(default_factory=lambda: [160, 180])
     lr_factors: list[float] = field(default_factory=lambda: [0.01, 0.0001])  # lr x factor from each milestone
-    drw_epoch: int = 160
-    cb_beta: float = 0.9999  # effective number beta (Cui et al.)
+    drw_epoch: int = 160  # class weights with weights_schedule=drw start here
+
+
+@dataclass
+class LossConfig:
+    """train.loss: the registered loss and its parameters (``--set train.loss=focal`` sets the name)."""
+    name: str = "ce"  # a registered loss
+    class_weights: str = "none"  # a registered per-class weighting: none, inverse, effective_number
+    weights_schedule: Literal["always", "drw"] = "always"  # drw: weights only from schedule.drw_epoch on
+    # how class weights reduce over a batch (softmax losses): sum w_y ce / sum w_y (LDAM-DRW's
+    # F.cross_entropy(weight=w)) or sum w_y ce / N (Cui et al.'s TensorFlow code)
+    weighted_reduction: Literal["weighted_mean", "mean"] = "weighted_mean"
+    cb_beta: float = 0.9999  # effective number beta (Cui et al.) of class_weights=effective_number
     focal_gamma: float = 1.0
     ldam_max_m: float = 0.5  # largest LDAM margin (of the rarest class)
     ldam_s: float = 30.0  # s: the cosine head's logit scale, and the scale of LDAM's margins
     logit_tau: float = 1.0  # logit adjustment strength (Menon et al.)
     posthoc_tau: float = 0.0  # > 0: subtract tau * log prior from the logits at evaluation
-    objective: Literal["classify", "rotation"] = "classify"  # rotation: self-supervised pre-training (SSP)
-    pretrain_unlabeled: bool = False  # rotation: also learn from the unlabeled pool's images
-    # rotation: one random rotation per image, balanced within each batch (Yang & Xu's
-    # pretrain_rot.py), or all four rotations of every image (4 x batch images per step)
-    ssp_rotations: Literal["random", "all"] = "random"
-    ae_mode: Literal["classify", "joint", "separate"] = "classify"  # autoencoder models: how to train them
-    recon_weight: float = 1.0  # joint: loss = classification + recon_weight * reconstruction MSE
-    ae_epochs: int = 10  # separate: reconstruction epochs before the classifier epochs (frozen encoder)
+
+
+@dataclass
+class SamplerConfig:
+    """train.sampler: which examples an epoch visits (``--set train.sampler=class_balanced`` sets the name)."""
+    name: str = "random"  # a registered sampler: random, class_balanced
+    weights: str = "inverse"  # class_balanced: the class weighting examples are drawn by
+    cb_beta: float = 0.9999  # weights=effective_number: its beta
+
+
+@dataclass
+class DataConfig:
+    """train.data: how the training images are held, augmented and normalised."""
     augment: Literal["crop_flip", "crop", "flip", "none"] = "crop_flip"  # digits: no flips (a flipped 2 is no 2)
     crop_padding: int = 4  # pixels of black border around the raw image before the random crop
     norm_mean: Optional[list[float]] = None  # per-channel mean in [0, 1] units; None: measured on the labeled split
@@ -145,70 +149,155 @@ class TrainConfig:
     loader: Literal["auto", "memory", "petastorm"] = "auto"
     memory_limit_mb: int = 4096  # auto: decoded splits up to this size are held in memory
     eval_batch_size: int = 512
+
+
+@dataclass
+class SSPConfig:
+    """train.ssp: rotation pre-training (train.objective=rotation)."""
+    unlabeled: bool = False  # also learn from the unlabeled pool's images
+    # one random rotation per image, balanced within each batch (Yang & Xu's pretrain_rot.py), or all
+    # four rotations of every image (4 x batch images per step)
+    rotations: Literal["random", "all"] = "random"
+
+
+@dataclass
+class AutoencoderConfig:
+    """train.ae: how autoencoder models (unet_ae, mobilenetv2_ae) train."""
+    mode: Literal["classify", "joint", "separate"] = "classify"
+    recon_weight: float = 1.0  # joint: loss = classification + recon_weight * reconstruction MSE
+    epochs: int = 10  # separate: reconstruction epochs before the classifier epochs (frozen encoder)
+
+
+@dataclass
+class SemiConfig:
+    """train.semi: semi-supervised training on pseudo-labels (jobs/train_semi.py)."""
+    pseudo_labels: Optional[str] = None  # a jobs/pseudolabel.py output directory
+    # labeled and pseudo-labeled images shuffled together, one loss over the batch, an epoch one pass
+    # over both (Yang & Xu's train_semi.py), or a fixed share of pseudo-labeled images per batch
+    batches: Literal["union", "fixed_share"] = "union"
+    unlabeled_share: float = 0.5  # fixed_share: share of each batch drawn from the pseudo-labeled images
+    unlabeled_weight: float = 1.0  # fixed_share: loss = labeled loss + unlabeled_weight * pseudo-labeled loss
+    rounds: int = 1  # > 1 re-labels the pool with each round's model and trains again
+    # variants of ours: the pseudo-labeled rows' loss, the recipe's (same) or CE(f + tau * log prior)
+    # (logit_adjusted), and their augmentation, the recipe's (same) or RandAugment + Cutout
+    loss: Literal["same", "logit_adjusted"] = "same"
+    tau: float = 1.0
+    augment: Literal["same", "randaugment"] = "same"
+    randaugment_ops: int = 2  # augment=randaugment: operations per image
+    randaugment_magnitude: int = 9  # ... their strength, 0..30 (torchvision's bins)
+    cutout: int = 16  # ... then a square of this many pixels cut out (0: none)
+
+
+@dataclass
+class RuntimeConfig:
+    """train.runtime: where and how the step runs; none of it changes what a run computes but the
+    precision (pipeline.accel)."""
     num_processes: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # how the step runs (pipeline.accel), auto: bf16 autocast and channels-last on CUDA, fp32 NCHW on the CPU
+    # auto: bf16 autocast and channels-last on CUDA, fp32 NCHW on the CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False  # torch.compile the training step's model
-    seed: int = 0
-    experiment: str = "longtail-lab"
     run_dir: str = "runs/train"  # checkpoints and local artifacts; a folder per run
     resume: bool = False
-    pretrained: Optional[str] = None  # an MLflow run id or a checkpoint path (SSP)
-    pseudo_labels: Optional[str] = None  # semi-supervised: a jobs/pseudolabel.py output directory
-    # semi: labeled and pseudo-labeled images shuffled together, one loss over the batch, an epoch one
-    # pass over both (Yang & Xu's train_semi.py), or a fixed share of pseudo-labeled images per batch
-    semi_batches: Literal["union", "fixed_share"] = "union"
-    unlabeled_share: float = 0.5  # semi, fixed_share: share of each batch drawn from the pseudo-labeled images
-    unlabeled_weight: float = 1.0  # semi, fixed_share: loss = labeled loss + unlabeled_weight * pseudo-labeled loss
-    self_training_rounds: int = 1  # semi: > 1 re-labels the pool with each round's model and trains again
-    # semi, variants of ours: the pseudo-labeled rows' loss, the recipe's (same) or CE(f + pseudo_tau *
-    # log prior) (logit_adjusted), and their augmentation, the recipe's (same) or RandAugment + Cutout
-    pseudo_loss: Literal["same", "logit_adjusted"] = "same"
-    pseudo_tau: float = 1.0
-    pseudo_augment: Literal["same", "randaugment"] = "same"
-    randaugment_ops: int = 2  # pseudo_augment=randaugment: operations per image
-    randaugment_magnitude: int = 9  # ... their strength, 0..30 (torchvision's bins)
-    cutout: int = 16  # ... then a square of this many pixels cut out (0: none)
+
+
+@dataclass
+class TrackingConfig:
+    """train.tracking: the MLflow run."""
+    experiment: str = "longtail-lab"
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags of the run (a sweep names itself here)
     register: Optional[str] = None  # register the run's model as a new version of this registered model
     register_alias: Optional[str] = "candidate"  # ...and point this alias at the version
     system_metrics: bool = True  # MLflow system metrics (CPU, memory, GPU) sampled into the run
 
+
+@dataclass
+class TrainConfig:
+    """Defaults follow the reference protocol of Cao et al. (LDAM-DRW) on CIFAR-LT. What the run is
+    sits at the top; each part's settings are a section (train.optim, train.loss, ...) that part
+    receives alone."""
+    splits: Optional[str] = None  # a jobs/longtail.py output directory
+    method: Optional[str] = None  # the recipe (conf/methods/<name>.yaml) these settings came from
+    reference: Optional[str] = None  # the paper and public code the recipe reproduces (set by the recipe)
+    model: str = "resnet32"  # a registered model
+    head: Literal["linear", "normed"] = "linear"  # normed: cosine classifier (LDAM), scale train.loss.ldam_s
+    weights_path: Optional[str] = None  # torchvision models: initial weights from a local file
+    objective: Literal["classify", "rotation"] = "classify"  # rotation: self-supervised pre-training (SSP)
+    pretrained: Optional[str] = None  # an MLflow run id or a checkpoint path (SSP)
+    epochs: int = 200
+    batch_size: int = 128  # per step, over all processes
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    ssp: SSPConfig = field(default_factory=SSPConfig)
+    ae: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
     def validate(self) -> None:
-        if len(self.lr_milestones) != len(self.lr_factors):
-            raise ConfigError("train.lr_milestones and train.lr_factors must have the same length")
-        for key in ("epochs", "batch_size", "num_processes", "reference_epochs", "self_training_rounds"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 <= self.cb_beta < 1:
-            raise ConfigError(f"train.cb_beta must be in [0, 1), got {self.cb_beta}")
-        if not 0 < self.unlabeled_share < 1:
-            raise ConfigError(f"train.unlabeled_share must be in (0, 1), got {self.unlabeled_share}")
-        if self.unlabeled_weight < 0:
-            raise ConfigError(f"train.unlabeled_weight must be >= 0, got {self.unlabeled_weight}")
-        if (self.norm_mean is None) != (self.norm_std is None):
-            raise ConfigError("train.norm_mean and train.norm_std must be set together (or neither: measured)")
-        if self.norm_std is not None and (len(self.norm_std) != len(self.norm_mean) or min(self.norm_std) <= 0):
-            raise ConfigError(f"train.norm_std must be positive, one per channel of train.norm_mean, got {self.norm_std}")
-        semi_only = {k: getattr(self, k) for k, plain in (("pseudo_loss", "same"), ("pseudo_augment", "same"))
-                     if getattr(self, k) != plain}
-        if semi_only and not self.pseudo_labels:
-            raise ConfigError(f"{', '.join(f'train.{k}={v}' for k, v in semi_only.items())} applies to "
-                              f"pseudo-labeled images: set train.pseudo_labels (a jobs/pseudolabel.py output)")
-        if not 0 <= self.randaugment_magnitude <= 30 or self.randaugment_ops < 1 or self.cutout < 0:
-            raise ConfigError(f"train.randaugment_magnitude must be in [0, 30], randaugment_ops >= 1 and cutout "
-                              f">= 0; got {self.randaugment_magnitude}, {self.randaugment_ops}, {self.cutout}")
-        if self.objective == "rotation" and self.pseudo_labels:
-            raise ConfigError("train.pseudo_labels: rotation pre-training does not use labels, pseudo or not")
+        s, semi, d = self.schedule, self.semi, self.data
+        if len(s.lr_milestones) != len(s.lr_factors):
+            raise ConfigError("train.schedule.lr_milestones and train.schedule.lr_factors must have the same length")
+        for key, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
+                           ("runtime.num_processes", self.runtime.num_processes),
+                           ("schedule.reference_epochs", s.reference_epochs), ("semi.rounds", semi.rounds)):
+            if value < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {value}")
+        for key, beta in (("loss.cb_beta", self.loss.cb_beta), ("sampler.cb_beta", self.sampler.cb_beta)):
+            if not 0 <= beta < 1:
+                raise ConfigError(f"train.{key} must be in [0, 1), got {beta}")
+        if not 0 < semi.unlabeled_share < 1:
+            raise ConfigError(f"train.semi.unlabeled_share must be in (0, 1), got {semi.unlabeled_share}")
+        if semi.unlabeled_weight < 0:
+            raise ConfigError(f"train.semi.unlabeled_weight must be >= 0, got {semi.unlabeled_weight}")
+        if (d.norm_mean is None) != (d.norm_std is None):
+            raise ConfigError("train.data.norm_mean and train.data.norm_std must be set together (or neither: measured)")
+        if d.norm_std is not None and (len(d.norm_std) != len(d.norm_mean) or min(d.norm_std) <= 0):
+            raise ConfigError(f"train.data.norm_std must be positive, one per channel of train.data.norm_mean, "
+                              f"got {d.norm_std}")
+        semi_only = {k: getattr(semi, k) for k in ("loss", "augment") if getattr(semi, k) != "same"}
+        if semi_only and not semi.pseudo_labels:
+            raise ConfigError(f"{', '.join(f'train.semi.{k}={v}' for k, v in semi_only.items())} applies to "
+                              f"pseudo-labeled images: set train.semi.pseudo_labels (a jobs/pseudolabel.py output)")
+        if not 0 <= semi.randaugment_magnitude <= 30 or semi.randaugment_ops < 1 or semi.cutout < 0:
+            raise ConfigError(f"train.semi.randaugment_magnitude must be in [0, 30], randaugment_ops >= 1 and cutout "
+                              f">= 0; got {semi.randaugment_magnitude}, {semi.randaugment_ops}, {semi.cutout}")
+        if self.objective == "rotation" and semi.pseudo_labels:
+            raise ConfigError("train.semi.pseudo_labels: rotation pre-training does not use labels, pseudo or not")
         if self.objective == "rotation":
-            clash = {k: getattr(self, k) for k, ok in (("sampler", "random"), ("class_weights", "none"),
-                                                       ("ae_mode", "classify"), ("posthoc_tau", 0.0))
-                     if getattr(self, k) != ok}
+            clash = {k: v for k, v, ok in (("sampler.name", self.sampler.name, "random"),
+                                           ("loss.class_weights", self.loss.class_weights, "none"),
+                                           ("ae.mode", self.ae.mode, "classify"),
+                                           ("loss.posthoc_tau", self.loss.posthoc_tau, 0.0)) if v != ok}
             if clash:
                 raise ConfigError(f"train.objective=rotation predicts rotations, not classes; these settings "
                                   f"do not apply: {', '.join(f'train.{k}={v}' for k, v in clash.items())}")
+
+
+# The flat keys of TrainConfig before it had sections -> where they are now (an old key's error names it).
+MOVED = {**{k: f"optim.{k}" for k in ("lr", "momentum", "weight_decay")},
+         **{k: f"schedule.{k}" for k in ("reference_epochs", "warmup_epochs", "lr_milestones", "lr_factors",
+                                         "drw_epoch")},
+         **{k: f"loss.{k}" for k in ("class_weights", "weights_schedule", "weighted_reduction", "cb_beta",
+                                     "focal_gamma", "ldam_max_m", "ldam_s", "logit_tau", "posthoc_tau")},
+         "sampler_weights": "sampler.weights",
+         **{k: f"data.{k}" for k in ("augment", "crop_padding", "norm_mean", "norm_std", "loader", "memory_limit_mb",
+                                     "eval_batch_size")},
+         "pretrain_unlabeled": "ssp.unlabeled", "ssp_rotations": "ssp.rotations",
+         "ae_mode": "ae.mode", "recon_weight": "ae.recon_weight", "ae_epochs": "ae.epochs",
+         "pseudo_labels": "semi.pseudo_labels", "semi_batches": "semi.batches", "unlabeled_share": "semi.unlabeled_share",
+         "unlabeled_weight": "semi.unlabeled_weight", "self_training_rounds": "semi.rounds", "pseudo_loss": "semi.loss",
+         "pseudo_tau": "semi.tau", "pseudo_augment": "semi.augment", "randaugment_ops": "semi.randaugment_ops",
+         "randaugment_magnitude": "semi.randaugment_magnitude", "cutout": "semi.cutout",
+         **{k: f"runtime.{k}" for k in ("num_processes", "device", "precision", "channels_last", "compile", "run_dir",
+                                        "resume")},
+         **{k: f"tracking.{k}" for k in ("experiment", "tags", "register", "register_alias", "system_metrics")},
+         "loss": "loss.name", "sampler": "sampler.name"}
 
 
 @dataclass
@@ -316,6 +405,9 @@ def _field_types(obj: Any) -> dict[str, Any]:
 
 
 def _unknown(key: str, known: list[str]) -> ConfigError:
+    section, _, leaf = key.partition(".")
+    if section == "train" and leaf in MOVED:
+        return ConfigError(f"config key '{key}' has moved: it is 'train.{MOVED[leaf]}' now")
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
     return ConfigError(f"unknown config key '{key}'{hint}")
@@ -325,7 +417,7 @@ def apply_mapping(cfg: Any, mapping: dict, prefix: str = "", origin: str = "") -
     """Merge a nested mapping (e.g. parsed YAML) into the dataclass ``cfg`` in place."""
     where = f" (in {origin})" if origin else ""
     if not isinstance(mapping, dict):
-        raise ConfigError(f"config section '{prefix or '<top>'}'{where}: expected a mapping, got {mapping!r}")
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<top>'}'{where}: expected a mapping, got {mapping!r}")
     hints = _field_types(cfg)
     for name, value in mapping.items():
         key = f"{prefix}{name}"
@@ -333,13 +425,35 @@ def apply_mapping(cfg: Any, mapping: dict, prefix: str = "", origin: str = "") -
             err = _unknown(key, list(hints))
             raise ConfigError(f"{err}{where}")
         current = getattr(cfg, name)
-        if dataclasses.is_dataclass(current):
+        if dataclasses.is_dataclass(current) and not isinstance(value, dict) and _named(current):
+            current.name = _coerce(value, str, f"{key}.name")  # train.loss: focal is train.loss.name: focal
+        elif dataclasses.is_dataclass(current):
             apply_mapping(current, value, f"{key}.", origin)
         else:
             try:
                 setattr(cfg, name, _coerce(value, hints[name], key))
             except ConfigError as e:
                 raise ConfigError(f"{e}{where}") from None
+
+
+def _named(section: Any) -> bool:
+    """A section chosen by name (train.loss, train.sampler): a plain value sets its ``name``."""
+    return "name" in {f.name for f in dataclasses.fields(section)}
+
+
+def get_key(cfg: Any, key: str) -> Any:
+    """The value of a dotted key (``train.semi.pseudo_labels``)."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """A nested mapping as dotted keys: {"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}."""
+    out = {}
+    for k, v in data.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
 
 
 def set_key(cfg: Any, key: str, raw: str) -> None:
@@ -364,7 +478,7 @@ def set_key(cfg: Any, key: str, raw: str) -> None:
         except yaml.YAMLError as e:
             raise ConfigError(f"config key '{key}': cannot parse {raw!r}: {e}") from None
     if dataclasses.is_dataclass(getattr(node, leaf)):
-        apply_mapping(getattr(node, leaf), value, f"{key}.")
+        apply_mapping(node, {leaf: value}, path)
     else:
         setattr(node, leaf, _coerce(value, tp, key))
 

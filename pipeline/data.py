@@ -5,7 +5,7 @@ for an epoch, this process's shard only.
   sampling, random crops and flips done on the device, vectorised (as the fastest CIFAR trainers do).
 * ``PetastormLoader`` (pipeline/petastorm_loader.py): streams Parquet row groups sharded by rank,
   for data that does not fit.
-``pipeline.loaders`` builds either (``make_loader``) and picks by decoded size when ``train.loader``
+``pipeline.loaders`` builds either (``make_loader``) and picks by decoded size when ``train.data.loader``
 is ``auto`` (``choose_loader``); this module does not import the petastorm one.
 """
 from __future__ import annotations
@@ -226,7 +226,7 @@ class MemoryLoader:
                  sampler: Optional[str] = None, pseudo_from: Optional[int] = None):
         self.data, self.counts, self.cfg, self.augment = data, np.asarray(counts), cfg, augment
         self.rank, self.world, self.pseudo_from = rank, world, pseudo_from
-        self.sampler = sampler or cfg.sampler
+        self.sampler = sampler or cfg.sampler.name
         self.labels_np = data.labels.cpu().numpy()
         self.batch = max(1, cfg.batch_size // world)  # per process; the global batch is cfg.batch_size
 
@@ -235,7 +235,7 @@ class MemoryLoader:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = epoch_indices(self.sampler, self.labels_np, self.counts, self.cfg.seed, epoch, self.rank, self.world,
-                            self.cfg)
+                            self.cfg.sampler)
         gen = epoch_generator(self.cfg.seed, epoch, self.rank)
         idx = torch.from_numpy(idx).to(self.data.images.device)
         starts = range(0, len(idx), self.batch)
@@ -251,7 +251,7 @@ class MemoryLoader:
 
 
 class MixedLoader:
-    """Semi-supervised batches with a fixed share (``train.semi_batches=fixed_share``, a variant of
+    """Semi-supervised batches with a fixed share (``train.semi.batches=fixed_share``, a variant of
     ours: Yang & Xu shuffle both sets together, see ``semi_loader``): each holds
     ``batch_size * (1 - unlabeled_share)`` labeled images drawn by the recipe's sampler, then
     ``batch_size * unlabeled_share`` pseudo-labeled ones drawn uniformly; an epoch is one pass of the
@@ -262,7 +262,7 @@ class MixedLoader:
         self.labeled, self.pseudo, self.counts, self.cfg, self.augment = labeled, pseudo, np.asarray(counts), cfg, augment
         self.rank, self.world = rank, world
         per_rank = max(2, cfg.batch_size // world)
-        self.n_pseudo = min(per_rank - 1, max(1, round(per_rank * cfg.unlabeled_share)))
+        self.n_pseudo = min(per_rank - 1, max(1, round(per_rank * cfg.semi.unlabeled_share)))
         self.n_labeled = per_rank - self.n_pseudo
         self.labeled_np, self.pseudo_np = labeled.labels.cpu().numpy(), pseudo.labels.cpu().numpy()
 
@@ -270,8 +270,8 @@ class MixedLoader:
         return math.ceil(len(self.labeled) // self.world / self.n_labeled)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        lab = epoch_indices(self.cfg.sampler, self.labeled_np, self.counts, self.cfg.seed, epoch, self.rank, self.world,
-                            self.cfg)
+        lab = epoch_indices(self.cfg.sampler.name, self.labeled_np, self.counts, self.cfg.seed, epoch, self.rank, self.world,
+                            self.cfg.sampler)
         steps = math.ceil(len(lab) / self.n_labeled)
         pseudo_counts = np.bincount(self.pseudo_np, minlength=len(self.counts))
         order = epoch_indices("random", self.pseudo_np, pseudo_counts, self.cfg.seed + 1, epoch, self.rank, self.world)
@@ -291,13 +291,13 @@ class MixedLoader:
 
 def semi_loader(labeled: ImageSet, pseudo: ImageSet, labeled_counts, cfg: TrainConfig, augment: Augment,
                 rank: int = 0, world: int = 1):
-    """The semi-supervised loader of ``cfg.semi_batches``. ``union`` (Yang & Xu's train_semi.py):
+    """The semi-supervised loader of ``cfg.semi.batches``. ``union`` (Yang & Xu's train_semi.py):
     the labeled and pseudo-labeled images are one training set, drawn by the recipe's sampler with
     the class counts of both, so an epoch is one pass over the union and one loss covers every
     batch. ``fixed_share``: ``MixedLoader``."""
     if len(pseudo) == 0:
         raise DataError("no pseudo-labeled images were selected: nothing to mix in")
-    if cfg.semi_batches == "fixed_share":
+    if cfg.semi.batches == "fixed_share":
         return MixedLoader(labeled, pseudo, labeled_counts, cfg, augment, rank, world)
     counts = np.asarray(labeled_counts) + np.bincount(pseudo.labels.cpu().numpy(), minlength=len(labeled_counts))
     return MemoryLoader(concat([labeled, pseudo]), counts, cfg, augment, rank, world, pseudo_from=len(labeled))
@@ -315,17 +315,17 @@ def decoded_bytes(split_dir: str) -> int:
 
 
 def make_augment(images: torch.Tensor, cfg: TrainConfig, normalization: Optional[dict] = None) -> Augment:
-    """The run's augmentation. Its normalisation: ``train.norm_mean``/``norm_std`` when set, else the
+    """The run's augmentation. Its normalisation: ``train.data.norm_mean``/``norm_std`` when set, else the
     one the splits carry (``normalization``: the data set's reference constants, recorded at
     ingest), else measured on ``images`` (the labeled split)."""
-    if cfg.norm_mean is not None:
-        mean, std = cfg.norm_mean, cfg.norm_std
+    if cfg.data.norm_mean is not None:
+        mean, std = cfg.data.norm_mean, cfg.data.norm_std
     elif normalization:
         mean, std = normalization["mean"], normalization["std"]
     else:
         mean, std = channel_stats(images)
     if len(mean) != images.shape[1]:
         raise DataError(f"normalisation of {len(mean)} channels for images of {images.shape[1]}")
-    strong = Strong(cfg.randaugment_ops, cfg.randaugment_magnitude, cfg.cutout) \
-        if cfg.pseudo_augment == "randaugment" else None
-    return Augment(mean, std, cfg.augment, cfg.crop_padding, strong)
+    strong = Strong(cfg.semi.randaugment_ops, cfg.semi.randaugment_magnitude, cfg.semi.cutout) \
+        if cfg.semi.augment == "randaugment" else None
+    return Augment(mean, std, cfg.data.augment, cfg.data.crop_padding, strong)

@@ -29,7 +29,7 @@ def wants_gpu(preference: str) -> bool:
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     if wants_gpu(preference):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is visible")
+            raise RuntimeError("train.runtime.device=cuda but no CUDA device is visible")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 

@@ -153,9 +153,9 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
 
 def normalization(cfg: Config, source) -> Optional[dict]:
     """The normalisation that travels with the data to every training on it: the config's
-    ``train.norm_mean``/``norm_std`` (a conf/datasets/ layer), else the data set's reference one."""
-    if cfg.train.norm_mean is not None:
-        return {"mean": cfg.train.norm_mean, "std": cfg.train.norm_std, "from": "config"}
+    ``train.data.norm_mean``/``norm_std`` (a conf/datasets/ layer), else the data set's reference one."""
+    if cfg.train.data.norm_mean is not None:
+        return {"mean": cfg.train.data.norm_mean, "std": cfg.train.data.norm_std, "from": "config"}
     if source.normalization is not None:
         return {"mean": source.normalization[0], "std": source.normalization[1], "from": f"{source.name} reference"}
     return None

@@ -50,12 +50,12 @@ def launch(spark, fn: Callable[..., Any], *args, num_processes: int = 1, device:
 
 
 def launch_fit(spark, cfg) -> dict:
-    """Run ``pipeline.train.fit`` on ``cfg.train.num_processes`` processes; paths are made absolute
+    """Run ``pipeline.train.fit`` on ``cfg.train.runtime.num_processes`` processes; paths are made absolute
     first, as the processes may run in another working directory (executors on a cluster)."""
     from pipeline.train import fit, with_absolute_paths
 
     cfg = with_absolute_paths(cfg)
-    return launch(spark, fit, cfg, num_processes=cfg.train.num_processes, device=cfg.train.device)
+    return launch(spark, fit, cfg, num_processes=cfg.train.runtime.num_processes, device=cfg.train.runtime.device)
 
 
 def result_summary(result: dict) -> str:

@@ -10,9 +10,9 @@ from pipeline.petastorm_loader import PetastormLoader
 
 
 def choose_loader(split_dir: str, cfg: TrainConfig) -> str:
-    if cfg.loader != "auto":
-        return cfg.loader
-    return "memory" if decoded_bytes(split_dir) <= cfg.memory_limit_mb * 2 ** 20 else "petastorm"
+    if cfg.data.loader != "auto":
+        return cfg.data.loader
+    return "memory" if decoded_bytes(split_dir) <= cfg.data.memory_limit_mb * 2 ** 20 else "petastorm"
 
 
 STATS_ROWS = 10_000  # images the normalisation statistics are measured on when streaming

@@ -1,11 +1,11 @@
 """Losses and per-class weights for long-tailed learning, registered by name.
 
-A loss is built from the training class counts and the train config; ``forward(logits, target,
+A loss is built from the training class counts and its own config section (``train.loss``); ``forward(logits, target,
 class_weight)`` takes the per-class weights of the current epoch (None: unweighted), so deferred
 re-weighting (DRW) is a schedule, not a different loss. Per-class constants are buffers.
 
 How class weights reduce over a batch differs between the reference codes, so it is a setting
-(``train.weighted_reduction``) of the softmax losses: ``weighted_mean`` is
+(``train.loss.weighted_reduction``) of the softmax losses: ``weighted_mean`` is
 ``F.cross_entropy(weight=w)`` = sum_i w_yi ce_i / sum_i w_yi (kaidic/LDAM-DRW); ``mean`` is
 sum_i w_yi ce_i / N (Cui et al.'s TensorFlow code: ``softmax_cross_entropy(weights=w_y)``). The focal
 loss follows LDAM-DRW's ``FocalLoss`` and the sigmoid losses Cui et al.'s code (both sum / N)."""
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.config import TrainConfig
+from pipeline.config import LossConfig
 from pipeline.registry import Registry
 
 LOSSES: Registry = Registry("loss")
@@ -28,30 +28,30 @@ CLASS_WEIGHTS: Registry = Registry("class weighting")
 # --- per-class weights (pure numpy) -----------------------------------------------------------
 
 @CLASS_WEIGHTS.register("none")
-def no_weights(counts: Sequence[int], cfg: TrainConfig) -> Optional[np.ndarray]:
+def no_weights(counts: Sequence[int], beta: float) -> Optional[np.ndarray]:
     return None
 
 
 @CLASS_WEIGHTS.register("inverse")
-def inverse_frequency(counts: Sequence[int], cfg: TrainConfig) -> np.ndarray:
+def inverse_frequency(counts: Sequence[int], beta: float) -> np.ndarray:
     """w_c proportional to 1 / n_c, normalised to sum to C."""
     w = 1.0 / np.maximum(np.asarray(counts, dtype=np.float64), 1)
     return w * len(w) / w.sum()
 
 
 @CLASS_WEIGHTS.register("effective_number")
-def effective_number(counts: Sequence[int], cfg: TrainConfig) -> np.ndarray:
+def effective_number(counts: Sequence[int], beta: float) -> np.ndarray:
     """Cui et al. 2019: w_c = (1 - beta) / (1 - beta^n_c), normalised to sum to C."""
     n = np.asarray(counts, dtype=np.float64)
-    w = (1.0 - cfg.cb_beta) / (1.0 - np.power(cfg.cb_beta, np.maximum(n, 1)))
+    w = (1.0 - beta) / (1.0 - np.power(beta, np.maximum(n, 1)))
     return w * len(w) / w.sum()
 
 
-def class_weight_at(epoch: int, drw_epoch: int, counts: Sequence[int], cfg: TrainConfig) -> Optional[torch.Tensor]:
+def class_weight_at(epoch: int, drw_epoch: int, counts: Sequence[int], cfg: LossConfig) -> Optional[torch.Tensor]:
     """The per-class weights in force at ``epoch`` (0-based); with the DRW schedule none before ``drw_epoch``."""
     if cfg.weights_schedule == "drw" and epoch < drw_epoch:
         return None
-    w = CLASS_WEIGHTS.get(cfg.class_weights)(counts, cfg)
+    w = CLASS_WEIGHTS.get(cfg.class_weights)(counts, cfg.cb_beta)
     return None if w is None else torch.tensor(w, dtype=torch.float32)
 
 
@@ -63,7 +63,7 @@ class LongTailLoss(nn.Module):
 
     decay_head_bias = True  # False: the head's bias gets no weight decay
 
-    def __init__(self, counts: Sequence[int], cfg: TrainConfig):
+    def __init__(self, counts: Sequence[int], cfg: LossConfig):
         super().__init__()
         counts_t = torch.tensor(counts, dtype=torch.float32)
         self.register_buffer("log_prior", torch.log(counts_t.clamp(min=1) / counts_t.sum()))
@@ -179,8 +179,8 @@ class SigmoidFocal(SigmoidCE):
         self.focal_gamma = cfg.focal_gamma
 
 
-def create_loss(counts: Sequence[int], cfg: TrainConfig) -> LongTailLoss:
-    return LOSSES.get(cfg.loss)(counts, cfg)
+def create_loss(counts: Sequence[int], cfg: LossConfig) -> LongTailLoss:
+    return LOSSES.get(cfg.name)(counts, cfg)
 
 
 def posthoc_adjust(logits: torch.Tensor, log_prior: torch.Tensor, tau: float) -> torch.Tensor:

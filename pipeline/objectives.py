@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from pipeline.config import TrainConfig
+from pipeline.config import SemiConfig, TrainConfig
 from pipeline.data import epoch_generator, random_rotations, rotations
 from pipeline.registry import Registry
 
@@ -44,25 +44,25 @@ class Classify(Objective):
 @OBJECTIVES.register("rotation")
 class Rotation(Objective):
     """Self-supervised pre-training (Gidaris et al. 2018, as Yang & Xu 2020 use it): predict the
-    rotation of each image. ``train.ssp_rotations``: ``random`` rotates each image once (the batch
+    rotation of each image. ``train.ssp.rotations``: ``random`` rotates each image once (the batch
     keeps its size; pretrain_rot.py), ``all`` shows every image at all four rotations."""
 
     def begin_epoch(self, epoch, rank):
         self.gen = epoch_generator(self.cfg.seed, epoch, rank, ROTATION_STREAM)
 
     def __call__(self, model, loss_fn, x, y, class_weight, is_pseudo=None):
-        x, y = random_rotations(x, self.gen) if self.cfg.ssp_rotations == "random" else rotations(x)
+        x, y = random_rotations(x, self.gen) if self.cfg.ssp.rotations == "random" else rotations(x)
         logits = model(x)
         return loss_fn(logits, y, class_weight), logits, y
 
 
-def pseudo_loss(cfg: TrainConfig, loss_fn, logits, y, class_weight) -> torch.Tensor:
-    """The loss of the pseudo-labeled rows: the recipe's (``train.pseudo_loss=same``) or, a variant of
-    ours, logit-adjusted cross-entropy CE(f + pseudo_tau * log pi) with pi the class prior the model
+def pseudo_loss(cfg: SemiConfig, loss_fn, logits, y, class_weight) -> torch.Tensor:
+    """The loss of the pseudo-labeled rows: the recipe's (``train.semi.loss=same``) or, a variant of
+    ours, logit-adjusted cross-entropy CE(f + tau * log pi) with pi the class prior the model
     trains on (labeled + pseudo-labeled counts; Menon et al. 2021), which keeps the head classes'
     surplus of pseudo-labels from pulling the decision boundaries further toward the tail."""
-    if cfg.pseudo_loss == "logit_adjusted":
-        return F.cross_entropy(logits + cfg.pseudo_tau * loss_fn.log_prior.to(logits.device), y)
+    if cfg.loss == "logit_adjusted":
+        return F.cross_entropy(logits + cfg.tau * loss_fn.log_prior.to(logits.device), y)
     return loss_fn(logits, y, class_weight)
 
 
@@ -74,13 +74,13 @@ class FixedShare(Objective):
     def __call__(self, model, loss_fn, x, y, class_weight, is_pseudo=None):
         logits = model(x)
         lab, pse = ~is_pseudo, is_pseudo
-        pseudo = pseudo_loss(self.cfg, loss_fn, logits[pse], y[pse], class_weight) if pse.any() else logits.sum() * 0
-        return loss_fn(logits[lab], y[lab], class_weight) + self.cfg.unlabeled_weight * pseudo, logits, y
+        pseudo = pseudo_loss(self.cfg.semi, loss_fn, logits[pse], y[pse], class_weight) if pse.any() else logits.sum() * 0
+        return loss_fn(logits[lab], y[lab], class_weight) + self.cfg.semi.unlabeled_weight * pseudo, logits, y
 
 
 @OBJECTIVES.register("union_split_loss")
 class UnionSplitLoss(Objective):
-    """Yang & Xu's union batches with another loss on their pseudo-labeled rows (``train.pseudo_loss``):
+    """Yang & Xu's union batches with another loss on their pseudo-labeled rows (``train.semi.loss``):
     the two losses weighted by their rows, (n_l * labeled loss + n_p * pseudo loss) / n, which is the
     one criterion over the batch when both are the same mean loss."""
 
@@ -92,7 +92,7 @@ class UnionSplitLoss(Objective):
         if n_l:
             loss = loss + n_l * loss_fn(logits[~is_pseudo], y[~is_pseudo], class_weight)
         if n_p:
-            loss = loss + n_p * pseudo_loss(self.cfg, loss_fn, logits[is_pseudo], y[is_pseudo], class_weight)
+            loss = loss + n_p * pseudo_loss(self.cfg.semi, loss_fn, logits[is_pseudo], y[is_pseudo], class_weight)
         return loss / len(y), logits, y
 
 
@@ -102,7 +102,7 @@ class Joint(Objective):
 
     def __call__(self, model, loss_fn, x, y, class_weight, is_pseudo=None):
         logits, recon = model(x, output="both")
-        return loss_fn(logits, y, class_weight) + self.cfg.recon_weight * F.mse_loss(recon, x), logits, y
+        return loss_fn(logits, y, class_weight) + self.cfg.ae.recon_weight * F.mse_loss(recon, x), logits, y
 
 
 @OBJECTIVES.register("reconstruct")
@@ -124,14 +124,14 @@ class Phase:
 
 def phases(cfg: TrainConfig) -> list[Phase]:
     """The run's epochs, in order: which objective trains and whether the backbone is frozen."""
-    if cfg.ae_mode == "separate":
-        return [Phase("reconstruct", cfg.ae_epochs), Phase("classify", cfg.epochs, frozen=True)]
+    if cfg.ae.mode == "separate":
+        return [Phase("reconstruct", cfg.ae.epochs), Phase("classify", cfg.epochs, frozen=True)]
     if cfg.objective == "rotation":
         return [Phase("rotation", cfg.epochs)]
-    if cfg.ae_mode == "joint":
+    if cfg.ae.mode == "joint":
         return [Phase("joint", cfg.epochs)]
-    if cfg.pseudo_labels and cfg.semi_batches == "fixed_share":
+    if cfg.semi.pseudo_labels and cfg.semi.batches == "fixed_share":
         return [Phase("fixed_share", cfg.epochs)]
-    if cfg.pseudo_labels and cfg.pseudo_loss != "same":
+    if cfg.semi.pseudo_labels and cfg.semi.loss != "same":
         return [Phase("union_split_loss", cfg.epochs)]
     return [Phase("classify", cfg.epochs)]

@@ -37,9 +37,9 @@ def _decode_frame(shape):
 class PetastormLoader:
     def __init__(self, split_dir: str, counts, cfg: TrainConfig, augment: Augment, rank: int = 0, world: int = 1,
                  workers: int = 2):
-        if cfg.sampler != "random":
+        if cfg.sampler.name != "random":
             raise DataError(f"the petastorm loader streams row groups and cannot draw sampler "
-                            f"{cfg.sampler!r}; use train.loader=memory")
+                            f"{cfg.sampler.name!r}; use train.data.loader=memory")
         meta = read_table(split_dir, columns=["height", "width", "channels"])
         shapes = set(zip(*(meta.column(k).to_pylist() for k in ("height", "width", "channels"))))
         if len(shapes) != 1:

@@ -2,11 +2,19 @@
 layers they add to a job's config."""
 from __future__ import annotations
 
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.provenance import PROJECT_ROOT
 
 RECIPES = PROJECT_ROOT / "conf" / "methods"  # conf/methods/<name>.yaml: the training recipes
 SEMI_STAGE = PROJECT_ROOT / "conf" / "stages" / "semi.yaml"  # semi-supervised defaults of the reference
+
+
+def check_recipes(names: list[str], where: str = "") -> None:
+    """Refuse a recipe name that has no conf/methods/<name>.yaml, listing the known ones."""
+    unknown = [n for n in names if not (RECIPES / f"{n}.yaml").is_file()]
+    if unknown:
+        known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+        raise ConfigError(f"{where}no recipe {unknown[0]!r} ({RECIPES / unknown[0]}.yaml); known: {', '.join(known)}")
 
 
 def recipe_layers(cfg: Config) -> list[str]:

@@ -20,18 +20,18 @@ PSEUDOLABEL_KEYS = {f.name for f in dataclasses.fields(PseudoLabelConfig)} - {"s
 
 
 def launch_semi(spark, cfg) -> dict:
-    """Semi-supervised training on ``cfg.train.pseudo_labels``; with ``self_training_rounds`` > 1,
+    """Semi-supervised training on ``cfg.train.semi.pseudo_labels``; with ``train.semi.rounds`` > 1,
     each round's model re-labels the pool (the same policy, a new output beside the first) and the
     next round trains on those labels. Every round is its own MLflow run, tagged with its parent.
     Finished steps are recorded (``run_dir/semi-rounds-<config sha>.json``), so the same command
     run again continues where it stopped instead of paying for finished rounds again."""
     manifest = json.loads(fs.read_text(fs.join(cfg.train.splits, schema.MANIFEST)))
-    first = read_stream_info(cfg.train.pseudo_labels)
+    first = read_stream_info(cfg.train.semi.pseudo_labels)
     key = {"train": config_key(cfg), "pseudolabel": to_dict(cfg.pseudolabel),  # and the data: re-made splits or a
            "splits_sha256": manifest["manifest_sha256"], "pseudolabel_run_id": first["run_id"]}  # re-run stream
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    record = Path(fs.normalize(cfg.train.run_dir)) / f"semi-rounds-{digest}.json"
+    record = Path(fs.normalize(cfg.train.runtime.run_dir)) / f"semi-rounds-{digest}.json"
     done = json.loads(record.read_text())["rounds"] if record.exists() else []
 
     def save(rounds):
@@ -41,20 +41,20 @@ def launch_semi(spark, cfg) -> dict:
         os.replace(tmp, record)
 
     rounds, result = [], {}
-    for round_ in range(1, cfg.train.self_training_rounds + 1):
+    for round_ in range(1, cfg.train.semi.rounds + 1):
         step = done[round_ - 1] if len(done) >= round_ else None
         if step is None:  # this round's training has not finished yet
             result = launch_fit(spark, cfg)
-            step = {"round": round_, "run_id": result["run_id"], "pseudo_labels": cfg.train.pseudo_labels,
+            step = {"round": round_, "run_id": result["run_id"], "pseudo_labels": cfg.train.semi.pseudo_labels,
                     "final_test_top1": result["final_test_top1"], "result": result}
             save(rounds + [step])
         result = step["result"]
         rounds.append(step)
-        if round_ == cfg.train.self_training_rounds:
+        if round_ == cfg.train.semi.rounds:
             break
-        out = f"{cfg.train.pseudo_labels.rstrip('/')}-round{round_ + 1}"
+        out = f"{cfg.train.semi.pseudo_labels.rstrip('/')}-round{round_ + 1}"
         if "next_pseudolabel_run_id" not in step:  # the re-labelling resumes from its own stream checkpoint
-            info = read_stream_info(cfg.train.pseudo_labels)
+            info = read_stream_info(cfg.train.semi.pseudo_labels)
             policy = info["policy"]
             relabel = dataclasses.replace(cfg.pseudolabel, model=step["run_id"], input=info["input"], out=out,
                                           checkpoint=None, truth=info["truth"], trigger="available-now",
@@ -63,6 +63,7 @@ def launch_semi(spark, cfg) -> dict:
             labeled = run_pseudolabel(spark, dataclasses.replace(cfg, pseudolabel=relabel))
             step["next_pseudolabel_run_id"] = labeled["run_id"]
             save(rounds)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, pseudo_labels=out))
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, semi=dataclasses.replace(cfg.train.semi, pseudo_labels=out)))
     summary = [{k: v for k, v in r.items() if k != "result"} for r in rounds]
     return {**result, "rounds": summary} if len(rounds) > 1 else result

@@ -1,4 +1,4 @@
-"""Strong augmentation for pseudo-labeled images (``train.pseudo_augment=randaugment``, a variant of
+"""Strong augmentation for pseudo-labeled images (``train.semi.augment=randaugment``, a variant of
 ours, not part of Yang & Xu's recipe): RandAugment (Cubuk et al. 2020) with torchvision's op list and
 magnitudes, then Cutout (DeVries & Taylor 2017), as FixMatch and its long-tailed successors use them.
 

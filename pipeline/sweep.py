@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from pipeline import fs
-from pipeline.recipes import RECIPES
+from pipeline.recipes import RECIPES, check_recipes
 from pipeline.config import Config, ConfigError, apply_mapping, resolve, to_dict
 from pipeline.provenance import PROJECT_ROOT
 
@@ -50,10 +50,7 @@ class Grid:
         for key in ("name", "data", "methods", "imbalance_ratios", "seeds"):
             if not getattr(self, key):
                 raise ConfigError(f"{origin}: sweep key '{key}' is required")
-        unknown = [m for m in self.methods if not (RECIPES / f"{m}.yaml").is_file()]
-        if unknown:
-            known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-            raise ConfigError(f"{origin}: methods: no recipe {unknown[0]!r}; known: {', '.join(known)}")
+        check_recipes(self.methods, f"{origin}: methods: ")
         for i, o in enumerate(self.overrides):
             where = f"{origin}: overrides[{i}]"
             if set(o) != {"match", "set"} or not isinstance(o["match"], dict) or not isinstance(o["set"], dict):
@@ -97,9 +94,11 @@ class Child:
 
     def tagged(self, sweep: str, parent_run_id: str) -> Config:
         """The child's config with the tags that tie its MLflow run to the sweep (and nest it)."""
-        tags = {**self.cfg.train.tags, "sweep": sweep, "sweep_child": self.key, "sweep_config_sha": self.config_sha,
+        tags = {**self.cfg.train.tracking.tags, "sweep": sweep, "sweep_child": self.key, "sweep_config_sha": self.config_sha,
                 "mlflow.parentRunId": parent_run_id}
-        return dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, tags=tags))
+        train = self.cfg.train
+        return dataclasses.replace(self.cfg, train=dataclasses.replace(
+            train, tracking=dataclasses.replace(train.tracking, tags=tags)))
 
 
 def _raw(value: Any) -> str:
@@ -183,7 +182,7 @@ def is_small(child: Child, grid: Grid) -> bool:
     if grid.execution != "auto":
         return grid.execution == "tasks"
     t = child.cfg.train
-    if t.num_processes > 1:
+    if t.runtime.num_processes > 1:
         return False
     from pipeline.splits import MANIFEST
 
@@ -243,11 +242,13 @@ def task_gpus() -> list[str]:
 
 def pinned(cfg: Config, gpus: list[str]) -> tuple[Config, dict]:
     """A child on the GPU(s) Spark assigned: only those visible to it (CUDA_VISIBLE_DEVICES), its
-    run tagged with them, and ``train.device=auto`` made ``cuda``, so a child that cannot see its GPU
-    fails saying so instead of training on the CPU (``train.device=cpu`` stays an explicit choice)."""
+    run tagged with them, and ``train.runtime.device=auto`` made ``cuda``, so a child that cannot see its GPU
+    fails saying so instead of training on the CPU (``train.runtime.device=cpu`` stays an explicit choice)."""
     address = ",".join(gpus)
-    t = dataclasses.replace(cfg.train, tags={**cfg.train.tags, "gpu_address": address},
-                            device="cuda" if cfg.train.device == "auto" else cfg.train.device)
+    tracking, runtime = cfg.train.tracking, cfg.train.runtime
+    t = dataclasses.replace(
+        cfg.train, tracking=dataclasses.replace(tracking, tags={**tracking.tags, "gpu_address": address}),
+        runtime=dataclasses.replace(runtime, device="cuda" if runtime.device == "auto" else runtime.device))
     return dataclasses.replace(cfg, train=t), {"CUDA_VISIBLE_DEVICES": address}
 
 
@@ -312,15 +313,13 @@ def _attempt(key: str, run) -> dict:
 
 def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[str, str]] = ()) -> dict:
     from pipeline import report
-    from pipeline.launch import launch_fit
-    from pipeline.tracking import Tracker, mark_failed, record_failure, search_runs, tracking_uri
-    from pipeline.train import with_absolute_paths
+    from pipeline.tracking import Tracker, search_runs
 
     extra_layers, cli = list(extra_layers), list(cli)
     todo = children(grid, extra_layers, cli)
-    experiment = todo[0].cfg.train.experiment
-    if len({c.cfg.train.experiment for c in todo}) > 1:
-        raise ConfigError(f"sweep {grid.name}: every child must log to one experiment (train.experiment)")
+    experiment = todo[0].cfg.train.tracking.experiment
+    if len({c.cfg.train.tracking.experiment for c in todo}) > 1:
+        raise ConfigError(f"sweep {grid.name}: every child must log to one experiment (train.tracking.experiment)")
     share = gpu_share(spark, grid.runs_per_gpu) if grid.runs_per_gpu else None  # refused before any work
     ensure_splits(spark, grid, extra_layers, cli)
     todo = [data_identity(c) for c in todo]
@@ -338,41 +337,12 @@ def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[s
         finished = set(zip(done["tags.sweep_child"], done["tags.sweep_config_sha"]))
     skipped = [c for c in todo if (c.key, c.config_sha) in finished]
     todo = [c for c in todo if (c.key, c.config_sha) not in finished]
-    as_task = {c.key: is_small(c, grid) for c in todo}
-    small = [c for c in todo if as_task[c.key]]
-    large = [c for c in todo if not as_task[c.key]]
-    print(f"sweep {grid.name}: {len(todo)} children to run ({len(small)} as Spark tasks, {len(large)} through "
-          f"TorchDistributor), {len(skipped)} finished before", flush=True)
-    outcomes = []
     try:
-        if small:
-            uri, threads, per_gpu = tracking_uri(), grid.threads_per_task, grid.runs_per_gpu
-            items = [(c.key, with_absolute_paths(c.tagged(grid.name, parent.run_id))) for c in small]
-            rdd = spark.sparkContext.parallelize(items, len(items))
-            if share is not None:
-                rdd = rdd.withResources(share)
-            outcomes += rdd.map(lambda item: _run_in_task(item, uri, threads, per_gpu)).collect()
-        for c in large:
-            outcomes.append(_attempt(c.key, lambda c=c: launch_fit(spark, c.tagged(grid.name, parent.run_id))))
+        outcomes = _run_children(spark, grid, todo, parent, share, len(skipped))
     except BaseException:  # Spark itself failed (a worker crashed hard) or the job was interrupted
         parent.end("FAILED")
         raise
-
-    by_key = {c.key: c for c in todo}
-    failed = []
-    for o in outcomes:
-        if o["status"] == "FINISHED":
-            continue
-        c = by_key[o["key"]]
-        own = search_runs(experiment, f"tags.sweep_child = '{c.key}' and tags.sweep_config_sha = '{c.config_sha}' "
-                                      f"and attributes.start_time >= {attempt_ms}")
-        if own.empty:  # failed before it could open its own run: the sweep records it
-            o["run_id"] = record_failure(experiment, f"{grid.name}-{c.key}",
-                                         c.tagged(grid.name, parent.run_id).train.tags, o["error"])
-        else:  # its run: marked FAILED by fit, or still RUNNING if the process was killed
-            o["run_id"] = own.run_id.iloc[0]
-            mark_failed(o["run_id"], o["error"])
-        failed.append(o)
+    failed = _record_failures(grid, todo, outcomes, experiment, parent, attempt_ms)
 
     runs = report.finished_runs(experiment, sweep=grid.name)
     files = report.publish(runs, fs.join(grid.out, "compare"), parent) if not runs.empty else {}
@@ -383,6 +353,55 @@ def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[s
             "children": len(todo) + len(skipped), "finished": [o["key"] for o in outcomes if o["status"] == "FINISHED"],
             "failed": {o["key"]: o["error"].strip().splitlines()[-1] for o in failed},
             "skipped": [c.key for c in skipped], "outcomes": outcomes, "compare": files}
+
+
+def _run_children(spark, grid: Grid, todo: list[Child], parent, share, skipped: int) -> list[dict]:
+    """Small children run as Spark tasks (one per core or GPU share), large ones one by one through
+    TorchDistributor; each outcome says FINISHED or FAILED with the error, and one failure stops none."""
+    from pipeline.launch import launch_fit
+    from pipeline.tracking import tracking_uri
+    from pipeline.train import with_absolute_paths
+
+    as_task = {c.key: is_small(c, grid) for c in todo}
+    small = [c for c in todo if as_task[c.key]]
+    large = [c for c in todo if not as_task[c.key]]
+    print(f"sweep {grid.name}: {len(todo)} children to run ({len(small)} as Spark tasks, {len(large)} through "
+          f"TorchDistributor), {skipped} finished before", flush=True)
+    outcomes = []
+    if small:
+        uri, threads, per_gpu = tracking_uri(), grid.threads_per_task, grid.runs_per_gpu
+        items = [(c.key, with_absolute_paths(c.tagged(grid.name, parent.run_id))) for c in small]
+        rdd = spark.sparkContext.parallelize(items, len(items))
+        if share is not None:
+            rdd = rdd.withResources(share)
+        outcomes += rdd.map(lambda item: _run_in_task(item, uri, threads, per_gpu)).collect()
+    for c in large:
+        outcomes.append(_attempt(c.key, lambda c=c: launch_fit(spark, c.tagged(grid.name, parent.run_id))))
+    return outcomes
+
+
+def _record_failures(grid: Grid, todo: list[Child], outcomes: list[dict], experiment: str, parent,
+                     attempt_ms: int) -> list[dict]:
+    """Every failed child's MLflow run is FAILED with its error: its own run if it opened one in this
+    attempt (still RUNNING if its process was killed), else a run the sweep records for it."""
+    from pipeline.tracking import mark_failed, record_failure, search_runs
+
+    by_key = {c.key: c for c in todo}
+    failed = []
+    for o in outcomes:
+        if o["status"] == "FINISHED":
+            continue
+        c = by_key[o["key"]]
+        own = search_runs(experiment, f"tags.sweep_child = '{c.key}' and tags.sweep_config_sha = '{c.config_sha}' "
+                                      f"and attributes.start_time >= {attempt_ms}")
+        if own.empty:
+            o["run_id"] = record_failure(experiment, f"{grid.name}-{c.key}",
+                                         c.tagged(grid.name, parent.run_id).train.tracking.tags, o["error"])
+        else:
+            o["run_id"] = own.run_id.iloc[0]
+            mark_failed(o["run_id"], o["error"])
+        failed.append(o)
+    return failed
 
 
 def summary(result: dict) -> str:

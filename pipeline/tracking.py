@@ -6,8 +6,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
+from pipeline.config import flatten
 from pipeline.provenance import PROJECT_ROOT
 
 DEFAULT_STORE = PROJECT_ROOT / "runs" / "mlflow"
@@ -19,17 +20,6 @@ def tracking_uri() -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     DEFAULT_STORE.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{DEFAULT_STORE / 'mlflow.db'}"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
 
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on training runs
@@ -51,7 +41,11 @@ class Tracker:
             if tracking_uri().startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
                 db = Path(tracking_uri()[len("sqlite:///"):])
                 location = (db.parent / "artifacts" / experiment).as_uri()
-            mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+            try:
+                mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+            except mlflow.exceptions.MlflowException:
+                if mlflow.get_experiment_by_name(experiment) is None:  # not another process creating it at once
+                    raise
         elif any(found.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):  # made by an older version
             for k, v in EXPERIMENT_KIND.items():
                 mlflow.tracking.MlflowClient().set_experiment_tag(found.experiment_id, k, v)
@@ -74,7 +68,14 @@ class Tracker:
             source_obj = resolve_dataset_source(source)
         dataset = MetaDataset(source=source_obj, name=name, digest=sha256[:36])
         tags = {"sha256": sha256, **({"rows": str(rows)} if rows is not None else {})}
-        self.mlflow.log_input(dataset, context=context, tags=tags)
+        for attempt in range(3):
+            try:
+                return self.mlflow.log_input(dataset, context=context, tags=tags)
+            except self.mlflow.exceptions.MlflowException as e:
+                # runs logging the same new data set at once (sweep children on one store): MLflow looks
+                # for it, then inserts it, so all but one insert fail; again, they find the one inserted
+                if "IntegrityError" not in str(e) or attempt == 2:
+                    raise
 
     def register(self, model_uri: str, name: str, alias: Optional[str]) -> str:
         """Register ``model_uri`` as a new version of registered model ``name`` (with ``alias``);
@@ -86,7 +87,7 @@ class Tracker:
         return f"models:/{name}/{version.version}"
 
     def log_params(self, params: dict) -> None:
-        flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in _flatten(params).items()}
+        flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(params).items()}
         existing = self.mlflow.get_run(self.run_id).data.params
         new = {k: v for k, v in flat.items() if k not in existing}  # params are immutable: resume logs none twice
         items = list(new.items())

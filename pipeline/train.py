@@ -19,7 +19,7 @@ import torch
 from models import Classifier, create_model
 from pipeline import distributed, fs, schema
 from pipeline.accel import Accel, accel_for
-from pipeline.config import Config, ConfigError, TrainConfig, to_dict
+from pipeline.config import Config, ConfigError, TrainConfig, flatten, to_dict
 from pipeline.data import (ROTATIONS, Augment, ImageSet, concat, eval_batches, load_split, random_rotations,
                            rotations, semi_loader)
 from pipeline.loaders import choose_loader, make_loader
@@ -69,9 +69,9 @@ def predict(model: torch.nn.Module, data: ImageSet, augment: Augment, batch: int
 
 
 def evaluate(model, data: ImageSet, augment: Augment, loss_fn, train_counts, cfg, device) -> dict:
-    accel = accel_for(cfg.train, torch.device(device))
-    logits = torch.from_numpy(predict(model, data, augment, cfg.train.eval_batch_size, device, accel))
-    logits = posthoc_adjust(logits, loss_fn.log_prior.cpu(), cfg.train.posthoc_tau)
+    accel = accel_for(cfg.train.runtime, torch.device(device))
+    logits = torch.from_numpy(predict(model, data, augment, cfg.train.data.eval_batch_size, device, accel))
+    logits = posthoc_adjust(logits, loss_fn.log_prior.cpu(), cfg.train.loss.posthoc_tau)
     return evaluate_logits(logits.numpy(), data.labels.cpu().numpy(), train_counts)
 
 
@@ -85,25 +85,25 @@ def run_name(cfg: Config, manifest: dict, semi: Optional[dict] = None) -> str:
     """dataset-r<ratio>-<method>[-ssp][-semi<round>-<policy>[-la][-ra]]-s<seed>: also the checkpoint folder
     (la: logit-adjusted pseudo loss, ra: RandAugment on the pseudo-labeled images)."""
     t, ratio = cfg.train, manifest["params"]["imbalance_ratio"]
-    parts = [manifest["source"]["dataset"], f"r{ratio:g}", t.method or t.loss]
+    parts = [manifest["source"]["dataset"], f"r{ratio:g}", t.method or t.loss.name]
     if t.pretrained and t.objective != "rotation":
         parts.append("ssp")
     if semi:
         parts.append(f"semi{semi['round'] if semi['round'] > 1 else ''}-{semi['policy']['name']}")
-        parts += (["la"] if t.pseudo_loss == "logit_adjusted" else []) + (["ra"] if t.pseudo_augment == "randaugment" else [])
+        parts += (["la"] if t.semi.loss == "logit_adjusted" else []) + (["ra"] if t.semi.augment == "randaugment" else [])
     return "-".join(parts + [f"s{t.seed}"])
 
 
 def stage_of(cfg: Config) -> str:
     t = cfg.train
-    return ("pretrain" if t.objective == "rotation" else "semi" if t.pseudo_labels
+    return ("pretrain" if t.objective == "rotation" else "semi" if t.semi.pseudo_labels
             else "ssp" if t.pretrained else "base")
 
 
 def run_tags(cfg: Config, manifest: dict) -> dict[str, str]:
     stage = stage_of(cfg)
     return {"dataset": manifest["source"]["dataset"], "imbalance_ratio": f"{manifest['params']['imbalance_ratio']:g}",
-            "method": cfg.train.method or cfg.train.loss, "stage": stage, "seed": str(cfg.train.seed),
+            "method": cfg.train.method or cfg.train.loss.name, "stage": stage, "seed": str(cfg.train.seed),
             "model": cfg.train.model}
 
 
@@ -113,9 +113,10 @@ def with_absolute_paths(cfg: Config) -> Config:
     t = cfg.train
     pretrained = fs.normalize(t.pretrained) if t.pretrained and os.path.exists(t.pretrained) else t.pretrained
     train = dataclasses.replace(
-        t, splits=fs.normalize(t.splits) if t.splits else t.splits, run_dir=fs.normalize(t.run_dir),
-        weights_path=fs.normalize(t.weights_path) if t.weights_path else None, pretrained=pretrained,
-        pseudo_labels=fs.normalize(t.pseudo_labels) if t.pseudo_labels else None)
+        t, splits=fs.normalize(t.splits) if t.splits else t.splits, pretrained=pretrained,
+        weights_path=fs.normalize(t.weights_path) if t.weights_path else None,
+        runtime=dataclasses.replace(t.runtime, run_dir=fs.normalize(t.runtime.run_dir)),
+        semi=dataclasses.replace(t.semi, pseudo_labels=fs.normalize(t.semi.pseudo_labels) if t.semi.pseudo_labels else None))
     return dataclasses.replace(cfg, train=train)
 
 
@@ -128,7 +129,7 @@ def fit(cfg: Config) -> dict:
     every rank (TorchDistributor hands back only one rank's value)."""
     from pipeline.tracking import end_active_run
 
-    ctx = distributed.setup(cfg.train.device)
+    ctx = distributed.setup(cfg.train.runtime.device)
     try:
         return _fit(cfg, ctx)
     except KeyboardInterrupt:
@@ -157,7 +158,7 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     t = cfg.train
     manifest = json.loads(fs.read_text(fs.join(t.splits, schema.MANIFEST)))
     data = _train_data(t, manifest, ctx)
-    loss_fn = create_loss(data.loss_counts, t).to(ctx.device)
+    loss_fn = create_loss(data.loss_counts, t.loss).to(ctx.device)
     model = _model(t, data, loss_fn, ctx.device)
     plan = [(phase, e) for phase in phases(t) for e in range(phase.epochs)]  # (phase, epoch within it) per epoch
     name = run_name(cfg, manifest, data.semi)
@@ -166,34 +167,29 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     if state:
         model.load_state_dict(state["model"])
     provenance = _provenance(t, manifest, data, ctx, model, state)
-    tracker = _tracker(cfg, manifest, name, state, data.semi) if ctx.is_main else None
+    tracker = _tracker(cfg, manifest, name, state, data, provenance) if ctx.is_main else None
     run_id = distributed.broadcast_object(tracker.run_id if tracker else None)
-    if tracker and not state:
-        tracker.log_params({**to_dict(cfg.train), "provenance": provenance})
-        tracker.log_dict(to_dict(cfg), "config.json")
-        tracker.log_dict(manifest, "manifest.json")
-        _log_inputs(tracker, t, manifest, data)
 
     history: list[dict] = state["history"] if state else []
-    current, switch = None, drw_epoch(t)
+    current, switch = None, drw_epoch(t.epochs, t.schedule)
     for epoch in range(start, len(plan)):
         phase, e = plan[epoch]
         if phase is not current:  # a new phase (or the one a resumed run stopped in): its optimizer and objective
             current, optimizer, ddp, objective = phase, *_enter(phase, model, loss_fn, t, ctx)
             if state and plan[state["epoch"]][0] is phase and epoch == start:
                 optimizer.load_state_dict(state["optimizer"])
-        lr = lr_at(e, dataclasses.replace(t, epochs=phase.epochs))
+        lr = lr_at(e, phase.epochs, t.optim.lr, t.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        weight = class_weight_at(e, switch, data.loss_counts, t) if objective.classifies else None
+        weight = class_weight_at(e, switch, data.loss_counts, t.loss) if objective.classifies else None
         objective.begin_epoch(epoch, ctx.rank)
         started = time.time()
         stats = train_one_epoch(ddp, objective, loss_fn, optimizer, data.loader, epoch, weight, ctx.device, phase.frozen,
-                                accel_for(t, ctx.device))
+                                accel_for(t.runtime, ctx.device))
         loss_sum, correct, seen = distributed.all_reduce_sum(list(stats), ctx.device)
         if not np.isfinite(loss_sum):  # every rank sees the same sum, so every rank stops here
             raise TrainingDiverged(f"epoch {epoch + 1}: the training loss is {loss_sum / seen} (diverged); "
-                                   f"lower train.lr (now {t.lr:g}) or check the data")
+                                   f"lower train.optim.lr (now {t.optim.lr:g}) or check the data")
         if ctx.is_main:
             row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen,
                    "train_top1": correct / seen if objective.classifies else float("nan"),
@@ -218,12 +214,12 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     return distributed.broadcast_object(result)
 
 
-NOT_IN_KEY = ("resume", "run_dir")  # settings that do not change what a run computes
+NOT_IN_KEY = ("runtime.resume", "runtime.run_dir")  # settings that do not change what a run computes
 
 
 def config_key(cfg: Config) -> dict:
-    """The resolved training settings a checkpoint belongs to (paths absolute)."""
-    train = to_dict(with_absolute_paths(cfg).train)
+    """The resolved training settings a checkpoint belongs to (paths absolute), as dotted keys."""
+    train = flatten(to_dict(with_absolute_paths(cfg).train))
     return {k: v for k, v in train.items() if k not in NOT_IN_KEY}
 
 
@@ -234,11 +230,11 @@ def _checkpoint(cfg: Config, name: str, manifest: dict, device,
     ``--resume`` with changed settings or re-made splits is refused naming what changed."""
     key = config_key(cfg)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    path = Path(cfg.train.run_dir) / f"{name}-{digest}" / "checkpoint.pt"
-    if not cfg.train.resume:
+    path = Path(cfg.train.runtime.run_dir) / f"{name}-{digest}" / "checkpoint.pt"
+    if not cfg.train.runtime.resume:
         return path, None
     if not path.exists():
-        others = sorted(Path(cfg.train.run_dir).glob(f"{name}-*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+        others = sorted(Path(cfg.train.runtime.run_dir).glob(f"{name}-*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
         if others:
             old = torch.load(others[-1], map_location="cpu", weights_only=True)["config_key"]
             changed = sorted(k for k in set(key) | set(old) if k not in NOT_IN_KEY and old.get(k) != key.get(k))
@@ -268,10 +264,10 @@ def _train_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> Tra
                                  normalization=manifest.get("normalization"))
     test = load_split(fs.join(t.splits, "test"))
     val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
-    if not t.pseudo_labels:
+    if not t.semi.pseudo_labels:
         return TrainData(names, counts, counts, kind, loader, sample, test, val, None)
     if kind != "memory":
-        raise ConfigError("train.pseudo_labels: semi-supervised training needs train.loader=memory")
+        raise ConfigError("train.semi.pseudo_labels: semi-supervised training needs train.data.loader=memory")
     pseudo, semi = _pseudo_labeled(t, manifest, ctx)
     loader = semi_loader(loader.data, pseudo, counts, t, loader.augment, ctx.rank, ctx.world)
     loss_counts = [a + b for a, b in zip(counts, semi["pseudo_counts"])]  # what the model is trained on
@@ -282,12 +278,12 @@ def _model(t: TrainConfig, data: TrainData, loss_fn, device) -> Classifier:
     _, channels, height, width = data.sample.images.shape
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = create_model(t.model, num_classes=len(data.names), in_channels=channels, image_size=max(height, width),
-                         head=t.head, head_scale=t.ldam_s, weights_path=t.weights_path)
-    if t.ae_mode != "classify" and not hasattr(model, "decoder"):
-        raise ConfigError(f"train.ae_mode={t.ae_mode} needs an autoencoder model (unet_ae, mobilenetv2_ae), "
+                         head=t.head, head_scale=t.loss.ldam_s, weights_path=t.weights_path)
+    if t.ae.mode != "classify" and not hasattr(model, "decoder"):
+        raise ConfigError(f"train.ae.mode={t.ae.mode} needs an autoencoder model (unet_ae, mobilenetv2_ae), "
                           f"not {t.model}")
     loss_fn.prepare_head(model.head)
-    return accel_for(t, device).model(model.to(device))
+    return accel_for(t.runtime, device).model(model.to(device))
 
 
 def _provenance(t: TrainConfig, manifest: dict, data: TrainData, ctx: distributed.Context, model, state) -> dict:
@@ -295,7 +291,7 @@ def _provenance(t: TrainConfig, manifest: dict, data: TrainData, ctx: distribute
                   "git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
                   "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device),
                   "loader": data.loader_kind, "class_counts_trained": data.loss_counts,
-                  "step": accel_for(t, ctx.device).describe(),  # the resolved precision, memory format, compile
+                  "step": accel_for(t.runtime, ctx.device).describe(),  # the resolved precision, memory format, compile
                   "normalization": {"mean": data.loader.augment.mean.flatten().tolist(),
                                     "std": data.loader.augment.std.flatten().tolist()},
                   **({"semi": {k: v for k, v in data.semi.items() if k != "round"}} if data.semi else {})}
@@ -310,7 +306,7 @@ def _enter(phase: Phase, model, loss_fn, t: TrainConfig, ctx: distributed.Contex
     """(optimizer, the model as this phase trains it, objective) of ``phase``."""
     optimizer = _optimizer(model, loss_fn, t, frozen=phase.frozen)
     ddp = distributed.wrap(model, ctx, find_unused=hasattr(model, "decoder"))
-    return optimizer, accel_for(t, ctx.device).step_model(ddp), OBJECTIVES.get(phase.objective)(t)
+    return optimizer, accel_for(t.runtime, ctx.device).step_model(ddp), OBJECTIVES.get(phase.objective)(t)
 
 
 def _evaluation_row(model, data: TrainData, loss_fn, cfg: Config, device) -> dict:
@@ -324,7 +320,7 @@ def _evaluation_row(model, data: TrainData, loss_fn, cfg: Config, device) -> dic
 def _log_inputs(tracker, t: TrainConfig, manifest: dict, data: TrainData) -> None:
     """Lineage in MLflow: which split (and which pseudo-labels) trained the model, which evaluated it."""
     hashes = manifest.get("ids_sha256", {})
-    parts = ["labeled"] + (["unlabeled"] if t.objective == "rotation" and t.pretrain_unlabeled else [])
+    parts = ["labeled"] + (["unlabeled"] if t.objective == "rotation" and t.ssp.unlabeled else [])
     for part in parts:
         tracker.log_dataset(part, fs.join(fs.normalize(t.splits), part), hashes.get(part, manifest["manifest_sha256"]),
                             "training", manifest["totals"].get(part))
@@ -339,22 +335,22 @@ def _pseudo_labeled(t: TrainConfig, manifest: dict, ctx: distributed.Context) ->
     """The pseudo-labeled images the policy kept, and what the run records about them."""
     from pipeline.pseudo_labels import selected_pseudo_labels
 
-    ids, labels, info = selected_pseudo_labels(t.pseudo_labels)
+    ids, labels, info = selected_pseudo_labels(t.semi.pseudo_labels)
     if info["class_names"] != manifest["class_names"]:
-        raise ConfigError(f"train.pseudo_labels: {t.pseudo_labels} labels classes {info['class_names'][:5]}..., "
+        raise ConfigError(f"train.semi.pseudo_labels: {t.semi.pseudo_labels} labels classes {info['class_names'][:5]}..., "
                           f"the splits have {manifest['class_names'][:5]}...")
     pool = load_split(info["input"])
     where = {i: n for n, i in enumerate(pool.ids)}
     missing = [i for i in ids if i not in where]
     if missing:
-        raise ConfigError(f"train.pseudo_labels: {len(missing)} pseudo-labeled ids are not in {info['input']}, "
+        raise ConfigError(f"train.semi.pseudo_labels: {len(missing)} pseudo-labeled ids are not in {info['input']}, "
                           f"e.g. {missing[:3]}")
     rows = torch.tensor([where[i] for i in ids], dtype=torch.int64)
     pseudo = ImageSet(pool.images[rows], torch.from_numpy(labels), ids).to(ctx.device)
     pseudo_counts = np.bincount(labels, minlength=len(manifest["class_names"])).tolist()
-    return pseudo, {"pseudo_labels": fs.normalize(t.pseudo_labels), "pseudolabel_run_id": info["run_id"],
+    return pseudo, {"pseudo_labels": fs.normalize(t.semi.pseudo_labels), "pseudolabel_run_id": info["run_id"],
                     "base_run_id": info["model_run_id"], "policy": info["policy"], "pseudo_counts": pseudo_counts,
-                    "pseudo_total": len(ids), "semi_batches": t.semi_batches, "round": info.get("round", 0) + 1,
+                    "pseudo_total": len(ids), "semi_batches": t.semi.batches, "round": info.get("round", 0) + 1,
                     "pseudo_ids_sha256": ids_sha256(ids)}
 
 
@@ -362,13 +358,13 @@ def _rotation_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> 
     """SSP data: the labeled split's images (and the pool's, if asked) without their labels; the
     test images rotated as in training (each once at a seeded random rotation, or all four), to
     measure rotation accuracy."""
-    parts = ["labeled"] + (["unlabeled"] if t.pretrain_unlabeled else [])
+    parts = ["labeled"] + (["unlabeled"] if t.ssp.unlabeled else [])
     images = concat([load_split(fs.join(t.splits, p)) for p in parts])
     unlabeled = ImageSet(images.images, torch.zeros(len(images), dtype=torch.int64), images.ids)
     loader, sample = make_loader("memory", None, [len(unlabeled)], t, ctx.rank, ctx.world, ctx.device,
                                  data=unlabeled, normalization=manifest.get("normalization"))  # one pseudo-class
     test = load_split(fs.join(t.splits, "test"))
-    if t.ssp_rotations == "random":
+    if t.ssp.rotations == "random":
         x, y = random_rotations(test.images, torch.Generator().manual_seed(t.seed))
         test = ImageSet(x, y, test.ids)
     else:
@@ -390,7 +386,7 @@ def _optimizer(model, loss_fn, t: TrainConfig, frozen: bool) -> torch.optim.Opti
         groups = [{"params": params}]
     else:
         groups = [{"params": [p for p in params if p is not bias]}, {"params": [bias], "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.SGD(groups, lr=t.optim.lr, momentum=t.optim.momentum, weight_decay=t.optim.weight_decay)
 
 
 def _log_epochs(tracker, history: list[dict]) -> None:
@@ -401,17 +397,25 @@ def _log_epochs(tracker, history: list[dict]) -> None:
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=row["epoch"])
 
 
-def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], semi: Optional[dict] = None):
+def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], data: TrainData, provenance: dict):
+    """The run's MLflow run: opened with its parameters and inputs, or reopened by a resumed run."""
     from pipeline.tracking import Tracker
 
-    tags = {**cfg.train.tags, **run_tags(cfg, manifest)}
+    tags = {**cfg.train.tracking.tags, **run_tags(cfg, manifest)}
     if cfg.train.pretrained:
         tags["pretrained"] = cfg.train.pretrained
-    if semi:  # the chain: base model -> pseudolabel run -> this run
+    if data.semi:  # the chain: base model -> pseudolabel run -> this run
+        semi = data.semi
         tags.update(parent_run_id=semi["pseudolabel_run_id"], base_run_id=semi["base_run_id"],
                     policy=semi["policy"]["name"], round=str(semi["round"]))
-    return Tracker(cfg.train.experiment, name, tags, run_id=state["run_id"] if state else None,
-                   system_metrics=cfg.train.system_metrics)
+    tracker = Tracker(cfg.train.tracking.experiment, name, tags, run_id=state["run_id"] if state else None,
+                      system_metrics=cfg.train.tracking.system_metrics)
+    if not state:
+        tracker.log_params({**to_dict(cfg.train), "provenance": provenance})
+        tracker.log_dict(to_dict(cfg), "config.json")
+        tracker.log_dict(manifest, "manifest.json")
+        _log_inputs(tracker, cfg.train, manifest, data)
+    return tracker
 
 
 def _prefixed(prefix: str, metrics: dict) -> dict:
@@ -442,7 +446,7 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
                "best_on_test_epoch_top1": best["test_top1"], "best_on_test_epoch": best["epoch"] + 1}
     tracker.log_metrics({k: v for k, v in summary.items() if k != "run_id" and np.isfinite(v)})
     summary["final_test_per_class_accuracy"] = final["per_class_accuracy"]
-    summary.update(device=str(ctx.device), step=accel_for(cfg.train, ctx.device).describe())  # where it ran
+    summary.update(device=str(ctx.device), step=accel_for(cfg.train.runtime, ctx.device).describe())  # where it ran
     tracker.log_metrics({f"final_test_class_acc_{n}": a for n, a in zip(names, final["per_class_accuracy"])
                          if np.isfinite(a)})
     final = {"class_names": names, "train_counts": counts, **final}
@@ -455,11 +459,11 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
     spec, export = _exportable(model, loss_fn, augment, cfg, data)
     example = test.images[:2].float().div(255).numpy()  # batch of 2: the logged model is not tied to batch 1
     summary["model_uri"] = tracker.log_model(spec, export, example)
-    if cfg.train.register:
-        summary["registered_model"] = tracker.register(summary["model_uri"], cfg.train.register,
-                                                       cfg.train.register_alias)
+    if cfg.train.tracking.register:
+        summary["registered_model"] = tracker.register(summary["model_uri"], cfg.train.tracking.register,
+                                                       cfg.train.tracking.register_alias)
     tracker.log_text(run_report.render({
-        "run_id": tracker.run_id, "run_name": ckpt_path.parent.name, "experiment": cfg.train.experiment,
+        "run_id": tracker.run_id, "run_name": ckpt_path.parent.name, "experiment": cfg.train.tracking.experiment,
         "tags": tracker.tags, "summary": summary, "provenance": provenance, "config": to_dict(cfg),
         "manifest": manifest, "final": final, "figures": pngs, "history": history,
         "model_uri": summary["model_uri"], "checkpoint": str(ckpt_path)}), "report.html")
@@ -477,9 +481,9 @@ def _exportable(model: Classifier, loss_fn, augment: Augment, cfg: Config, data:
     _, channels, height, width = data.sample.images.shape
     autoencoder = hasattr(model, "classifier")
     net = model.classifier() if autoencoder else model  # an autoencoder: the exported model drops the decoder
-    net = net if not t.posthoc_tau else PosthocAdjusted(net, loss_fn.log_prior.detach().cpu(), t.posthoc_tau)
+    net = net if not t.loss.posthoc_tau else PosthocAdjusted(net, loss_fn.log_prior.detach().cpu(), t.loss.posthoc_tau)
     mean, std = augment.mean.flatten().tolist(), augment.std.flatten().tolist()
     spec = model_io.spec_of(t.model, num_classes=len(data.names), in_channels=channels, image_size=max(height, width),
-                            head=t.head, head_scale=t.ldam_s, classifier_only=autoencoder, mean=mean, std=std,
-                            posthoc_tau=t.posthoc_tau)
+                            head=t.head, head_scale=t.loss.ldam_s, classifier_only=autoencoder, mean=mean, std=std,
+                            posthoc_tau=t.loss.posthoc_tau)
     return spec, Standardized(net, mean, std).cpu().eval()

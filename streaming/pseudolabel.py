@@ -249,30 +249,44 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     out = fs.normalize(p.out)
     checkpoint = fs.normalize(p.checkpoint) if p.checkpoint else fs.join(out, "_checkpoint")
     previous = sinks.read_stream_info(out) if fs.exists(fs.join(out, sinks.STREAM)) else None
+    info, policy = _plan(spark, cfg, model, base, previous, checkpoint)
+    if previous:
+        _check_same_stream(previous, info, out)
+    claim_checkpoint(checkpoint, out)
+    tracker = _open_run(p, info, policy, base, model, previous, out)
+    _run_query(spark, p, _batch_writer(model, out, checkpoint, info, policy, tracker), checkpoint, tracker)
+    return summary_of(out, info)
+
+
+def _plan(spark, cfg: Config, model: ScoringModel, base: dict, previous: Optional[dict],
+          checkpoint: str) -> tuple[dict, Policy]:
+    """The stream's record (stream.json) and its selection policy; a restart keeps the measurements
+    it started with (the BBSE matrix, the bf16 check: a re-score could differ in the last bit)."""
+    p = cfg.pseudolabel
     held_out = val_path(p)
     if p.adjust == "bbse" and held_out is None:
         raise StreamError("pseudolabel.adjust=bbse needs a held-out labeled split: make the splits with "
                           "longtail.val_per_class > 0, or give pseudolabel.val")
+    same_model = bool(previous) and previous.get("model_run_id") == model.run_id
     bbse = None
-    if held_out is not None:  # a restart keeps the matrix it started with (a re-score could differ in the last bit)
-        same = previous and (previous.get("bbse") or {}).get("val") == held_out and previous.get("model_run_id") == model.run_id
+    if held_out is not None:
+        same = same_model and (previous.get("bbse") or {}).get("val") == held_out
         bbse = previous["bbse"] if same else held_out_confusion(spark, model, held_out, len(base["manifest"]["class_names"]))
     generation = int(base["tags"].get("round", 0)) + 1  # the base model's labels are the first generation
     policy = from_config(p, base["manifest"]["class_counts"]["labeled"], bbse["confusion"] if bbse else (),
-                         generation, max(cfg.train.self_training_rounds, generation))
+                         generation, max(cfg.train.semi.rounds, generation))
     info = _stream_info(cfg, model, policy, base, truth_path(p), checkpoint)
     info["bbse"] = bbse
     info["scoring_precision"] = p.precision
-    if p.precision != "fp32":  # checked once; a restart keeps the check it started with
-        kept = previous and previous.get("scoring_precision") == p.precision and previous.get("model_run_id") == model.run_id
+    if p.precision != "fp32":
+        kept = same_model and previous.get("scoring_precision") == p.precision
         info["scoring_check"] = previous["scoring_check"] if kept else precision_check(spark, model, p.input,
                                                                                      p.check_images)
-    if previous:
-        _check_same_stream(previous, info, out)
-    claim_checkpoint(checkpoint, out)
-    truth = load_truth(info["truth"])
-    names, labeled = info["class_names"], info["labeled_counts"]
+    return info, policy
 
+
+def _open_run(p, info: dict, policy: Policy, base: dict, model: ScoringModel, previous: Optional[dict], out: str):
+    """The stream's "pseudolabel" MLflow run, a child of the base model's: opened, or reopened on a restart."""
     from pipeline.tracking import Tracker
 
     tags = {**{k: v for k, v in info["base_run"].items() if k in ("dataset", "imbalance_ratio", "method", "seed")
@@ -292,6 +306,15 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
         tracker.log_dict(info, "stream.json")
         check = info.get("scoring_check") or {}
         tracker.log_metrics({f"scoring_{k}": check[k] for k in ("agreement", "top1", "fp32_top1") if k in check})
+    return tracker
+
+
+def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: dict, policy: Policy, tracker):
+    """The query's foreachBatch function: score the micro-batch, write its labels, rejects and the
+    class balance so far, and log the balance as the run's step metrics (once per batch id)."""
+    truth = load_truth(info["truth"])
+    names, labeled = info["class_names"], info["labeled_counts"]
+    confusion = info["bbse"]["confusion"] if info["bbse"] else ()
 
     def process(batch_df, batch_id: int) -> None:
         from pyspark.sql import functions as F
@@ -319,7 +342,7 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
         hidden = None if truth is None else np.array([truth.get(i, -1) for i in labels.column("id").to_pylist()])
         table = balance_table(batch_id, labels.column("predicted").to_numpy(),
                               labels.column("confidence").to_numpy(), in_batch, names, labeled, policy,
-                              latency, hidden, probs_matrix(labels), bbse["confusion"] if bbse else ())
+                              latency, hidden, probs_matrix(labels), confusion)
         sinks.write_balance(out, batch_id, table)
         logged = tracker.last_step("pl_rows_total")
         if logged is None or batch_id > logged:  # a replayed batch is not logged twice
@@ -330,6 +353,12 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
         print(f"batch {batch_id}: {int(in_batch.sum())} images in {latency:.2f} s "
               f"({int(in_batch.sum()) / max(latency, 1e-9):.0f} img/s), {len(in_batch)} scored so far", flush=True)
 
+    return process
+
+
+def _run_query(spark, p, process, checkpoint: str, tracker) -> None:
+    """Run the query until the input is used up (available-now), the timeout, or SIGTERM/SIGINT;
+    the run ends FINISHED, FAILED or KILLED."""
     # A corrupt file is skipped by the reader (else it would fail the same micro-batch on every
     # restart) and recorded by process() with its reason: nothing is dropped silently.
     reader = (spark.readStream.schema(schema.spark_schema(schema.IMAGE_COLUMNS))
@@ -358,7 +387,6 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
             status = "FINISHED"
         finally:
             tracker.end("KILLED" if stopped.is_set() else status)
-    return summary_of(out, info)
 
 
 @contextlib.contextmanager

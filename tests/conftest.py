@@ -54,7 +54,7 @@ def base(spark, tmp_path_factory):
     ingest_job.main(["--dataset", "digits", "--out", str(root / "digits")])
     longtail_job.main(["--data", str(root / "digits"), "--out", str(root / "lt"), "--imbalance-ratio", "10",
                        "--labeled-max", "60", "--unlabeled-max", "60", "--set", f"longtail.files_per_split={POOL_FILES}"])
-    sets = {"splits": root / "lt", "run_dir": root / "runs", "epochs": 8, "batch_size": 32, "augment": "none",
-            "experiment": "tests-pl", "method": "ce"}
+    sets = {"splits": root / "lt", "runtime.run_dir": root / "runs", "epochs": 8, "batch_size": 32,
+            "data.augment": "none", "tracking.experiment": "tests-pl", "method": "ce"}
     result = fit(resolve([str(ROOT / "conf/methods/ce.yaml")], [(f"train.{k}", str(v)) for k, v in sets.items()]))
     return {"splits": root / "lt", "run_id": result["run_id"], "root": root}

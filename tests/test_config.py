@@ -38,6 +38,39 @@ def test_unknown_key_names_the_key_and_suggests():
         resolve([], [("trian.epochs", "1")])
 
 
+def test_a_flat_train_key_of_before_the_sections_names_its_new_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train.lr' has moved: it is 'train.optim.lr' now"):
+        resolve([], [("train.lr", "0.05")])
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  self_training_rounds: 2\n")
+    with pytest.raises(ConfigError, match=r"'train.self_training_rounds' has moved: it is 'train.semi.rounds' now.*old.yaml"):
+        resolve([str(old)])
+
+
+def test_a_named_section_takes_its_name_as_a_plain_value(tmp_path):
+    cfg = resolve([], [("train.loss", "focal"), ("train.loss.focal_gamma", "2"), ("train.sampler", "class_balanced")])
+    assert (cfg.train.loss.name, cfg.train.loss.focal_gamma, cfg.train.sampler.name) == ("focal", 2.0, "class_balanced")
+    short = tmp_path / "short.yaml"
+    short.write_text("train:\n  loss: ldam\n")
+    assert resolve([str(short)]).train.loss.name == "ldam"
+    with pytest.raises(ConfigError, match=r"train.loss.name.*expected str"):
+        resolve([], [("train.loss", "[1, 2]")])
+    with pytest.raises(ConfigError, match=r"config section 'train.optim'.*expected a mapping"):
+        resolve([], [("train.optim", "0.1")])  # a section without a name takes no plain value
+
+
+def test_each_training_part_gets_its_own_section():
+    import dataclasses
+
+    from pipeline.config import LossConfig, SamplerConfig, TrainConfig
+
+    cfg = resolve([str(CONF / "methods/resample_cb.yaml")], [("train.sampler.cb_beta", "0.99")])
+    assert isinstance(cfg.train.loss, LossConfig) and isinstance(cfg.train.sampler, SamplerConfig)
+    assert cfg.train.sampler.cb_beta == 0.99 and cfg.train.loss.cb_beta == 0.9999  # one part's beta, not both
+    sections = [f.name for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.default_factory)]
+    assert sections == ["optim", "schedule", "loss", "sampler", "data", "ssp", "ae", "semi", "runtime", "tracking"]
+
+
 def test_unknown_key_in_a_file_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("ingest:\n  datset: cifar10\n")
@@ -96,7 +129,7 @@ def test_job_parser_exits_with_the_key_on_a_bad_value(capsys):
 
 
 @pytest.mark.parametrize("key", ["longtail.imbalance_ratio", "longtail.unlabeled_ratio", "pseudolabel.interval_s",
-                                 "train.lr"])
+                                 "train.optim.lr"])
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_non_finite_numbers_are_refused_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=rf"'{key}': expected a finite number"):

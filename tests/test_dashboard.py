@@ -77,7 +77,7 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
         url = f"http://127.0.0.1:{port}/"
         wait(lambda: _up(url), "the dashboard to serve")
         driver.get(url)
-        status = lambda: driver.find_element("id", "status").text
+        status = lambda: text(driver, "status")
         wait(lambda: "Waiting for data" in status(), "the waiting state")
 
         command, env = submit_command("jobs/pseudolabel.py", "--model", base["run_id"], "--input", inbox, "--out",
@@ -89,22 +89,22 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
             shutil.copy(f, tmp_path / "staging.parquet")
             os.replace(tmp_path / "staging.parquet", inbox / f.name)
         wait(lambda: driver.execute_script(COUNT_BARS) == 200, "bars summing to the first 200 images", 300)
-        assert "Live" in status() and "scored: 200 images" in driver.find_element("id", "header").text
+        assert "Live" in status() and "scored: 200 images" in text(driver, "header")
 
         shutil.copy(pool[2], tmp_path / "staging.parquet")  # a new file arrives whole
         os.replace(tmp_path / "staging.parquet", inbox / pool[2].name)
         wait(lambda: driver.execute_script(COUNT_BARS) == 300, "the bars to take in the new file")
-        assert "scored: 300 images" in driver.find_element("id", "header").text
+        assert "scored: 300 images" in text(driver, "header")
         quality = driver.find_element("id", "quality")  # the hidden truth is known: precision/recall shown
         assert quality.is_displayed()
         # the header's live figures are the balance table's
         from streaming import sinks
         from streaming.balance import overall_precision
 
-        wait(lambda: driver.find_element("id", "figure-scored").text == "300", "the header to show 300 scored")
+        wait(lambda: text(driver, "figure-scored") == "300", "the header to show 300 scored")
         rows = sinks.latest_balance(str(out)).to_pylist()
-        assert driver.find_element("id", "figure-kept").text == str(sum(r["selected_count"] for r in rows))
-        assert driver.find_element("id", "figure-precision-of-kept").text == f"{100 * overall_precision(rows):.1f}%"
+        assert text(driver, "figure-kept") == str(sum(r["selected_count"] for r in rows))
+        assert text(driver, "figure-precision-of-kept") == f"{100 * overall_precision(rows):.1f}%"
         link = driver.find_element("id", "model-link").get_attribute("href")
         assert f"/runs/{base['run_id']}?workflowType=machine_learning" in link and "/#/experiments/" in link
         # class names on the axes, in class order
@@ -112,7 +112,9 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
         x = driver.execute_script("return document.getElementById('counts')"
                                   ".getElementsByClassName('js-plotly-plot')[0].data[0].x;")
         assert x == names
-        ticks = [t.text for t in driver.find_elements("css selector", "#counts .xtick text")]
+        # read in one script: the page re-renders every 0.5 s, so elements found one call earlier go stale
+        ticks = driver.execute_script("return Array.from(document.querySelectorAll('#counts .xtick text'))"
+                                      ".map(function (t) { return t.textContent; });")
         assert ticks == names
         # the main charts fit one 1600 x 1000 screen, no scrolling
         height, width = driver.execute_script("return [window.innerHeight, window.innerWidth];")
@@ -132,6 +134,13 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+def text(driver, element_id: str) -> str:
+    """An element's text, read in one script call (a re-render between finding and reading cannot stale
+    it); "" while the page has not rendered it yet."""
+    return driver.execute_script("var e = document.getElementById(arguments[0]); return e ? e.innerText : '';",
+                                 element_id)
 
 
 def _up(url: str) -> bool:

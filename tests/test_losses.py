@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import TrainConfig
+from pipeline.config import LossConfig
 from pipeline.losses import CLASS_WEIGHTS, LOSSES, class_weight_at, create_loss, posthoc_adjust
 
 
 def loss_of(name, counts, logits, target, weight=None, **cfg):
-    fn = create_loss(counts, TrainConfig(loss=name, **cfg))
+    fn = create_loss(counts, LossConfig(name=name, **cfg))
     w = None if weight is None else torch.tensor(weight, dtype=torch.float32)
     return fn(torch.tensor(logits, dtype=torch.float32), torch.tensor(target), w).item()
 
@@ -25,14 +25,14 @@ def test_cross_entropy_and_its_weighted_mean():
 
 
 def test_effective_number_weights_follow_cui_et_al():
-    w = CLASS_WEIGHTS.get("effective_number")([100, 10], TrainConfig(cb_beta=0.99))
+    w = CLASS_WEIGHTS.get("effective_number")([100, 10], 0.99)
     raw = [(1 - 0.99) / (1 - 0.99 ** 100), (1 - 0.99) / (1 - 0.99 ** 10)]
     assert w == pytest.approx([2 * r / sum(raw) for r in raw], rel=1e-9)
     assert w.sum() == pytest.approx(2)
 
 
 def test_inverse_frequency_weights():
-    assert CLASS_WEIGHTS.get("inverse")([300, 100], TrainConfig()) == pytest.approx([0.5, 1.5])
+    assert CLASS_WEIGHTS.get("inverse")([300, 100], 0.9999) == pytest.approx([0.5, 1.5])
 
 
 def test_ldam_subtracts_the_count_based_margin_then_scales():
@@ -74,16 +74,16 @@ def test_sigmoid_losses_sum_binary_terms_and_weight_by_the_true_class():
 
 
 def test_drw_schedule_applies_weights_only_from_the_switch_epoch():
-    cfg = TrainConfig(class_weights="effective_number", weights_schedule="drw")
+    cfg = LossConfig(class_weights="effective_number", weights_schedule="drw")
     assert class_weight_at(159, 160, [100, 10], cfg) is None
     assert class_weight_at(160, 160, [100, 10], cfg) is not None
-    always = TrainConfig(class_weights="inverse")
+    always = LossConfig(class_weights="inverse")
     assert class_weight_at(0, 160, [100, 10], always).tolist() == pytest.approx([2 / 11, 20 / 11])
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_is_finite_differentiable_and_keeps_per_class_tensors_as_buffers(name):
-    fn = create_loss([50, 10, 2], TrainConfig(loss=name))
+    fn = create_loss([50, 10, 2], LossConfig(name=name))
     logits = torch.randn(8, 3, requires_grad=True)
     target = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])
     for weight in (None, torch.tensor([0.2, 1.0, 1.8])):
@@ -96,4 +96,4 @@ def test_every_loss_is_finite_differentiable_and_keeps_per_class_tensors_as_buff
 
 def test_unknown_loss_lists_the_registered_ones():
     with pytest.raises(KeyError, match="unknown loss 'ldma'.*did you mean ldam"):
-        create_loss([1, 2], TrainConfig(loss="ldma"))
+        create_loss([1, 2], LossConfig(name="ldma"))

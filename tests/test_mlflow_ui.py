@@ -57,8 +57,8 @@ def submit(url, *args):
 def test_mlflow_ui_shows_training_runs_their_data_sets_and_the_registered_model(base, server, tmp_path):
     splits = base["splits"]
     submit(server, "jobs/train.py", "--splits", splits, "--method", "ce", "--epochs", "1", "--experiment", "tests-ui",
-           "--register", "tests-ui-model", "--result", tmp_path / "train.json", "--set", "train.augment=none",
-           "--set", "train.batch_size=32", "--set", f"train.run_dir={tmp_path / 'runs'}")
+           "--register", "tests-ui-model", "--result", tmp_path / "train.json", "--set", "train.data.augment=none",
+           "--set", "train.batch_size=32", "--set", f"train.runtime.run_dir={tmp_path / 'runs'}")
     result = json.loads((tmp_path / "train.json").read_text())
     submit(server, "jobs/pseudolabel.py", "--model", "models:/tests-ui-model@candidate", "--input", splits / "unlabeled",
            "--out", tmp_path / "pl", "--max-files-per-trigger", "6")

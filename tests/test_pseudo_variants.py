@@ -93,7 +93,7 @@ def test_strong_augmentation_touches_only_the_pseudo_labeled_rows():
 
 
 def semi_cfg(*extra):
-    return resolve([str(ROOT / "conf/methods/ce.yaml")], [("train.pseudo_labels", "x"), *extra]).train
+    return resolve([str(ROOT / "conf/methods/ce.yaml")], [("train.semi.pseudo_labels", "x"), *extra]).train
 
 
 def log_softmax_ce(z, y):
@@ -102,13 +102,13 @@ def log_softmax_ce(z, y):
 
 
 def test_logit_adjusted_pseudo_loss_is_ce_of_the_shifted_logits_on_the_pseudo_rows_only():
-    cfg = semi_cfg(("train.pseudo_loss", "logit_adjusted"), ("train.pseudo_tau", "0.7"))
+    cfg = semi_cfg(("train.semi.loss", "logit_adjusted"), ("train.semi.tau", "0.7"))
     assert phases(cfg)[0].objective == "union_split_loss"
     counts = [60, 30, 10]
     logits = torch.randn(12, 3, dtype=torch.float64)
     y = torch.tensor([0, 1, 2] * 4)
     is_pseudo = torch.tensor([True, False] * 6)
-    loss, _, _ = OBJECTIVES.get("union_split_loss")(cfg)(lambda x: logits, create_loss(counts, cfg), None, y, None,
+    loss, _, _ = OBJECTIVES.get("union_split_loss")(cfg)(lambda x: logits, create_loss(counts, cfg.loss), None, y, None,
                                                          is_pseudo)
     z, t, m = logits.numpy(), y.numpy(), is_pseudo.numpy()
     shifted = z + 0.7 * np.log(np.array(counts) / 100)
@@ -119,8 +119,8 @@ def test_logit_adjusted_pseudo_loss_is_ce_of_the_shifted_logits_on_the_pseudo_ro
 
 
 def test_union_loader_with_randaugment_augments_the_pseudo_labeled_images_only():
-    cfg = semi_cfg(("train.pseudo_augment", "randaugment"), ("train.batch_size", "16"), ("train.cutout", "0"),
-                   ("train.randaugment_magnitude", "30"), ("train.augment", "none"))
+    cfg = semi_cfg(("train.semi.augment", "randaugment"), ("train.batch_size", "16"), ("train.semi.cutout", "0"),
+                   ("train.semi.randaugment_magnitude", "30"), ("train.data.augment", "none"))
     lab = ImageSet(images(30, seed=1), torch.tensor([0] * 20 + [1] * 10), [f"l{i}" for i in range(30)])
     pse = ImageSet(images(50, seed=2), torch.tensor([1] * 40 + [0] * 10), [f"u{i}" for i in range(50)])
     from pipeline.data import make_augment
@@ -140,7 +140,7 @@ def test_union_loader_with_randaugment_augments_the_pseudo_labeled_images_only()
 
 
 def test_pseudo_variants_without_pseudo_labels_are_refused_by_name():
-    with pytest.raises(ConfigError, match="train.pseudo_loss=logit_adjusted.*train.pseudo_labels"):
-        resolve([str(ROOT / "conf/methods/ce.yaml")], [("train.pseudo_loss", "logit_adjusted")])
+    with pytest.raises(ConfigError, match="train.semi.loss=logit_adjusted.*train.semi.pseudo_labels"):
+        resolve([str(ROOT / "conf/methods/ce.yaml")], [("train.semi.loss", "logit_adjusted")])
     with pytest.raises(ConfigError, match="randaugment_magnitude"):
-        semi_cfg(("train.randaugment_magnitude", "31"))
+        semi_cfg(("train.semi.randaugment_magnitude", "31"))

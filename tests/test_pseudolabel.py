@@ -260,13 +260,13 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
 # --- semi-supervised training on the pseudo-labels ----------------------------------------------
 
 def test_mixed_batches_hold_the_labeled_share_and_cover_the_labeled_set_once():
-    from pipeline.config import TrainConfig
+    from pipeline.config import DataConfig, SemiConfig, TrainConfig
     from pipeline.data import Augment, ImageSet, MixedLoader
 
     images = lambda n: torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8)
     labeled = ImageSet(images(40), torch.tensor([0] * 30 + [1] * 10), [f"l{i}" for i in range(40)])
     pseudo = ImageSet(images(7), torch.tensor([1] * 7), [f"u{i}" for i in range(7)])
-    cfg = TrainConfig(batch_size=8, unlabeled_share=0.25, augment="none")
+    cfg = TrainConfig(batch_size=8, semi=SemiConfig(unlabeled_share=0.25), data=DataConfig(augment="none"))
     loader = MixedLoader(labeled, pseudo, [30, 10], cfg, Augment([0.5], [0.5], "none"))
     batches = [(x, y, int((~m).sum()), m) for x, y, m in loader.epoch(0)]
     assert [n for _, _, n, _ in batches] == [6] * 6 + [4] and len(batches) == len(loader)
@@ -285,8 +285,8 @@ def test_train_semi_rounds_are_runs_linked_to_their_pseudo_labels(spark, base, t
                                     "--out", str(pl), "--select", "threshold", "--tau", "0.5",
                                     "--max-files-per-trigger", "3"])
     args = ["--splits", str(base["splits"]), "--pseudo-labels", str(pl), "--method", "ce", "--epochs", "2",
-            "--rounds", "2", "--experiment", "tests-semi", "--set", f"train.run_dir={tmp_path / 'runs'}",
-            "--set", "train.augment=none", "--set", "train.batch_size=32"]
+            "--rounds", "2", "--experiment", "tests-semi", "--set", f"train.runtime.run_dir={tmp_path / 'runs'}",
+            "--set", "train.data.augment=none", "--set", "train.batch_size=32"]
     result = train_semi_job.main(args)
     first, second = result["rounds"]
     run1, run2 = mlflow.get_run(first["run_id"]), mlflow.get_run(second["run_id"])

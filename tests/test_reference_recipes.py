@@ -128,8 +128,8 @@ def long_tailed_batch(seed, n=48, scale=3.0):
 
 def ours(recipe, z, y, epoch):
     cfg = resolve([str(ROOT / "conf/methods" / f"{recipe}.yaml")]).train
-    loss_fn = create_loss(COUNTS.tolist(), cfg)
-    weight = class_weight_at(epoch, drw_epoch(cfg), COUNTS.tolist(), cfg)
+    loss_fn = create_loss(COUNTS.tolist(), cfg.loss)
+    weight = class_weight_at(epoch, drw_epoch(cfg.epochs, cfg.schedule), COUNTS.tolist(), cfg.loss)
     logits = torch.tensor(z, dtype=torch.float64, requires_grad=True)
     loss = loss_fn.double()(logits, torch.tensor(y), None if weight is None else weight.double())
     loss.backward()
@@ -163,8 +163,8 @@ def test_recipe_loss_and_gradient_match_the_reference_formula(recipe, epoch):
 @pytest.mark.parametrize("weights", ["inverse", "effective_number"])
 def test_weighted_losses_reduce_as_their_reference_code(loss, reference, weights):
     w = inverse(COUNTS) if weights == "inverse" else effective_number(COUNTS)
-    cfg = resolve([], [("train.loss", loss)]).train
-    fn = create_loss(COUNTS.tolist(), cfg).double()
+    cfg = resolve([], [("train.loss.name", loss)]).train
+    fn = create_loss(COUNTS.tolist(), cfg.loss).double()
     z, y = long_tailed_batch(7)
     logits = torch.tensor(z, requires_grad=True)
     got = fn(logits, torch.tensor(y), torch.tensor(w))
@@ -176,8 +176,8 @@ def test_weighted_losses_reduce_as_their_reference_code(loss, reference, weights
 
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
 def test_sigmoid_focal_is_finite_for_confident_logits_at_any_gamma(gamma):
-    cfg = resolve([str(ROOT / "conf/methods/cb_focal.yaml")], [("train.focal_gamma", str(gamma))]).train
-    fn = create_loss(COUNTS.tolist(), cfg).double()
+    cfg = resolve([str(ROOT / "conf/methods/cb_focal.yaml")], [("train.loss.focal_gamma", str(gamma))]).train
+    fn = create_loss(COUNTS.tolist(), cfg.loss).double()
     z = torch.tensor([[20.0, -20.0, -20.0, -20.0, -20.0], [-20.0, 20.0, -20.0, -20.0, -20.0]], requires_grad=True,
                      dtype=torch.float64)
     y = torch.tensor([0, 1])
@@ -200,9 +200,9 @@ def test_cui_and_ldam_drw_reweighting_differ_by_the_weight_sum_over_n():
 
 def test_posthoc_recipe_predicts_with_logits_minus_the_log_prior():
     cfg = resolve([str(ROOT / "conf/methods/logit_adjust_posthoc.yaml")]).train
-    loss_fn = create_loss(COUNTS.tolist(), cfg)
+    loss_fn = create_loss(COUNTS.tolist(), cfg.loss)
     z, _ = long_tailed_batch(1)
-    got = posthoc_adjust(torch.tensor(z), loss_fn.log_prior.double(), cfg.posthoc_tau).numpy()
+    got = posthoc_adjust(torch.tensor(z), loss_fn.log_prior.double(), cfg.loss.posthoc_tau).numpy()
     np.testing.assert_allclose(got, z - np.log(COUNTS / COUNTS.sum()), rtol=1e-6, atol=1e-6)
 
 
@@ -212,7 +212,7 @@ def test_sigmoid_recipes_start_the_head_bias_at_the_uniform_prior_without_decay(
     from pipeline.train import _optimizer
 
     cfg = resolve([str(ROOT / "conf/methods" / f"{recipe}.yaml")]).train
-    loss_fn = create_loss(COUNTS.tolist(), cfg)
+    loss_fn = create_loss(COUNTS.tolist(), cfg.loss)
     model = create_model("resnet20", num_classes=5, in_channels=3, image_size=8)
     loss_fn.prepare_head(model.head)
     assert torch.allclose(model.head.bias, torch.full((5,), -np.log(4.0)))  # sigmoid(-log(C-1)) = 1/C
@@ -237,10 +237,10 @@ def test_resampling_draws_each_class_with_its_reference_probability(recipe, clas
 
     cfg = resolve([str(ROOT / "conf/methods" / f"{recipe}.yaml")]).train
     labels = np.repeat(np.arange(len(CIFAR_LT)), CIFAR_LT)
-    p = example_probabilities(labels, CIFAR_LT, cfg)
+    p = example_probabilities(labels, CIFAR_LT, cfg.sampler)
     per_class = np.bincount(labels, weights=p)
     np.testing.assert_allclose(per_class, class_probability(CIFAR_LT.astype(float)), rtol=1e-9)
-    drawn = np.concatenate([labels[epoch_indices(cfg.sampler, labels, CIFAR_LT, 0, e, cfg=cfg)] for e in range(4)])
+    drawn = np.concatenate([labels[epoch_indices(cfg.sampler.name, labels, CIFAR_LT, 0, e, cfg=cfg.sampler)] for e in range(4)])
     assert len(drawn) == 4 * len(labels)
     np.testing.assert_allclose(np.bincount(drawn) / len(drawn), per_class, atol=0.006)
 
@@ -250,7 +250,7 @@ def test_effective_number_resampling_is_nearly_but_not_quite_uniform():
 
     cfg = resolve([str(ROOT / "conf/methods/resample_cb.yaml")]).train
     labels = np.repeat(np.arange(len(CIFAR_LT)), CIFAR_LT)
-    per_class = np.bincount(labels, weights=example_probabilities(labels, CIFAR_LT, cfg))
+    per_class = np.bincount(labels, weights=example_probabilities(labels, CIFAR_LT, cfg.sampler))
     assert per_class[0] == pytest.approx(0.119, abs=0.001) and per_class[-1] == pytest.approx(0.094, abs=0.001)
 
 
@@ -260,7 +260,7 @@ def test_ssp_default_rotates_each_image_once_with_labels_balanced_in_the_batch()
     from pipeline.objectives import OBJECTIVES
 
     cfg = resolve([str(ROOT / "conf/methods/ssp_rotation.yaml")]).train
-    assert cfg.ssp_rotations == "random"
+    assert cfg.ssp.rotations == "random"
     objective = OBJECTIVES.get("rotation")(cfg)
     objective.begin_epoch(0, 0)
     seen = []
@@ -271,7 +271,7 @@ def test_ssp_default_rotates_each_image_once_with_labels_balanced_in_the_batch()
             return torch.zeros(len(x), 4, requires_grad=True)
 
     images = torch.randn(10, 3, 5, 5)
-    loss_fn = create_loss([10] * 4, cfg)
+    loss_fn = create_loss([10] * 4, cfg.loss)
     _, _, labels = objective(Recorder(), loss_fn, images, torch.zeros(10, dtype=torch.int64), None)
     x = seen[0]
     assert x.shape == images.shape  # B images per step, not 4 B
@@ -288,11 +288,11 @@ def test_ssp_default_rotates_each_image_once_with_labels_balanced_in_the_batch()
 def test_ssp_all_rotations_remains_an_option():
     from pipeline.objectives import OBJECTIVES
 
-    cfg = resolve([str(ROOT / "conf/methods/ssp_rotation.yaml")], [("train.ssp_rotations", "all")]).train
+    cfg = resolve([str(ROOT / "conf/methods/ssp_rotation.yaml")], [("train.ssp.rotations", "all")]).train
     objective = OBJECTIVES.get("rotation")(cfg)
     objective.begin_epoch(0, 0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 5 * 5, 4))
-    _, logits, labels = objective(model, create_loss([1] * 4, cfg), torch.randn(6, 3, 5, 5),
+    _, logits, labels = objective(model, create_loss([1] * 4, cfg.loss), torch.randn(6, 3, 5, 5),
                                   torch.zeros(6, dtype=torch.int64), None)
     assert logits.shape == (24, 4) and labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6 + [3] * 6
 
@@ -312,8 +312,8 @@ def test_semi_default_shuffles_labeled_and_pseudo_labeled_together_with_one_crit
     from pipeline.data import Augment, semi_loader
     from pipeline.objectives import OBJECTIVES, phases
 
-    cfg = resolve([str(ROOT / "conf/methods/ce.yaml"), str(SEMI_STAGE)], [("train.pseudo_labels", "x")]).train
-    assert cfg.batch_size == 256 and cfg.semi_batches == "union"  # train_semi.py: batch 256
+    cfg = resolve([str(ROOT / "conf/methods/ce.yaml"), str(SEMI_STAGE)], [("train.semi.pseudo_labels", "x")]).train
+    assert cfg.batch_size == 256 and cfg.semi.batches == "union"  # train_semi.py: batch 256
     assert phases(cfg)[0].objective == "classify"  # one criterion over the whole batch
     cfg.batch_size = 16
     lab, pse = semi_sets()
@@ -329,7 +329,7 @@ def test_semi_default_shuffles_labeled_and_pseudo_labeled_together_with_one_crit
     # the loss of a batch is the recipe's criterion over all of it
     logits = torch.randn(16, 2, dtype=torch.float64)
     y = batches[0][1]
-    loss, _, _ = OBJECTIVES.get("classify")(cfg)(lambda x: logits, create_loss([30, 50], cfg), batches[0][0], y, None)
+    loss, _, _ = OBJECTIVES.get("classify")(cfg)(lambda x: logits, create_loss([30, 50], cfg.loss), batches[0][0], y, None)
     assert loss.item() == pytest.approx(torch_ce(logits.numpy(), y.numpy()), rel=1e-12)
 
 
@@ -338,14 +338,14 @@ def test_semi_fixed_share_remains_an_option_with_its_two_term_loss():
     from pipeline.objectives import OBJECTIVES, phases
 
     cfg = resolve([str(ROOT / "conf/methods/ce.yaml")], [
-        ("train.pseudo_labels", "x"), ("train.semi_batches", "fixed_share"), ("train.batch_size", "10"),
-        ("train.unlabeled_share", "0.4"), ("train.unlabeled_weight", "2")]).train
+        ("train.semi.pseudo_labels", "x"), ("train.semi.batches", "fixed_share"), ("train.batch_size", "10"),
+        ("train.semi.unlabeled_share", "0.4"), ("train.semi.unlabeled_weight", "2")]).train
     assert phases(cfg)[0].objective == "fixed_share"
     lab, pse = semi_sets()
     x, y, is_pseudo = next(iter(semi_loader(lab, pse, [20, 10], cfg, Augment([0.5], [0.5], "none")).epoch(0)))
     assert is_pseudo.tolist() == [False] * 6 + [True] * 4 and len(y) == 10
     logits = torch.randn(10, 2, dtype=torch.float64)
-    loss, _, _ = OBJECTIVES.get("fixed_share")(cfg)(lambda x: logits, create_loss([20, 10], cfg), x, y, None, is_pseudo)
+    loss, _, _ = OBJECTIVES.get("fixed_share")(cfg)(lambda x: logits, create_loss([20, 10], cfg.loss), x, y, None, is_pseudo)
     z, t = logits.numpy(), y.numpy()
     assert loss.item() == pytest.approx(torch_ce(z[:6], t[:6]) + 2 * torch_ce(z[6:], t[6:]), rel=1e-12)
 

@@ -8,7 +8,7 @@ import torch
 
 from models import create_model
 from pipeline.accel import Accel, accel_for
-from pipeline.config import ConfigError, TrainConfig, resolve
+from pipeline.config import ConfigError, DataConfig, RuntimeConfig, TrainConfig, resolve
 from pipeline.data import Augment, ImageSet, MemoryLoader
 from pipeline.losses import create_loss
 from pipeline.objectives import Classify
@@ -19,12 +19,12 @@ def setup(seed=0, n=96):
     gen = torch.Generator().manual_seed(seed)
     data = ImageSet(torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=gen),
                     torch.randint(0, 4, (n,), generator=gen), [str(i) for i in range(n)])
-    cfg = TrainConfig(batch_size=32, augment="crop_flip", seed=seed)
+    cfg = TrainConfig(batch_size=32, data=DataConfig(augment="crop_flip"), seed=seed)
     counts = torch.bincount(data.labels, minlength=4).tolist()
     torch.manual_seed(seed)
     model = create_model("resnet32", num_classes=4, in_channels=3, image_size=16)
     loader = MemoryLoader(data, counts, cfg, Augment([0.5] * 3, [0.25] * 3, "crop_flip", 2))
-    return model, loader, create_loss(counts, cfg), cfg
+    return model, loader, create_loss(counts, cfg.loss), cfg
 
 
 def sgd(model):
@@ -83,17 +83,17 @@ def test_bf16_autocast_stays_near_fp32_and_returns_fp32_logits():
 
 
 def test_auto_is_fp32_nchw_on_the_cpu_and_bf16_channels_last_on_cuda():
-    t = TrainConfig()
+    t = RuntimeConfig()
     assert accel_for(t, torch.device("cpu")) == Accel("fp32", False, False)
     assert accel_for(t, torch.device("cuda", 0)) == Accel("bf16", True, False)
-    forced = TrainConfig(precision="bf16", channels_last="on", compile=True)
+    forced = RuntimeConfig(precision="bf16", channels_last="on", compile=True)
     assert accel_for(forced, torch.device("cpu")) == Accel("bf16", True, True)
-    assert accel_for(TrainConfig(channels_last="off"), torch.device("cuda", 0)).channels_last is False
+    assert accel_for(RuntimeConfig(channels_last="off"), torch.device("cuda", 0)).channels_last is False
 
 
 def test_an_unknown_precision_is_refused_by_name():
-    with pytest.raises(ConfigError, match="train.precision"):
-        resolve([], [("train.precision", "fp8")])
+    with pytest.raises(ConfigError, match="train.runtime.precision"):
+        resolve([], [("train.runtime.precision", "fp8")])
 
 
 @pytest.mark.slow
@@ -115,7 +115,7 @@ def test_an_epochs_augmentation_drawn_up_front_is_the_batch_by_batch_draw():
     _, loader, _, cfg = setup(n=90)  # 32 + 32 + 26: a short last batch
     got = list(loader.epoch(3))
     gen = epoch_generator(cfg.seed, 3, 0)
-    idx = torch.from_numpy(epoch_indices(cfg.sampler, loader.labels_np, loader.counts, cfg.seed, 3, 0, 1, cfg))
+    idx = torch.from_numpy(epoch_indices(cfg.sampler.name, loader.labels_np, loader.counts, cfg.seed, 3, 0, 1, cfg.sampler))
     want = [(loader.augment(loader.data.images[t], gen), loader.data.labels[t]) for t in idx.split(32)]
     assert len(got) == len(want) == 3
     for (x, y), (x0, y0) in zip(got, want):

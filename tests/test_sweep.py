@@ -28,13 +28,13 @@ GRID = dict(name="g", data="/somewhere/digits", config=[str(ROOT / "conf/experim
 def test_grid_expands_methods_ratios_seeds_and_applies_overrides_to_matching_children_only(tmp_path):
     grid = load_grid(str(write_grid(tmp_path / "g.yaml", **GRID, set={"train.epochs": 3},
                                     overrides=[{"match": {"method": "ldam_drw", "imbalance_ratio": 100},
-                                                "set": {"train.lr": 0.05, "train.seed": 99}}])))
+                                                "set": {"train.optim.lr": 0.05, "train.seed": 99}}])))
     kids = {c.key: c for c in children(grid)}
     assert len(kids) == 8 and "ldam_drw/rho=100/seed=1" in kids
     tuned, plain = kids["ldam_drw/rho=100/seed=1"].cfg.train, kids["ldam_drw/rho=10/seed=1"].cfg.train
-    assert (tuned.lr, plain.lr) == (0.05, 0.1) and tuned.epochs == plain.epochs == 3
+    assert (tuned.optim.lr, plain.optim.lr) == (0.05, 0.1) and tuned.epochs == plain.epochs == 3
     assert tuned.seed == 1  # the child's own axes win over any override
-    assert tuned.loss == "ldam" and kids["ce/rho=10/seed=0"].cfg.train.loss == "ce"  # each child's recipe
+    assert tuned.loss.name == "ldam" and kids["ce/rho=10/seed=0"].cfg.train.loss.name == "ce"  # each child's recipe
     assert tuned.splits.endswith("splits/r100") and tuned.batch_size == 32  # the grid's config layer
     # the config hash (what a rerun compares) differs exactly where the resolved config does
     assert kids["ldam_drw/rho=100/seed=1"].config_sha != kids["ldam_drw/rho=10/seed=1"].config_sha
@@ -67,9 +67,9 @@ def test_sweep_runs_children_as_spark_tasks_records_a_failed_child_and_reruns_on
     grid = dict(name="tiny", data=str(base["root"] / "digits"), out=str(tmp_path / "out"),
                 config=[str(ROOT / "conf/experiments/digits_lt10.yaml")], methods=["ce", "focal"],
                 imbalance_ratios=[10], seeds=[0, 1],
-                set={"train.epochs": 2, "train.experiment": "tests-sweep", "train.run_dir": str(tmp_path / "train"),
+                set={"train.epochs": 2, "train.tracking.experiment": "tests-sweep", "train.runtime.run_dir": str(tmp_path / "train"),
                      "longtail.labeled_max": 40},
-                overrides=[{"match": {"method": "focal", "seed": 1}, "set": {"train.lr": 1.0e+30}}])  # diverges
+                overrides=[{"match": {"method": "focal", "seed": 1}, "set": {"train.optim.lr": 1.0e+30}}])  # diverges
     path = write_grid(tmp_path / "tiny.yaml", **grid)
     command, env = submit_command("jobs/sweep.py", "--grid", path, "--result", tmp_path / "r1.json")
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -136,7 +136,7 @@ def test_a_child_whose_training_process_is_killed_is_a_failed_outcome_not_a_fail
 
     cfg = resolve([str(ROOT / "conf/methods/ce.yaml"), str(ROOT / "conf/experiments/digits_lt10.yaml")],
                   [("train.splits", str(base["splits"])), ("train.epochs", "500"),
-                   ("train.run_dir", str(tmp_path / "train")), ("train.experiment", "tests-sweep-kill")])
+                   ("train.runtime.run_dir", str(tmp_path / "train")), ("train.tracking.experiment", "tests-sweep-kill")])
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.update(_run_in_task(("ce/rho=10/seed=0", cfg), tracking_uri(), 1)))
     worker.start()
@@ -213,7 +213,7 @@ def test_a_training_child_does_not_outlive_its_killed_task(tmp_path):
 def test_runs_per_gpu_trains_that_many_children_at_once_on_one_gpu_address(base, tmp_path, mlflow_store):
     """Spark's own GPU scheduling, without a GPU: a local cluster whose worker's discovery script
     reports one address; with runs_per_gpu 4 each child task asks for a quarter of it, so the four
-    children run at the same time, each pinned to address 0 and tagged with it. ``train.device=cpu``
+    children run at the same time, each pinned to address 0 and tagged with it. ``train.runtime.device=cpu``
     is the grid's explicit choice here (auto would make the children require the GPU they cannot see)."""
     script = tmp_path / "one-gpu.sh"
     script.write_text('#!/usr/bin/env bash\necho \'{"name": "gpu", "addresses": ["0"]}\'\n')
@@ -221,9 +221,9 @@ def test_runs_per_gpu_trains_that_many_children_at_once_on_one_gpu_address(base,
     grid = dict(name="shared-gpu", data=str(base["root"] / "digits"), out=str(tmp_path / "out"),
                 config=[str(ROOT / "conf/experiments/digits_lt10.yaml")], methods=["ce"], imbalance_ratios=[10],
                 seeds=[0, 1, 2, 3], execution="tasks", runs_per_gpu=4,
-                set={"train.epochs": 1, "train.experiment": "tests-sweep-gpu", "train.device": "cpu",
-                     "train.run_dir": str(tmp_path / "train"), "longtail.labeled_max": 40,
-                     "train.system_metrics": False})
+                set={"train.epochs": 1, "train.tracking.experiment": "tests-sweep-gpu", "train.runtime.device": "cpu",
+                     "train.runtime.run_dir": str(tmp_path / "train"), "longtail.labeled_max": 40,
+                     "train.tracking.system_metrics": False})
     path = write_grid(tmp_path / "gpu.yaml", **grid)
     command, env = submit_command("jobs/sweep.py", "--grid", path, "--result", tmp_path / "r.json")
     at = command.index("local[2]")
@@ -253,7 +253,7 @@ def test_a_pinned_child_sees_only_its_gpu_and_requires_it_unless_told_cpu():
 
     cfg = resolve([str(ROOT / "conf/experiments/digits_lt10.yaml")])
     child, env = pinned(cfg, ["3"])
-    assert env == {"CUDA_VISIBLE_DEVICES": "3"} and child.train.tags["gpu_address"] == "3"
-    assert child.train.device == "cuda"  # auto would have fallen back to the CPU silently
-    explicit = resolve([str(ROOT / "conf/experiments/digits_lt10.yaml")], [("train.device", "cpu")])
-    assert pinned(explicit, ["3"])[0].train.device == "cpu"
+    assert env == {"CUDA_VISIBLE_DEVICES": "3"} and child.train.tracking.tags["gpu_address"] == "3"
+    assert child.train.runtime.device == "cuda"  # auto would have fallen back to the CPU silently
+    explicit = resolve([str(ROOT / "conf/experiments/digits_lt10.yaml")], [("train.runtime.device", "cpu")])
+    assert pinned(explicit, ["3"])[0].train.runtime.device == "cpu"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from jobs import ingest as ingest_job, longtail as longtail_job, train as train_job
-from pipeline.config import resolve
+from pipeline.config import MOVED, resolve
 from pipeline.tracking import load_model
 from pipeline.train import fit
 
@@ -32,9 +32,11 @@ def splits(spark, tmp_path_factory):
 
 
 def cfg_for(splits, tmp_path, method="ce", **train):
+    """The recipe's config with these train settings; a key may be given by its leaf (lr, ae_mode), its
+    section is then the one config.MOVED names."""
     sets = {"splits": str(splits), "run_dir": str(tmp_path / "runs"), "epochs": 2, "batch_size": 32,
             "augment": "none", "experiment": "tests", "method": method, **train}
-    return resolve([str(ROOT / "conf/methods" / f"{method}.yaml")], [(f"train.{k}", str(v)) for k, v in sets.items()])
+    return resolve([str(ROOT / "conf/methods" / f"{method}.yaml")], [(f"train.{MOVED.get(k, k)}", str(v)) for k, v in sets.items()])
 
 
 def test_fit_leaves_a_complete_mlflow_run(splits, tmp_path, monkeypatch):
@@ -43,7 +45,7 @@ def test_fit_leaves_a_complete_mlflow_run(splits, tmp_path, monkeypatch):
     result = fit(cfg_for(splits, tmp_path, "ldam_drw", epochs=3))  # milestones 160, 180 of 200 -> epoch 2
     run = mlflow.get_run(result["run_id"])
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    assert params["loss"] == "ldam" and params["class_weights"] == "effective_number" and params["head"] == "normed"
+    assert params["loss.name"] == "ldam" and params["loss.class_weights"] == "effective_number" and params["head"] == "normed"
     manifest = json.loads((splits / "manifest.json").read_text())
     assert params["provenance.manifest_sha256"] == manifest["manifest_sha256"]
     assert params["provenance.git_commit"] and params["provenance.seed"] == "0"
@@ -82,7 +84,7 @@ def test_checkpoint_carries_the_config_and_loads_weights_only(splits, tmp_path):
     fit(cfg)
     ckpt = next((tmp_path / "runs").rglob("checkpoint.pt"))
     state = torch.load(ckpt, weights_only=True)
-    assert state["config"]["train"]["loss"] == "ce" and state["epoch"] == 0
+    assert state["config"]["train"]["loss"]["name"] == "ce" and state["epoch"] == 0
     assert state["provenance"]["manifest_sha256"]
 
 
@@ -169,20 +171,20 @@ def test_resume_with_other_settings_is_refused_naming_them(splits, tmp_path):
     from pipeline.config import ConfigError
 
     fit(cfg_for(splits, tmp_path, "ce", epochs=1))
-    with pytest.raises(ConfigError, match=r"other settings: train.lr=0.1 \(now 0.05\)"):
+    with pytest.raises(ConfigError, match=r"other settings: train.optim.lr=0.1 \(now 0.05\)"):
         fit(cfg_for(splits, tmp_path, "ce", epochs=1, lr=0.05, resume="true"))
     fresh = fit(cfg_for(splits, tmp_path, "ce", epochs=1, lr=0.05))  # without --resume: a run of its own
     folders = sorted(p.parent.name for p in tmp_path.rglob("checkpoint.pt"))
     assert len(folders) == 2 and folders[0].rsplit("-", 1)[0] == folders[1].rsplit("-", 1)[0]
-    assert mlflow.get_run(fresh["run_id"]).data.params["lr"] == "0.05"
+    assert mlflow.get_run(fresh["run_id"]).data.params["optim.lr"] == "0.05"
 
 
 def test_train_job_with_two_processes_under_torchdistributor(spark, splits, tmp_path):
     result = train_job.main(["--splits", str(splits), "--method", "balanced_softmax", "--epochs", "1",
                              "--num-processes", "2", "--experiment", "tests-ddp",
-                             "--set", f"train.run_dir={tmp_path}", "--set", "train.augment=none"])
+                             "--set", f"train.runtime.run_dir={tmp_path}", "--set", "train.data.augment=none"])
     run = mlflow.get_run(result["run_id"])
-    assert run.data.params["provenance.world_size"] == "2" and run.data.params["loss"] == "balanced_softmax"
+    assert run.data.params["provenance.world_size"] == "2" and run.data.params["loss.name"] == "balanced_softmax"
     assert run.info.status == "FINISHED" and np.isfinite(run.data.metrics["final_test_top1"])
 
 
@@ -279,7 +281,7 @@ def test_separate_mode_keeps_the_encoder_frozen_after_reconstruction(splits, tmp
 def test_autoencoder_modes_need_an_autoencoder_model(splits, tmp_path):
     from pipeline.config import ConfigError
 
-    with pytest.raises(ConfigError, match="train.ae_mode=joint needs an autoencoder model"):
+    with pytest.raises(ConfigError, match="train.ae.mode=joint needs an autoencoder model"):
         fit(cfg_for(splits, tmp_path, "ce", epochs=1, ae_mode="joint"))
 
 
@@ -333,10 +335,10 @@ def test_ssp_pretraining_job_then_fine_tuning_records_the_chain(spark, splits, t
     from jobs import pretrain as pretrain_job
 
     pre = pretrain_job.main(["--splits", str(splits), "--epochs", "1", "--include-unlabeled", "--experiment",
-                             "tests-ssp", "--set", f"train.run_dir={tmp_path}", "--set", "train.augment=none"])
+                             "tests-ssp", "--set", f"train.runtime.run_dir={tmp_path}", "--set", "train.data.augment=none"])
     run = mlflow.get_run(pre["run_id"])
     assert run.data.tags["stage"] == "pretrain" and run.data.tags["method"] == "ssp_rotation"
-    assert run.data.params["objective"] == "rotation" and run.data.params["pretrain_unlabeled"] == "True"
+    assert run.data.params["objective"] == "rotation" and run.data.params["ssp.unlabeled"] == "True"
     head = torch.load(next(tmp_path.rglob("checkpoint.pt")), weights_only=True)["model"]["head.weight"]
     assert head.shape[0] == 4  # the rotation head
     tuned = fit(cfg_for(splits, tmp_path / "ft", "ce", epochs=1, pretrained=pre["run_id"]))
@@ -348,8 +350,8 @@ def test_ssp_pretraining_job_then_fine_tuning_records_the_chain(spark, splits, t
 def test_rotation_objective_rejects_settings_that_do_not_apply():
     from pipeline.config import ConfigError
 
-    with pytest.raises(ConfigError, match="train.sampler=class_balanced"):
-        resolve([str(ROOT / "conf/methods/ssp_rotation.yaml")], [("train.sampler", "class_balanced")])
+    with pytest.raises(ConfigError, match="train.sampler.name=class_balanced"):
+        resolve([str(ROOT / "conf/methods/ssp_rotation.yaml")], [("train.sampler.name", "class_balanced")])
 
 
 def test_launch_config_has_absolute_paths_but_keeps_run_ids(tmp_path, monkeypatch):
@@ -357,9 +359,9 @@ def test_launch_config_has_absolute_paths_but_keeps_run_ids(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ckpt.pt").write_bytes(b"")
-    cfg = resolve([], [("train.splits", "runs/lt"), ("train.run_dir", "runs/train"), ("train.pretrained", "ckpt.pt")])
+    cfg = resolve([], [("train.splits", "runs/lt"), ("train.runtime.run_dir", "runs/train"), ("train.pretrained", "ckpt.pt")])
     out = with_absolute_paths(cfg).train
-    assert out.splits == str(tmp_path / "runs/lt") and out.run_dir == str(tmp_path / "runs/train")
+    assert out.splits == str(tmp_path / "runs/lt") and out.runtime.run_dir == str(tmp_path / "runs/train")
     assert out.pretrained == str(tmp_path / "ckpt.pt")
     run_id = resolve([], [("train.pretrained", "0123abcd")])
     assert with_absolute_paths(run_id).train.pretrained == "0123abcd"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models import MODELS, create_model
-from pipeline.config import TrainConfig
+from pipeline.config import ScheduleConfig
 from pipeline.metrics import evaluate_logits, expected_calibration_error
 from pipeline.samplers import SAMPLERS, epoch_indices
 from pipeline.schedule import drw_epoch, lr_at
@@ -37,18 +37,18 @@ def test_every_sampler_returns_valid_indices(name):
 
 
 def test_reference_schedule_at_200_epochs():
-    cfg = TrainConfig()
-    assert [lr_at(e, cfg) for e in (0, 4, 5, 159)] == pytest.approx([0.02, 0.1, 0.1, 0.1])
-    assert lr_at(160, cfg) == pytest.approx(0.001) and lr_at(179, cfg) == pytest.approx(0.001)
-    assert lr_at(180, cfg) == pytest.approx(0.1 * 0.0001)
-    assert drw_epoch(cfg) == 160
+    s = ScheduleConfig()
+    assert [lr_at(e, 200, 0.1, s) for e in (0, 4, 5, 159)] == pytest.approx([0.02, 0.1, 0.1, 0.1])
+    assert lr_at(160, 200, 0.1, s) == pytest.approx(0.001) and lr_at(179, 200, 0.1, s) == pytest.approx(0.001)
+    assert lr_at(180, 200, 0.1, s) == pytest.approx(0.1 * 0.0001)
+    assert drw_epoch(200, s) == 160
 
 
 def test_short_runs_keep_the_same_shape():
-    cfg = TrainConfig(epochs=20)
-    assert lr_at(0, cfg) == pytest.approx(0.1)  # one warm-up epoch at least
-    assert lr_at(15, cfg) == pytest.approx(0.1) and lr_at(16, cfg) == pytest.approx(0.001)
-    assert lr_at(18, cfg) == pytest.approx(1e-5) and drw_epoch(cfg) == 16
+    s = ScheduleConfig()
+    assert lr_at(0, 20, 0.1, s) == pytest.approx(0.1)  # one warm-up epoch at least
+    assert lr_at(15, 20, 0.1, s) == pytest.approx(0.1) and lr_at(16, 20, 0.1, s) == pytest.approx(0.001)
+    assert lr_at(18, 20, 0.1, s) == pytest.approx(1e-5) and drw_epoch(20, s) == 16
 
 
 def test_metrics_agree_with_scikit_learn():

@@ -296,8 +296,7 @@ MOVED = {**{k: f"optim.{k}" for k in ("lr", "momentum", "weight_decay")},
          "randaugment_magnitude": "semi.randaugment_magnitude", "cutout": "semi.cutout",
          **{k: f"runtime.{k}" for k in ("num_processes", "device", "precision", "channels_last", "compile", "run_dir",
                                         "resume")},
-         **{k: f"tracking.{k}" for k in ("experiment", "tags", "register", "register_alias", "system_metrics")},
-         "loss": "loss.name", "sampler": "sampler.name"}
+         **{k: f"tracking.{k}" for k in ("experiment", "tags", "register", "register_alias", "system_metrics")}}
 
 
 @dataclass

@@ -404,8 +404,7 @@ def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], data
     tags = {**cfg.train.tracking.tags, **run_tags(cfg, manifest)}
     if cfg.train.pretrained:
         tags["pretrained"] = cfg.train.pretrained
-    if data.semi:  # the chain: base model -> pseudolabel run -> this run
-        semi = data.semi
+    if semi := data.semi:  # the chain: base model -> pseudolabel run -> this run
         tags.update(parent_run_id=semi["pseudolabel_run_id"], base_run_id=semi["base_run_id"],
                     policy=semi["policy"]["name"], round=str(semi["round"]))
     tracker = Tracker(cfg.train.tracking.experiment, name, tags, run_id=state["run_id"] if state else None,

@@ -101,8 +101,9 @@ study: venv  # CIFAR-10-LT through the real jobs: 4 recipes, then SSP, streaming
 prior-study: venv  # pool-prior estimation, pseudo-label selection (3 pool shapes) and semi runs (SEMI_POOLS) on CIFAR-10-LT
 	$(PY) bench/prior_study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS) --semi=$(SEMI_POOLS)
 
-bench-equal-budget: venv  # this project vs the reference code, same budget, 3 seeds each (EPOCHS=15)
-	$(PY) bench/equal_budget.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS) --methods ce,ldam_drw
+SUBSET ?= ours
+bench-equal-budget: venv  # this project vs the reference code, same budget, 3 seeds each (EPOCHS=15; SUBSET=reference: ours on the reference's images)
+	$(PY) bench/equal_budget.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS) --methods ce,ldam_drw --subset $(SUBSET)
 
 bench-cifar10-lt: venv  # the 200-epoch reference protocol; meant for a GPU
 	$(PY) bench/cifar10_lt.py --archive ../shared/data/cifar10-jpeg.tar.gz --methods ce,ldam_drw

@@ -8,9 +8,12 @@ batch 128, the reference schedule scaled to ``--epochs``.
 ``ref`` runs the reference ``train.py`` unmodified, through the reference folder's own CPU runner
 (``run_ref.py``: its schedule scaled exactly as this project scales it), on the CIFAR batches its
 ``convert.py`` makes from the same archive; the folder is copied under ``--work`` because the runner
-writes beside itself. ``ours`` runs ``pipeline.train.fit`` with the recipe of the same name. Each
-finished run is appended to ``WORK/results.jsonl``, so an interrupted study resumes where it stopped;
-the table (mean +- std of the final-epoch top-1 and per-class accuracy) is printed at the end.
+writes beside itself. ``ours`` runs ``pipeline.train.fit`` with the recipe of the same name, on this
+project's own draw of the 12,406 labeled images (``--subset ours``, ``--split-seed`` its longtail
+seed) or on the very images the reference code trains on (``--subset reference``: its per-class
+draw, given to jobs/longtail.py as a split list). Each finished run is appended to
+``WORK/results.jsonl``, so an interrupted study resumes where it stopped; the table (mean +- std of
+the final-epoch top-1 and per-class accuracy) is printed at the end.
 Both implementations train one run at a time on the whole machine: never run two of these at once."""
 from __future__ import annotations
 
@@ -25,10 +28,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
+from pipeline.longtail import class_counts  # noqa: E402
+from pipeline.safe_pickle import loads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "conf/experiments/cifar10_lt100.yaml"  # CIFAR-10-LT: the reference normalisation constants
@@ -49,12 +56,62 @@ _FINAL = re.compile(r"val Results: Prec@1 ([0-9.]+)")
 _CLASSES = re.compile(r"val Class Accuracy: \[([^\]]*)\]")
 
 
-def reference_run(reference: Path, work: Path, archive: str, method: str, epochs: int, seed: int) -> dict:
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def convert_order(archive: str) -> list[str]:
+    """The training images of the archive in the order the reference folder's convert.py writes them
+    into the CIFAR batches: sorted by (file name, class), then permuted by numpy's default_rng(0)."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        names = [n for n in tar.getnames() if n.endswith(".jpg") and n.split("/")[-3] == "train"]
+    rows = sorted(names, key=lambda n: (n.split("/")[-1], CLASSES.index(n.split("/")[-2])))
+    return [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+
+
+def reference_draw(order: list[str], counts: list[int], seed: int = 0) -> list[str]:
+    """The reference's IMBALANCECIFAR10(rand_number=seed) selection over images in batch order: the
+    legacy global numpy seed, then per class (in class order) shuffle that class's batch positions and
+    keep the first n_c."""
+    targets = np.array([CLASSES.index(n.split("/")[-2]) for n in order])
+    np.random.seed(seed)
+    chosen = []
+    for c, n in enumerate(counts):
+        positions = np.where(targets == c)[0]
+        np.random.shuffle(positions)
+        chosen += [order[i] for i in positions[:n]]
+    return chosen
+
+
+def reference_subset(archive: str, work: Path, ref: Path) -> Path:
+    """Splits whose labeled set is the reference's draw (checked against the labels of the batches
+    convert.py wrote, so a change of convert.py's order cannot go unnoticed)."""
+    order = convert_order(archive)
+    batches = ref / "refdata" / "cifar-10-batches-py"
+    written = [label for b in range(1, 6)
+               for label in loads((batches / f"data_batch_{b}").read_bytes(), f"data_batch_{b}")["labels"]]
+    if written != [CLASSES.index(n.split("/")[-2]) for n in order]:
+        raise RuntimeError(f"{batches}: the batches are not in the order convert_order assumes")
+    ids = work / "reference-labeled-ids.txt"
+    chosen = reference_draw(order, class_counts("exp", 5000, 10, 100))
+    ids.write_text("".join(f"{n} {n.split('/')[-2]}\n" for n in chosen))
+    return ensure_splits(archive, Path("runs/bench"), "cifar10-lt100-reference-subset",
+                         (("longtail.labeled_ids", str(ids)),))
+
+
+def prepare_reference(reference: Path, work: Path, archive: str) -> Path:
+    """A copy of the reference folder under WORK (its runner writes beside itself) with its CIFAR batches."""
     ref = work / "reference"
     if not (ref / "run_ref.py").exists():
         shutil.copytree(reference, ref, ignore=shutil.ignore_patterns("refdata", "log", "checkpoint"))
     if not (ref / "refdata" / "cifar-10-batches-py" / "test_batch").exists():
         subprocess.run([sys.executable, "convert.py", os.path.abspath(archive), "refdata"], cwd=ref, check=True)
+    return ref
+
+
+def reference_run(reference: Path, work: Path, archive: str, method: str, epochs: int, seed: int) -> dict:
+    ref = prepare_reference(reference, work, archive)
     log = work / "logs" / f"ref-{method}-e{epochs}-s{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-c", _CPU_SHIM, "run_ref.py", "--dataset", "cifar10", "--data_path", "refdata",
@@ -99,23 +156,46 @@ def welch(a: list[float], b: list[float]) -> str:
     return f"{100 * (statistics.mean(b) - statistics.mean(a)):+.1f} (p = {result.pvalue:.2f})"
 
 
+def code(row: dict) -> str:
+    """Which code and which labeled images a result row is of (rows from before --subset: our draw 0)."""
+    if row["impl"] == "ref":
+        return "ref"
+    if row.get("subset", "ours") == "reference":
+        return "ours-refsubset"
+    return "ours" if not row.get("split_seed") else f"ours-split{row['split_seed']}"
+
+
+def label(code_: str) -> str:
+    return {"ref": "reference", "ours": "this project", "ours-refsubset": "this project, the reference's images"}.get(
+        code_, f"this project, draw {code_.removeprefix('ours-split')}")
+
+
 def table(rows: list[dict], epochs: int) -> str:
     lines = [f"CIFAR-10-LT rho=100, ResNet-32, {epochs} epochs (final epoch; mean ± std over seeds)",
              "| method | code | seeds | top-1 | per class (airplane .. truck) | minutes per run | "
              "this project - reference (Welch) |", "|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in rows):
-        top1 = {impl: [r["top1"] for r in rows if r["method"] == method and r["impl"] == impl] for impl in ("ref", "ours")}
-        for impl in ("ref", "ours"):
-            runs = [r for r in rows if r["method"] == method and r["impl"] == impl]
-            if not runs:
-                continue
-            per_class = [statistics.mean(c) for c in zip(*(r["per_class"] for r in runs))]
-            lines.append(f"| {method} | {'reference' if impl == 'ref' else 'this project'} | "
+        codes = sorted({code(r) for r in rows if r["method"] == method}, key=lambda c: (c != "ref", c))
+        top1 = {c: [r["top1"] for r in rows if r["method"] == method and code(r) == c] for c in codes}
+        for c in codes:
+            runs = [r for r in rows if r["method"] == method and code(r) == c]
+            per_class = [statistics.mean(v) for v in zip(*(r["per_class"] for r in runs))]
+            lines.append(f"| {method} | {label(c)} | "
                          f"{','.join(str(r['seed']) for r in runs)} | {_mean_std([r['top1'] for r in runs])} | "
                          f"{' '.join(f'{a:.3f}'.lstrip('0') for a in per_class)} | "
                          f"{statistics.mean(r['seconds'] for r in runs) / 60:.0f} | "
-                         f"{welch(top1['ref'], top1['ours']) if impl == 'ours' else ''} |")
+                         f"{welch(top1.get('ref', []), top1[c]) if c != 'ref' else ''} |")
     return "\n".join(lines)
+
+
+def our_splits(args, work: Path) -> Path:
+    """The splits `ours` trains on: the reference's images, or this project's draw with --split-seed."""
+    if args.subset == "reference":
+        return reference_subset(args.archive, work, prepare_reference(Path(args.reference), work, args.archive))
+    if args.split_seed == 0:
+        return ensure_splits(args.archive, Path("runs/bench"))
+    return ensure_splits(args.archive, Path("runs/bench"), f"cifar10-lt100-draw{args.split_seed}",
+                         (("longtail.seed", str(args.split_seed)),))
 
 
 def main() -> None:
@@ -127,17 +207,26 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--impl", default="ref,ours", help="which code to run: ref, ours or both")
+    ap.add_argument("--subset", default="ours", choices=["ours", "reference"],
+                    help="the labeled images `ours` trains on: this project's draw or the reference's")
+    ap.add_argument("--split-seed", type=int, default=0, help="longtail.seed of this project's draw (--subset ours)")
     args = ap.parse_args()
+    if args.subset == "reference" and args.split_seed:
+        ap.error("--split-seed draws this project's images: it does not go with --subset reference")
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     results = work / "results.jsonl"
     done = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    splits = ensure_splits(args.archive, Path("runs/bench")) if "ours" in args.impl else None
+    splits, subset = None, {"subset": args.subset, **({"split_seed": args.split_seed} if args.subset == "ours" else {})}
+    if "ours" in args.impl:
+        splits = our_splits(args, work)
     for method in args.methods.split(","):
         for seed in map(int, args.seeds.split(",")):
             for impl in args.impl.split(","):
-                key = {"impl": impl, "method": method, "epochs": args.epochs, "seed": seed}
-                if any(all(r[k] == v for k, v in key.items()) for r in done):
+                key = {"impl": impl, "method": method, "epochs": args.epochs, "seed": seed,
+                       **(subset if impl == "ours" else {})}
+                if any(code(r) == code(key) and all(r[k] == key[k] for k in ("method", "epochs", "seed"))
+                       for r in done):
                     continue
                 started = time.time()
                 run = (reference_run(Path(args.reference), work, args.archive, method, args.epochs, seed)

@@ -42,8 +42,10 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def ensure_splits(archive: str, work: Path) -> Path:
-    splits = work / "cifar10-lt100"
+def ensure_splits(archive: str, work: Path, name: str = "cifar10-lt100",
+                  overrides: tuple[tuple[str, str], ...] = ()) -> Path:
+    """Ingest the archive into WORK/cifar10 (once) and carve WORK/NAME with ``overrides`` of longtail.*."""
+    splits = work / name
     if (splits / "manifest.json").exists():
         return splits
     from pipeline.ingest import run_ingest
@@ -53,9 +55,11 @@ def ensure_splits(archive: str, work: Path) -> Path:
     cfg = resolve(["conf/experiments/cifar10_lt100.yaml"], [
         ("ingest.source", json.dumps([os.path.abspath(archive)])), ("ingest.out", str(work / "cifar10")),
         ("ingest.overwrite", "true"), ("longtail.data", str(work / "cifar10")), ("longtail.out", str(splits)),
-        ("longtail.overwrite", "true")])
+        ("longtail.overwrite", "true"), *overrides])
     spark = session(cfg.spark)
-    run_ingest(spark, cfg)
+    done = work / "cifar10" / "ingest.json"
+    if not done.exists() or json.loads(done.read_text())["config"]["source"] != cfg.ingest.source:
+        run_ingest(spark, cfg)
     run_longtail(spark, cfg)
     spark.stop()
     return splits

@@ -12,11 +12,15 @@ def main(argv=None) -> dict:
     parser.flag("--imbalance-ratio", key="longtail.imbalance_ratio", metavar="RHO")
     parser.flag("--imbalance-type", key="longtail.imbalance_type", help="exp, step or none")
     parser.flag("--labeled-max", key="longtail.labeled_max", metavar="N1", help="images of the head class")
+    parser.flag("--labeled-ids", key="longtail.labeled_ids", metavar="LIST",
+                help="a split list: the labeled split is the ids of this file (one 'ID [CLASS]' per line)")
     parser.flag("--unlabeled-max", key="longtail.unlabeled_max", metavar="M1", help="head of the unlabeled pool")
     parser.flag("--unlabeled-ratio", key="longtail.unlabeled_ratio", metavar="RHO_U",
                 help="imbalance of the pool; negative reverses the class order")
     parser.flag("--val-per-class", key="longtail.val_per_class", metavar="K")
     parser.flag("--seed", key="longtail.seed")
+    parser.flag("--draw", key="longtail.draw",
+                help="generator, or imbalance_cifar: the legacy RandomState draw of LDAM-DRW / Yang & Xu")
     parser.flag("--overwrite", key="longtail.overwrite", switch=True, help="replace SPLITS atomically")
     args, cfg = parser.resolve(argv, required={"longtail.data": "--data DIR", "longtail.out": "--out SPLITS"})
     return run_spark_job(cfg, run_longtail, summary, args.result)

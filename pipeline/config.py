@@ -76,10 +76,19 @@ class LongTailConfig:
     imbalance_ratio: float = 100.0  # rho = n_max / n_min of the labeled split
     imbalance_type: Literal["exp", "step", "none"] = "exp"
     labeled_max: Optional[int] = None  # n_max (images of the head class); None: smallest class available
+    # A split list: a text file of the labeled split's ids, one "ID [CLASS]" per line (a published
+    # list such as ImageNet-LT's, or another code's draw). The labeled set is exactly those images and
+    # imbalance_ratio / imbalance_type / labeled_max do not apply; val and the pool come from the rest.
+    labeled_ids: Optional[str] = None
     unlabeled_max: Optional[int] = None  # M1, head of the unlabeled pool; None: every image left over
     unlabeled_ratio: float = 1.0  # rho_U of the pool; 1 uniform, negative reverses the class order
     val_per_class: int = 0  # images per class for a validation split, from what neither took
     seed: int = 0
+    # How a class's images are shuffled: "generator" numpy.random.default_rng(seed); "imbalance_cifar"
+    # the legacy RandomState(seed) that LDAM-DRW's and Yang & Xu's IMBALANCECIFAR10/100 draw with (one
+    # state, classes in order, the first n_c of each shuffled class). Ids are shuffled in sorted order,
+    # which for a CIFAR batches ingest is the batch order: there it keeps the reference code's images.
+    draw: Literal["generator", "imbalance_cifar"] = "generator"
     source_split: str = "train"  # ingest split the labeled/unlabeled/val splits are carved from
     test_split: str = "test"  # ingest split copied untouched to SPLITS/test ("" for none)
     files_per_split: int = 0  # Parquet files per split (shards for readers); 0: Spark's default parallelism
@@ -94,6 +103,8 @@ class LongTailConfig:
             value = getattr(self, key)
             if value is not None and value < 0:
                 raise ConfigError(f"longtail.{key} must be >= 0, got {value}")
+        if self.labeled_ids is not None and self.labeled_max is not None:
+            raise ConfigError("longtail.labeled_ids gives the labeled split itself: drop longtail.labeled_max")
 
 
 @dataclass

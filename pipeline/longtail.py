@@ -1,5 +1,6 @@
 """Long-tail math: class-count profiles and seeded subsampling. Pure numpy, no Spark, no globals;
-randomness only through an explicit ``numpy.random.Generator``."""
+randomness only through an explicit ``numpy.random.Generator`` (or, to draw as older reference code
+does, a ``numpy.random.RandomState``)."""
 from __future__ import annotations
 
 import hashlib
@@ -45,12 +46,17 @@ def class_counts(profile: str, n_max: int, num_classes: int, ratio: float) -> li
 
 
 def subsample(ids_by_class: Sequence[Sequence[str]], labeled: Sequence[int], *, val_per_class: int = 0,
-              unlabeled: Optional[Sequence[int]] = None, rng: np.random.Generator,
-              class_names: Optional[Sequence[str]] = None) -> dict[str, list[list[str]]]:
+              unlabeled: Optional[Sequence[int]] = None, rng: np.random.Generator | np.random.RandomState,
+              class_names: Optional[Sequence[str]] = None,
+              fixed: Optional[Sequence[Sequence[str]]] = None) -> dict[str, list[list[str]]]:
     """Per class: sort the ids (input order never matters), shuffle with ``rng``, then take the first
     labeled[c] as labeled, the next val_per_class as val, and the next unlabeled[c] as the unlabeled
     pool (all the rest when ``unlabeled`` is None). The three are disjoint by construction, and the
-    labeled set does not depend on the val/unlabeled settings.
+    labeled set does not depend on the val/unlabeled settings. ``rng`` is used for nothing else, one
+    ``permutation`` per class in class order.
+
+    ``fixed`` gives the labeled ids of each class instead (a split list): they are taken as they are,
+    ``labeled`` is ignored, and only the rest is shuffled for val and the pool.
 
     Returns {"labeled"|"val"|"unlabeled": [ids of class 0, ids of class 1, ...]}.
     """
@@ -58,8 +64,16 @@ def subsample(ids_by_class: Sequence[Sequence[str]], labeled: Sequence[int], *, 
     out: dict[str, list[list[str]]] = {"labeled": [], "val": [], "unlabeled": []}
     for c, ids in enumerate(ids_by_class):
         ids = sorted(ids)
-        shuffled = [ids[i] for i in rng.permutation(len(ids))]
-        n, k = labeled[c], val_per_class
+        if fixed is None:
+            shuffled, n = [ids[i] for i in rng.permutation(len(ids))], labeled[c]
+        else:
+            chosen = set(fixed[c])
+            if len(chosen) != len(fixed[c]) or not chosen <= set(ids):
+                raise LongTailError(f"class {c} ({names[c]}): the fixed labeled ids repeat, or are not all "
+                                    f"among the class's {len(ids)} images")
+            rest = [i for i in ids if i not in chosen]
+            shuffled, n = sorted(chosen) + [rest[i] for i in rng.permutation(len(rest))], len(chosen)
+        k = val_per_class
         m = len(ids) - n - k if unlabeled is None else unlabeled[c]
         if n + k + max(m, 0) > len(ids) or m < 0:
             want = f"labeled {n} + val {k}" + ("" if unlabeled is None else f" + unlabeled {m}")

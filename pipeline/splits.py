@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
+from typing import Optional
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
@@ -23,6 +25,11 @@ MANIFEST, TRUTH = schema.MANIFEST, schema.TRUTH
 CARVED = ("labeled", "val", "unlabeled")
 
 
+# longtail.draw -> the seeded source of each class's shuffle (pipeline.longtail.subsample calls its
+# ``permutation``; RandomState.permutation(n) is the shuffle of arange(n) the reference code does).
+DRAWS = {"generator": np.random.default_rng, "imbalance_cifar": np.random.RandomState}
+
+
 def plan_counts(available: list[int], cfg: LongTailConfig) -> tuple[list[int], list[int] | None]:
     """Labeled and unlabeled images per class. n_max defaults to the smallest class available, so
     ``none`` gives a balanced set; the pool takes every image left over unless M1 is given."""
@@ -33,8 +40,10 @@ def plan_counts(available: list[int], cfg: LongTailConfig) -> tuple[list[int], l
     return labeled, unlabeled
 
 
-def assign(images: DataFrame, cfg: LongTailConfig, class_names: list[str]) -> dict[str, list[list[str]]]:
-    """Collect (id, label) of the source split to the driver and choose the ids of each split."""
+def assign(images: DataFrame, cfg: LongTailConfig, class_names: list[str],
+           listed: Optional[list[tuple[int, str, Optional[int]]]] = None) -> dict[str, list[list[str]]]:
+    """Collect (id, label) of the source split to the driver and choose the ids of each split
+    (``listed``: the entries of the split list ``cfg.labeled_ids``)."""
     ids_by_class: list[list[str]] = [[] for _ in class_names]
     rows = images.filter((F.col("split") == cfg.source_split) & F.col("label").isNotNull()).select("id", "label")
     for row in rows.toLocalIterator():
@@ -42,13 +51,87 @@ def assign(images: DataFrame, cfg: LongTailConfig, class_names: list[str]) -> di
     if not any(ids_by_class):
         raise LongTailError(f"the ingest has no labeled images in split {cfg.source_split!r}")
     empty = [name for name, ids in zip(class_names, ids_by_class) if not ids]
-    if empty and cfg.labeled_max is None:  # n_max would be 0 and every labeled count with it
+    if empty and cfg.labeled_max is None and listed is None:  # n_max would be 0, every labeled count with it
         raise LongTailError(f"class {empty[0]!r} has no labeled images in split {cfg.source_split!r} "
                             f"({len(empty)} such classes), so the head count n_max (the smallest class) would be 0: "
                             f"give --labeled-max, or ingest without the empty class")
     labeled, unlabeled = plan_counts([len(ids) for ids in ids_by_class], cfg)
+    fixed = None
+    if listed is not None:
+        label_of = {i: c for c, ids in enumerate(ids_by_class) for i in ids}
+        fixed = fixed_labeled(cfg.labeled_ids, listed, label_of, class_names, cfg.source_split)
     return subsample(ids_by_class, labeled, val_per_class=cfg.val_per_class, unlabeled=unlabeled,
-                     rng=np.random.default_rng(cfg.seed), class_names=class_names)
+                     rng=DRAWS[cfg.draw](cfg.seed), class_names=class_names, fixed=fixed)
+
+
+def read_split_list(uri: str, data: bytes, class_names: list[str]) -> list[tuple[int, str, Optional[int]]]:
+    """The entries of the split list ``uri`` (its bytes ``data``): (line number, id, class or None) for
+    each "ID [CLASS]" line. The class is a class name, else an index; blank lines and lines starting
+    with ``#`` are skipped."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LongTailError(f"{uri}: a split list must be UTF-8 text ({e})") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) > 2:
+            raise LongTailError(f"{uri}:{number}: expected 'ID [CLASS]', got {len(fields)} fields: "
+                                f"{line.strip()[:80]!r}")
+        label = None
+        if len(fields) == 2:
+            if fields[1] in class_names:
+                label = class_names.index(fields[1])
+            elif re.fullmatch("[0-9]+", fields[1]) and int(fields[1]) < len(class_names):
+                label = int(fields[1])
+            else:
+                raise LongTailError(f"{uri}:{number}: class {fields[1]!r} is neither a class name nor an "
+                                    f"index below {len(class_names)}")
+        entries.append((number, fields[0], label))
+    if not entries:
+        raise LongTailError(f"{uri}: the split list names no images")
+    return entries
+
+
+def list_bytes(uri: str) -> bytes:
+    if not fs.exists(uri):
+        raise LongTailError(f"longtail.labeled_ids: the split list {uri} does not exist")
+    return fs.read_bytes(uri)
+
+
+def _split_list(cfg: LongTailConfig, class_names: list[str]):
+    """The split list's entries and sha256, from one read (what is parsed is what is fingerprinted)."""
+    if cfg.labeled_ids is None:
+        return None, None
+    data = list_bytes(cfg.labeled_ids)
+    return read_split_list(cfg.labeled_ids, data, class_names), hashlib.sha256(data).hexdigest()
+
+
+def fixed_labeled(uri: str, entries: list[tuple[int, str, Optional[int]]], label_of: dict[str, int],
+                  class_names: list[str], source_split: str) -> list[list[str]]:
+    """The labeled ids of each class named by a split list; every id must be a labeled image of the
+    source split, once, of the class the list gives (the message names the line)."""
+    per_class: list[list[str]] = [[] for _ in class_names]
+    seen: dict[str, int] = {}
+    for number, image_id, label in entries:
+        if image_id in seen:
+            raise LongTailError(f"{uri}:{number}: {image_id!r} is listed twice (first on line {seen[image_id]})")
+        seen[image_id] = number
+        if image_id not in label_of:
+            missing = sum(1 for _, i, _ in entries if i not in label_of)
+            raise LongTailError(f"{uri}:{number}: {image_id!r} is not a labeled image of split {source_split!r} "
+                                f"of the ingest ({missing} of the {len(entries)} listed ids are not)")
+        if label is not None and label != label_of[image_id]:
+            raise LongTailError(f"{uri}:{number}: {image_id!r} is listed as class {class_names[label]!r} but the "
+                                f"ingest labels it {class_names[label_of[image_id]]!r}")
+        per_class[label_of[image_id]].append(image_id)
+    empty = [name for name, ids in zip(class_names, per_class) if not ids]
+    if empty:
+        raise LongTailError(f"{uri}: the split list has no image of class {empty[0]!r} ({len(empty)} such "
+                            f"classes); every class needs labeled images")
+    return per_class
 
 
 def carve(spark: SparkSession, images: DataFrame, chosen: dict[str, list[list[str]]], split: str) -> DataFrame:
@@ -70,7 +153,8 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
     class_names = ingest["class_names"]
     images = spark.read.parquet(fs.spark_path(fs.join(lcfg.data, IMAGES)))
     with staged(lcfg.out, lcfg.overwrite, "splits", inputs=[lcfg.data]) as tmp:
-        chosen = assign(images, lcfg, class_names)
+        listed, list_sha256 = _split_list(lcfg, class_names)
+        chosen = assign(images, lcfg, class_names, listed)
         splits = {name: carve(spark, images, chosen, name) for name in CARVED}
         splits["test"] = images.filter(F.col("split") == lcfg.test_split) if lcfg.test_split else None
         counts, hashes = {}, {}
@@ -99,7 +183,7 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
             "totals": {name: sum(c) for name, c in counts.items()},
             "imbalance": {"ratio_measured": max(labeled) / max(1, min(labeled)),
                           "many_medium_few": _shot_groups(labeled)},
-            "params": to_dict(lcfg),
+            "params": split_params(lcfg, list_sha256),
             "source": {"data": fs.normalize(lcfg.data), "dataset": ingest["dataset"],
                        "ingest_sha256": hashlib.sha256(report_text.encode()).hexdigest(),
                        "ingest_created_at": ingest.get("created_at"), "ingest_git_commit": ingest.get("git_commit")},
@@ -120,7 +204,19 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
 
 def selection(params: dict) -> dict:
     """The long-tail settings that decide which images a split holds (not where they are read or written)."""
-    return {k: v for k, v in params.items() if k not in ("data", "out", "overwrite")}
+    chosen = {k: v for k, v in params.items() if k not in ("data", "out", "overwrite", "labeled_ids")}
+    if chosen.get("draw", "generator") == "generator":  # splits from before longtail.draw existed
+        chosen.pop("draw", None)
+    return chosen
+
+
+def split_params(cfg: LongTailConfig, list_sha256: Optional[str] = None) -> dict:
+    """The settings a manifest records; a split list enters by its content (``list_sha256``, read
+    from the file when not given) as well as its path."""
+    params = to_dict(cfg)
+    if cfg.labeled_ids is not None:
+        params["labeled_ids_sha256"] = list_sha256 or hashlib.sha256(list_bytes(cfg.labeled_ids)).hexdigest()
+    return params
 
 
 def _read_back(spark: SparkSession, uri: str, num_classes: int) -> tuple[list[int], str]:

@@ -165,14 +165,17 @@ def data_identity(child: Child) -> Child:
 
 def ensure_splits(spark, grid: Grid, extra_layers: list[str], cli: list[tuple[str, str]]) -> None:
     """Carve each ratio's splits, unless a previous run of the sweep already did with the same settings."""
-    from pipeline.splits import MANIFEST, run_longtail, selection
+    from pipeline.splits import MANIFEST, run_longtail, selection, split_params
 
     for ratio in grid.imbalance_ratios:
         cfg = base_config(grid, extra_layers, cli, ratio)
+        if cfg.longtail.labeled_ids is not None and len(grid.imbalance_ratios) > 1:
+            raise ConfigError(f"longtail.labeled_ids fixes the labeled split, so the {len(grid.imbalance_ratios)} "
+                              f"imbalance_ratios of the grid would all train on the same images: give one ratio")
         manifest = fs.join(split_dir(grid, ratio), MANIFEST)
         if fs.exists(manifest):
             have = json.loads(fs.read_text(manifest))
-            if (selection(have["params"]) == selection(to_dict(cfg.longtail))
+            if (selection(have["params"]) == selection(split_params(cfg.longtail))
                     and have["source"]["data"] == fs.normalize(grid.data)):
                 continue
         run_longtail(spark, dataclasses.replace(cfg, longtail=dataclasses.replace(cfg.longtail, overwrite=True)))

@@ -84,14 +84,20 @@ def _save_atomic(obj: dict, path: Path) -> None:
 def run_name(cfg: Config, manifest: dict, semi: Optional[dict] = None) -> str:
     """dataset-r<ratio>-<method>[-ssp][-semi<round>-<policy>[-la][-ra]]-s<seed>: also the checkpoint folder
     (la: logit-adjusted pseudo loss, ra: RandAugment on the pseudo-labeled images)."""
-    t, ratio = cfg.train, manifest["params"]["imbalance_ratio"]
-    parts = [manifest["source"]["dataset"], f"r{ratio:g}", t.method or t.loss.name]
+    t = cfg.train
+    parts = [manifest["source"]["dataset"], f"r{imbalance_ratio(manifest):g}", t.method or t.loss.name]
     if t.pretrained and t.objective != "rotation":
         parts.append("ssp")
     if semi:
         parts.append(f"semi{semi['round'] if semi['round'] > 1 else ''}-{semi['policy']['name']}")
         parts += (["la"] if t.semi.loss == "logit_adjusted" else []) + (["ra"] if t.semi.augment == "randaugment" else [])
     return "-".join(parts + [f"s{t.seed}"])
+
+
+def imbalance_ratio(manifest: dict) -> float:
+    """The ratio the splits were carved at; that of the labeled set itself when a split list gave it."""
+    params = manifest["params"]
+    return manifest["imbalance"]["ratio_measured"] if params.get("labeled_ids") else params["imbalance_ratio"]
 
 
 def stage_of(cfg: Config) -> str:
@@ -102,7 +108,7 @@ def stage_of(cfg: Config) -> str:
 
 def run_tags(cfg: Config, manifest: dict) -> dict[str, str]:
     stage = stage_of(cfg)
-    return {"dataset": manifest["source"]["dataset"], "imbalance_ratio": f"{manifest['params']['imbalance_ratio']:g}",
+    return {"dataset": manifest["source"]["dataset"], "imbalance_ratio": f"{imbalance_ratio(manifest):g}",
             "method": cfg.train.method or cfg.train.loss.name, "stage": stage, "seed": str(cfg.train.seed),
             "model": cfg.train.model}
 

@@ -141,3 +141,10 @@ def test_verbose_flag_turns_on_spark_info_logs():
     _, quiet = parser.resolve([])
     _, verbose = JobParser("x").resolve(["--verbose"])
     assert (quiet.spark.log_level, verbose.spark.log_level) == ("WARN", "INFO")
+
+
+def test_a_split_list_and_a_head_count_together_are_refused():
+    with pytest.raises(ConfigError, match="longtail.labeled_ids gives the labeled split itself: drop longtail.labeled_max"):
+        resolve([], [("longtail.labeled_ids", "list.txt"), ("longtail.labeled_max", "100")])
+    with pytest.raises(ConfigError, match="longtail.draw"):
+        resolve([], [("longtail.draw", "legacy")])

@@ -106,3 +106,105 @@ def test_a_class_without_labeled_images_is_an_error_not_all_zero_counts(spark, t
         make(tmp_path / "i", tmp_path / "s", "--imbalance-ratio", 2)
     assert "class 'c' has no labeled images in split 'train'" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def source_ids(digits, per_class):
+    """The first ``per_class[c]`` train ids of each class of the ingest, in id order."""
+    table = read_table(digits / "images")
+    rows = sorted((r["id"], r["label"]) for r in table.select(["id", "label", "split"]).to_pylist()
+                  if r["split"] == "train")
+    return {c: [i for i, label in rows if label == c][:n] for c, n in enumerate(per_class)}
+
+
+def test_a_split_list_is_the_labeled_split_and_the_rest_fills_val_and_the_pool(digits, tmp_path):
+    chosen = source_ids(digits, [12, 6, 3, 2, 1, 1, 1, 1, 1, 1])
+    lines = ["\ufeff# a published split (saved with a byte-order mark)", ""] + [f"{i} {c}" for c in chosen for i in chosen[c]]
+    lines[2] = lines[2].split()[0]  # the class is optional...
+    lines[3] = f"{lines[3].split()[0]} 0"  # ...an index, or a name (the digits' names are their indices)
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    m = make(digits, tmp_path / "s", "--labeled-ids", tmp_path / "list.txt", "--val-per-class", 2)
+    assert ids(tmp_path / "s" / "labeled") == {i for c in chosen.values() for i in c}
+    assert m["class_counts"]["labeled"] == [12, 6, 3, 2, 1, 1, 1, 1, 1, 1] and m["class_counts"]["val"] == [2] * 10
+    lab, unl, val = (ids(tmp_path / "s" / s) for s in ("labeled", "unlabeled", "val"))
+    ingest = json.loads((digits / "ingest.json").read_text())
+    assert not lab & unl and not lab & val and not unl & val
+    assert len(lab | unl | val) == sum(ingest["splits"]["train"]["class_counts"])
+    assert m["imbalance"]["ratio_measured"] == 12.0 and len(m["params"]["labeled_ids_sha256"]) == 64
+
+
+def test_a_split_list_enters_the_fingerprint_by_content_not_by_path(digits, tmp_path):
+    chosen = source_ids(digits, [5] * 10)
+    text = "".join(f"{i}\n" for c in chosen.values() for i in c)
+    (tmp_path / "a.txt").write_text(text)
+    (tmp_path / "b.txt").write_text(text)
+    (tmp_path / "c.txt").write_text(text.split("\n", 1)[1])  # one image fewer
+    a, b, c = (make(digits, tmp_path / n, "--labeled-ids", tmp_path / f"{n}.txt") for n in "abc")
+    assert a["manifest_sha256"] == b["manifest_sha256"] != c["manifest_sha256"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("{0}\n{1}\n{0}\n", "list.txt:3: '{0}' is listed twice (first on line 1)"),
+    ("{0}\nno/such/image\n", "list.txt:2: 'no/such/image' is not a labeled image of split 'train' of the ingest "
+                             "(1 of the 2 listed ids are not)"),
+    ("{0} 7\n", "list.txt:1: '{0}' is listed as class '7' but the ingest labels it '0'"),
+    ("{0} seven\n", "list.txt:1: class 'seven' is neither a class name nor an index below 10"),
+    ("{0} 0 extra\n", "list.txt:1: expected 'ID [CLASS]', got 3 fields"),
+    ("# nothing\n\n", "list.txt: the split list names no images"),
+    ("\xff{0}\n", "list.txt: a split list must be UTF-8 text"),
+    ("{0} \u00b2\n", "list.txt:1: class '\u00b2' is neither a class name nor an index below 10"),
+    ("{0}\n{1}\n", "list.txt: the split list has no image of class '1' (9 such classes)"),
+    (None, "longtail.labeled_ids: the split list "),
+])
+def test_a_bad_split_list_fails_naming_the_file_and_line(digits, tmp_path, capsys, body, message):
+    chosen = source_ids(digits, [2])
+    if body is not None:
+        (tmp_path / "list.txt").write_bytes(body.format(*chosen[0]).encode("latin-1" if "\xff" in body else "utf-8"))
+    with pytest.raises(SystemExit):
+        make(digits, tmp_path / "s", "--labeled-ids", tmp_path / "list.txt")
+    assert message.format(*chosen[0]) in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_imbalance_cifar_draw_keeps_the_reference_codes_images_of_a_cifar_ingest(spark, tmp_path):
+    import numpy as np
+
+    from pipeline.safe_pickle import loads
+    from tests.helpers import write_cifar10
+
+    archive = write_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=40)
+    ingest_job.main(["--dataset", "cifar10", "--source", str(archive), "--out", str(tmp_path / "i")])
+    m = make(tmp_path / "i", tmp_path / "s", "--draw", "imbalance_cifar", "--labeled-max", 10,
+             "--imbalance-ratio", 10, "--seed", 3)
+    # The reference: the five batches in order, np.random.seed(3), per class shuffle and keep n_c.
+    import tarfile
+    with tarfile.open(archive) as tar:
+        labels = np.array([y for b in range(1, 6) for y in loads(
+            tar.extractfile(f"cifar-10-batches-py/data_batch_{b}").read())[b"labels"]])
+    np.random.seed(3)
+    kept = set()
+    for c, n in enumerate(m["class_counts"]["labeled"]):
+        positions = np.where(labels == c)[0]
+        np.random.shuffle(positions)
+        kept |= set(positions[:n].tolist())
+    got = {(int(i.split("/")[0].rsplit("_", 1)[1]) - 1) * 40 + int(i.split("/")[1]) for i in ids(tmp_path / "s" / "labeled")}
+    assert got == kept and m["params"]["draw"] == "imbalance_cifar"
+
+
+def test_splits_made_before_longtail_draw_existed_still_match_their_settings():
+    from pipeline.config import LongTailConfig, to_dict
+    from pipeline.splits import selection, split_params
+
+    before = {k: v for k, v in to_dict(LongTailConfig()).items() if k not in ("draw", "labeled_ids")}
+    assert selection(before) == selection(split_params(LongTailConfig()))
+    assert selection(before) != selection(split_params(LongTailConfig(draw="imbalance_cifar")))
+
+
+def test_a_split_list_edited_in_place_changes_the_settings_a_sweep_compares(tmp_path):
+    from pipeline.config import LongTailConfig
+    from pipeline.splits import selection, split_params
+
+    (tmp_path / "list.txt").write_text("a\nb\n")
+    cfg = LongTailConfig(labeled_ids=str(tmp_path / "list.txt"))
+    was = selection(split_params(cfg))
+    (tmp_path / "list.txt").write_text("a\nc\n")
+    assert selection(split_params(cfg)) != was

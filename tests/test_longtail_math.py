@@ -94,3 +94,41 @@ def test_stratified_holdout_takes_the_fraction_of_every_class_deterministically(
 
 def test_ids_sha256_ignores_order():
     assert ids_sha256(["b", "a", "c"]) == ids_sha256(["c", "b", "a"]) != ids_sha256(["a", "b"])
+
+
+def test_fixed_labeled_ids_are_kept_and_only_the_rest_is_shuffled():
+    ids = [[f"{c}-{i:02d}" for i in range(20)] for c in range(3)]
+    fixed = [["0-19", "0-03"], ["1-00"], []]
+    a = subsample(ids, [99, 99, 99], val_per_class=2, rng=np.random.default_rng(1), fixed=fixed)
+    b = subsample([list(reversed(c)) for c in ids], [1, 1, 1], val_per_class=2, rng=np.random.default_rng(1),
+                  fixed=[list(reversed(f)) for f in fixed])
+    assert a == b  # the counts argument does not apply; the input order never matters
+    assert [sorted(c) for c in a["labeled"]] == [sorted(f) for f in fixed]
+    for c in range(3):  # the rest: val + pool, every other image exactly once
+        rest = a["val"][c] + a["unlabeled"][c]
+        assert len(a["val"][c]) == 2 and sorted(rest) == sorted(set(ids[c]) - set(fixed[c]))
+    other = subsample(ids, [0, 0, 0], val_per_class=2, rng=np.random.default_rng(2), fixed=fixed)
+    assert other["labeled"] == a["labeled"] and other["val"] != a["val"]
+
+
+@pytest.mark.parametrize("fixed", [[["a", "a"]], [["z"]]])
+def test_fixed_labeled_ids_must_be_distinct_images_of_the_class(fixed):
+    with pytest.raises(LongTailError, match="class 0 \\(0\\): the fixed labeled ids repeat, or are not all"):
+        subsample([["a", "b", "c"]], [1], rng=np.random.default_rng(0), fixed=fixed)
+
+
+def test_a_random_state_draws_the_images_imbalance_cifar_keeps():
+    # The reference's rule, written out: np.random.seed(seed) once, then for each class in order the
+    # positions of its images (in data order) are shuffled in place and the first n_c kept.
+    labels = np.random.default_rng(7).integers(0, 4, 300)
+    counts, seed = [40, 20, 9, 3], 5
+    np.random.seed(seed)
+    expected = []
+    for c, n in enumerate(counts):
+        positions = np.where(labels == c)[0]
+        np.random.shuffle(positions)
+        expected.append([f"batch/{i:05d}" for i in positions[:n]])
+    ids_by_class = [[f"batch/{i:05d}" for i in np.flatnonzero(labels == c)] for c in range(4)]
+    got = subsample(ids_by_class, counts, rng=np.random.RandomState(seed))
+    assert got["labeled"] == expected
+    assert subsample(ids_by_class, counts, rng=np.random.default_rng(seed))["labeled"] != expected

@@ -257,3 +257,12 @@ def test_a_pinned_child_sees_only_its_gpu_and_requires_it_unless_told_cpu():
     assert child.train.runtime.device == "cuda"  # auto would have fallen back to the CPU silently
     explicit = resolve([str(ROOT / "conf/experiments/digits_lt10.yaml")], [("train.runtime.device", "cpu")])
     assert pinned(explicit, ["3"])[0].train.runtime.device == "cpu"
+
+
+def test_a_split_list_in_a_sweep_over_several_ratios_is_refused(tmp_path):
+    from pipeline.sweep import ensure_splits
+
+    grid = load_grid(str(write_grid(tmp_path / "g.yaml", **GRID, set={"longtail.labeled_ids": "list.txt",
+                                                                       "longtail.labeled_max": None})))
+    with pytest.raises(ConfigError, match="the 2 imbalance_ratios of the grid would all train on the same images"):
+        ensure_splits(None, grid, [], [])

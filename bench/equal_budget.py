@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
-from pipeline.longtail import class_counts  # noqa: E402
+from pipeline.longtail import class_counts, subsample  # noqa: E402
+from pipeline.splits import DRAWS  # noqa: E402
 from pipeline.safe_pickle import loads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,31 +71,27 @@ def convert_order(archive: str) -> list[str]:
     return [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
 
 
-def reference_draw(order: list[str], counts: list[int], seed: int = 0) -> list[str]:
-    """The reference's IMBALANCECIFAR10(rand_number=seed) selection over images in batch order: the
-    legacy global numpy seed, then per class (in class order) shuffle that class's batch positions and
-    keep the first n_c."""
-    targets = np.array([CLASSES.index(n.split("/")[-2]) for n in order])
-    np.random.seed(seed)
-    chosen = []
-    for c, n in enumerate(counts):
-        positions = np.where(targets == c)[0]
-        np.random.shuffle(positions)
-        chosen += [order[i] for i in positions[:n]]
-    return chosen
+def reference_draw(order: list[str], targets: list[int], counts: list[int], seed: int = 0) -> list[str]:
+    """The reference's IMBALANCECIFAR10(rand_number=seed) selection over images in batch order: this
+    project's ``longtail.draw=imbalance_cifar`` (pinned to the reference's rule in the tests) over
+    zero-padded batch positions, whose sorted order is the batch order."""
+    positions = [[f"{i:06d}" for i, t in enumerate(targets) if t == c] for c in range(len(counts))]
+    chosen = subsample(positions, counts, rng=DRAWS["imbalance_cifar"](seed))["labeled"]
+    return [order[int(i)] for per_class in chosen for i in per_class]
 
 
 def reference_subset(archive: str, work: Path, ref: Path) -> Path:
     """Splits whose labeled set is the reference's draw (checked against the labels of the batches
     convert.py wrote, so a change of convert.py's order cannot go unnoticed)."""
     order = convert_order(archive)
+    targets = [CLASSES.index(n.split("/")[-2]) for n in order]
     batches = ref / "refdata" / "cifar-10-batches-py"
     written = [label for b in range(1, 6)
                for label in loads((batches / f"data_batch_{b}").read_bytes(), f"data_batch_{b}")["labels"]]
-    if written != [CLASSES.index(n.split("/")[-2]) for n in order]:
+    if written != targets:
         raise RuntimeError(f"{batches}: the batches are not in the order convert_order assumes")
     ids = work / "reference-labeled-ids.txt"
-    chosen = reference_draw(order, class_counts("exp", 5000, 10, 100))
+    chosen = reference_draw(order, targets, class_counts("exp", 5000, 10, 100))
     ids.write_text("".join(f"{n} {n.split('/')[-2]}\n" for n in chosen))
     return ensure_splits(archive, Path("runs/bench"), "cifar10-lt100-reference-subset",
                          (("longtail.labeled_ids", str(ids)),))

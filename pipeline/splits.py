@@ -46,8 +46,9 @@ def assign(images: DataFrame, cfg: LongTailConfig, class_names: list[str],
     (``listed``: the entries of the split list ``cfg.labeled_ids``)."""
     ids_by_class: list[list[str]] = [[] for _ in class_names]
     rows = images.filter((F.col("split") == cfg.source_split) & F.col("label").isNotNull()).select("id", "label")
-    for row in rows.toLocalIterator():
-        ids_by_class[row["label"]].append(row["id"])
+    table = rows.toArrow()  # one job, columnar: ~10x a Row iterator on 50,000 rows
+    for image_id, label in zip(table.column("id").to_pylist(), table.column("label").to_pylist()):
+        ids_by_class[label].append(image_id)
     if not any(ids_by_class):
         raise LongTailError(f"the ingest has no labeled images in split {cfg.source_split!r}")
     empty = [name for name, ids in zip(class_names, ids_by_class) if not ids]
@@ -221,11 +222,10 @@ def split_params(cfg: LongTailConfig, list_sha256: Optional[str] = None) -> dict
 
 def _read_back(spark: SparkSession, uri: str, num_classes: int) -> tuple[list[int], str]:
     """Per-class counts (unlabeled rows are counted by their hidden class elsewhere) and the ids' hash."""
-    rows = spark.read.parquet(fs.spark_path(uri))
-    per_class = [0] * num_classes
-    for r in rows.filter(F.col("label").isNotNull()).groupBy("label").count().collect():
-        per_class[r["label"]] = r["count"]
-    return per_class, ids_sha256([r["id"] for r in rows.select("id").toLocalIterator()])
+    table = spark.read.parquet(fs.spark_path(uri)).select("id", "label").toArrow()  # one job for both
+    labels = table.column("label").drop_null().to_numpy()
+    per_class = np.bincount(labels, minlength=num_classes).tolist() if len(labels) else [0] * num_classes
+    return per_class, ids_sha256(table.column("id").to_pylist())
 
 
 def _shot_groups(labeled: list[int]) -> dict:

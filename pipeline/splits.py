@@ -46,7 +46,7 @@ def assign(images: DataFrame, cfg: LongTailConfig, class_names: list[str],
     (``listed``: the entries of the split list ``cfg.labeled_ids``)."""
     ids_by_class: list[list[str]] = [[] for _ in class_names]
     rows = images.filter((F.col("split") == cfg.source_split) & F.col("label").isNotNull()).select("id", "label")
-    table = rows.toArrow()  # one job, columnar: ~10x a Row iterator on 50,000 rows
+    table = rows.toArrow()  # one job, columnar (a Row iterator ran one job per partition)
     for image_id, label in zip(table.column("id").to_pylist(), table.column("label").to_pylist()):
         ids_by_class[label].append(image_id)
     if not any(ids_by_class):

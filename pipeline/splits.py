@@ -224,7 +224,7 @@ def _read_back(spark: SparkSession, uri: str, num_classes: int) -> tuple[list[in
     """Per-class counts (unlabeled rows are counted by their hidden class elsewhere) and the ids' hash."""
     table = spark.read.parquet(fs.spark_path(uri)).select("id", "label").toArrow()  # one job for both
     labels = table.column("label").drop_null().to_numpy()
-    per_class = np.bincount(labels, minlength=num_classes).tolist() if len(labels) else [0] * num_classes
+    per_class = np.bincount(labels, minlength=num_classes).tolist()  # all zeros for the pool (labels null)
     return per_class, ids_sha256(table.column("id").to_pylist())
 
 

@@ -46,8 +46,8 @@ def log_model(splits: Path, name: str) -> str:
     return tracker.run_id
 
 
-def forward_ceiling(name: str, threads: int, images: int = 2048, precision: str = "fp32") -> float:
-    """Images/s of the model's forward pass alone (random input, batch 512, channels-last, in
+def forward_ceiling(name: str, threads: int, images: int = 2048, precision: str = "fp32", batch: int = 512) -> float:
+    """Images/s of the model's forward pass alone (random input, batches of ``batch``, channels-last, in
     ``precision``), with ``threads`` torch threads: the bound the stream cannot beat on this device."""
     import contextlib
 
@@ -55,18 +55,18 @@ def forward_ceiling(name: str, threads: int, images: int = 2048, precision: str 
     torch.set_num_threads(threads)
     model = create_model(name, num_classes=10, in_channels=3, image_size=32).eval().to(device)
     model = model.to(memory_format=torch.channels_last)
-    x = torch.rand(512, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     bf16 = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     with torch.inference_mode(), bf16:
         model(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.time()
-        for _ in range(images // 512):
+        for _ in range(images // batch):
             model(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return images // 512 * 512 / (time.time() - started)
+    return images // batch * batch / (time.time() - started)
 
 
 def main() -> None:
@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per Spark task")
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the scoring forward pass")
+    ap.add_argument("--batch-size", type=int, default=None, help="images per forward pass (pseudolabel.batch_size)")
     args = ap.parse_args()
     work = Path(args.work)
     splits = ensure_splits(args.archive, work)
@@ -93,7 +94,8 @@ def main() -> None:
                        ("pseudolabel.truth", str(splits / TRUTH)),
                        ("pseudolabel.max_files_per_trigger", str(args.files_per_trigger)),
                        ("pseudolabel.threads_per_task", str(args.threads)),
-                       ("pseudolabel.precision", args.precision)])
+                       ("pseudolabel.precision", args.precision)]
+                  + ([("pseudolabel.batch_size", str(args.batch_size))] if args.batch_size else []))
     spark = session(cfg.spark)
     started = time.time()
     run_pseudolabel(spark, cfg)
@@ -106,7 +108,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {cores} Spark task slots"
     print(f"device: {device}; model {args.model}; {int(batches.batch_rows.sum())} images in {len(batches)} "
           f"micro-batches of {args.files_per_trigger} files; {args.threads} torch thread(s) per task; "
-          f"scoring in {args.precision}")
+          f"scoring in {args.precision}, {cfg.pseudolabel.batch_size} images per forward pass")
     print(f"{'':<42}{'images/s':>10}{'latency s':>11}")
     print(f"{'first micro-batch (workers start, model loads)':<42}{first.rows_per_s:>10.0f}{first.latency_s:>11.2f}")
     if len(steady):
@@ -114,7 +116,7 @@ def main() -> None:
         print(f"{'steady state (later micro-batches)':<42}{rate:>10.0f}{steady.latency_s.median():>11.2f}"
               f"  (median; p90 {steady.latency_s.quantile(0.9):.2f})")
     print(f"{'whole query, wall clock':<42}{batches.batch_rows.sum() / wall:>10.0f}")
-    alone = forward_ceiling(args.model, args.threads, precision=args.precision)
+    alone = forward_ceiling(args.model, args.threads, precision=args.precision, batch=cfg.pseudolabel.batch_size)
     print(f"{f'forward pass alone, {args.threads} thread(s)':<42}{alone:>10.0f}"
           f"  (x {cores} task slots = {alone * cores:.0f}: the bound for this device)")
 

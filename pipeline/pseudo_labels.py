@@ -1,12 +1,14 @@
 """The pseudo-label output of jobs/pseudolabel.py, as a format: its layout and its readers (plain
 pyarrow, no Spark). The stream writes it (streaming.sinks), training reads it; both import this.
 
-OUT/labels/batch_id=N/   the scored rows of micro-batch N (schema.LABEL_COLUMNS), written by Spark
-                         with overwrite: a micro-batch replayed after a crash (Spark re-reads the same
-                         input files, logged in the checkpoint's offsets before it ran) replaces its
-                         own directory, so every id is there once. Spark's ``_SUCCESS`` marks a
-                         directory complete; ``read_labels`` reads only complete ones, so a reader
-                         never sees the partial files a kill can leave until the replay replaces them.
+OUT/labels/batch_id=N/   the scored rows of micro-batch N (schema.LABEL_COLUMNS), part-00000.parquet,
+                         replaced whole by a replay: a micro-batch replayed after a crash (Spark
+                         re-reads the same input files, logged in the checkpoint's offsets before it
+                         ran) empties its own directory first, so every id is there once. ``_SUCCESS``,
+                         written last, marks a directory complete; ``read_labels`` reads only complete
+                         ones, so a reader never sees the partial files a kill can leave until the
+                         replay replaces them. (Outputs of earlier versions, written by Spark with
+                         overwrite in the same layout, read the same.)
 OUT/balance/batch-N.parquet  the class balance after micro-batch N (schema.BALANCE_COLUMNS), written
                          whole then renamed into place, keyed (and so replaced on replay) by N.
 OUT/rejected/batch-N.parquet  inputs of micro-batch N that could not be scored, with the reason.
@@ -31,6 +33,7 @@ from pipeline import fs, schema
 from pipeline.errors import PipelineError
 
 LABELS, BALANCE, STREAM, REJECTED = "labels", "balance", "stream.json", "rejected"
+PART, SUCCESS = "part-00000.parquet", "_SUCCESS"  # a micro-batch's labels file; its folder's completion marker
 REJECTED_SCHEMA = pa.schema([("batch_id", pa.int64()), ("id", pa.string()), ("source", pa.string()),
                              ("reason", pa.string()), ("detail", pa.string())])
 _BATCH_DIR = re.compile(rf"^{schema.LABEL_BATCH}=(\d+)$")
@@ -58,7 +61,7 @@ def committed_batches(out: str) -> dict[int, list[str]]:
         if not match:
             continue  # Spark's _temporary attempts and anything else
         batch = int(match.group(1))
-        if parts[1] == "_SUCCESS":
+        if parts[1] == SUCCESS:
             complete.add(batch)
         elif parts[1].endswith(".parquet") and not parts[1].startswith(("_", ".")):
             files.setdefault(batch, []).append(fs.join(root, rel))
@@ -76,7 +79,9 @@ def read_labels(out: str, upto: Optional[int] = None, columns: Optional[list[str
             continue
         for file in files:
             fsys, path = fs.filesystem(file)
-            t = pq.read_table(path, filesystem=fsys, columns=names)
+            # cast to the declared types: Spark-written batches of earlier versions differ in names only
+            # (list<element>, INT96 timestamps)
+            t = pq.read_table(path, filesystem=fsys, columns=names).cast(pa.schema([arrow.field(n) for n in names]))
             tables.append(t.append_column(schema.LABEL_BATCH, pa.array(np.full(t.num_rows, batch, np.int64))))
     if not tables:
         empty = pa.schema([arrow.field(n) for n in wanted] + [pa.field(schema.LABEL_BATCH, pa.int64())])

@@ -14,6 +14,7 @@ import time
 from typing import Iterator, Optional
 
 import numpy as np
+import pyarrow.compute as pc
 
 from pipeline import fs, schema
 from pipeline.config import Config
@@ -317,17 +318,15 @@ def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: dict, po
     confusion = info["bbse"]["confusion"] if info["bbse"] else ()
 
     def process(batch_df, batch_id: int) -> None:
-        from pyspark.sql import functions as F
-
         started = time.time()
-        scored = score(batch_df, model).persist()  # scored once, split into labels and rejects
-        try:
-            sinks.write_labels(scored.filter(F.col(ERROR).isNull()).drop(ERROR), out, batch_id)
-            rejected = [{"id": r["id"], "source": None, "reason": "not_scorable", "detail": r[ERROR]}
-                        for r in scored.filter(F.col(ERROR).isNotNull()).select("id", ERROR).collect()]
-            read = scored.count()
-        finally:
-            scored.unpersist()
+        sinks.begin_labels(out, batch_id)
+        scored = score(batch_df, model).toArrow()  # the one Spark job of the micro-batch
+        failed = pc.is_valid(scored.column(ERROR))
+        sinks.write_labels(scored.filter(pc.invert(failed)), out, batch_id)
+        rejected = [{"id": i, "source": None, "reason": "not_scorable", "detail": why}
+                    for i, why in zip(scored.column("id").filter(failed).to_pylist(),
+                                      scored.column(ERROR).filter(failed).to_pylist())]
+        read = scored.num_rows
         files = batch_files(checkpoint, batch_id)
         unreadable, expected = unreadable_files(files)
         rejected += unreadable

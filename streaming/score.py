@@ -33,7 +33,7 @@ class ScoringModel:
     run_id: str
     tracking_uri: str
     device: str = "auto"
-    batch_size: int = 512
+    batch_size: int = 128
     threads: int = 1
     version: Optional[str] = None  # "name/version" when the model was asked for as models:/...
     precision: str = "fp32"  # fp32 | bf16: the forward pass in bf16 autocast (pseudolabel.precision)
@@ -47,7 +47,7 @@ def model_uri(ref: str) -> str:
     return ref
 
 
-def resolve(ref: str, device: str = "auto", batch_size: int = 512, threads: int = 1,
+def resolve(ref: str, device: str = "auto", batch_size: int = 128, threads: int = 1,
             precision: str = "fp32") -> ScoringModel:
     """Check on the driver that ``ref`` names a logged model and find the run that logged it."""
     import mlflow

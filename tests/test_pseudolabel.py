@@ -330,6 +330,34 @@ def test_labels_read_in_scoring_order_whatever_columns_are_asked(tmp_path):
     assert sinks.read_labels(str(tmp_path), columns=["id"]).column("id").to_pylist() == ["c", "a", "b"]
 
 
+def test_a_replayed_batch_replaces_its_labels_and_spark_written_batches_read_alike(spark, tmp_path):
+    import datetime
+
+    import pyarrow as pa
+
+    from pipeline import schema
+    from pipeline.pseudo_labels import batch_dir
+
+    out = str(tmp_path)
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    row = lambda i, k: {"id": i, "predicted": k, "confidence": 0.5, "probs": [0.5, 0.5], "model_run_id": "r",
+                        "scored_at": when}
+    # batch 0 as earlier versions wrote it: Spark's writer (list<element>, INT96 timestamps)
+    spark.createDataFrame([row("a", 1)], schema.spark_schema(schema.LABEL_COLUMNS)).write.parquet(batch_dir(out, 0))
+    declared = schema.arrow_schema(schema.LABEL_COLUMNS)
+    sinks.begin_labels(out, 1)
+    sinks.write_labels(pa.Table.from_pylist([row("b", 0), row("c", 1)], declared), out, 1)
+    assert list(sinks.committed_batches(out)) == [0, 1]
+    sinks.begin_labels(out, 1)  # the replay of batch 1: its first attempt is gone before it is scored again
+    assert list(sinks.committed_batches(out)) == [0] and not os.listdir(batch_dir(out, 1))
+    sinks.write_labels(pa.Table.from_pylist([row("c", 1), row("d", 0)], declared), out, 1)
+    table = sinks.read_labels(out)
+    assert table.column("id").to_pylist() == ["a", "c", "d"] and table.column("batch_id").to_pylist() == [0, 1, 1]
+    assert table.schema.remove(table.schema.get_field_index("batch_id")) == declared
+    assert set(table.column("scored_at").to_pylist()) == {when}
+    assert sorted(r.id for r in spark.read.parquet(str(tmp_path / "labels")).collect()) == ["a", "c", "d"]
+
+
 def test_raw_rows_whose_length_errors_cancel_out_are_rejected_not_shifted():
     import pandas as pd
 

@@ -21,6 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.output import staged
 from pipeline.provenance import stamp
 from pipeline.sources import Plan, TaskContext, get_source, rejected_row
+from pipeline.tables import read_table
 
 IMAGES, REJECTED, REPORT = "images", "_rejected", "ingest.json"
 ROWS_PER_BATCH = 256  # Arrow batch size of task output: bounded memory for large images
@@ -37,11 +38,13 @@ def _unit_name(unit: dict) -> str:
     return json.dumps(unit)[:200]
 
 
-def _read_units(dataset: str, ctx: TaskContext, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Task side: expand each unit into rows; a unit that fails as a whole becomes one rejected row."""
+def _read_units(dataset: str, ctx: TaskContext, units, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Task side: expand each unit (by its index in the broadcast ``units``) into rows; a unit that
+    fails as a whole becomes one rejected row."""
     source, out_schema = get_source(dataset), schema.arrow_schema(schema.INGEST_TASK_COLUMNS)
     for batch in batches:
-        for unit in map(json.loads, batch.column("unit").to_pylist()):
+        for index in batch.column("id").to_pylist():
+            unit = json.loads(units.value[index])
             rows: list[dict] = []
             try:
                 for row in source.read(unit, ctx):
@@ -58,9 +61,13 @@ def _read_units(dataset: str, ctx: TaskContext, batches: Iterator[pa.RecordBatch
 
 def read_records(spark: SparkSession, dataset: str, plan: Plan, ctx: TaskContext) -> DataFrame:
     """One row per input record (schema.INGEST_TASK_COLUMNS); rejected rows have a reason."""
-    units = spark.createDataFrame([(json.dumps(u),) for u in plan.units], "unit string")
-    units = units.repartition(max(1, len(plan.units)))
-    return units.mapInArrow(partial(_read_units, dataset, ctx), schema.spark_schema(schema.INGEST_TASK_COLUMNS))
+    # One unit per task, exactly: a range of n ids in n partitions holds one id in each (a round-robin
+    # repartition of a small DataFrame does not: it put both units of a 2-unit plan into one task).
+    # The units travel as a broadcast, fetched once per executor, not inside every task.
+    n = max(1, len(plan.units))
+    units = spark.sparkContext.broadcast([json.dumps(u) for u in plan.units])
+    return spark.range(0, len(plan.units), numPartitions=n).mapInArrow(
+        partial(_read_units, dataset, ctx, units), schema.spark_schema(schema.INGEST_TASK_COLUMNS))
 
 
 def accepted(records: DataFrame, class_names: list[str]) -> DataFrame:
@@ -93,6 +100,28 @@ def _split_counts(groups: list, class_names: list[str]) -> dict:
     return splits
 
 
+SHAPE = ("height", "width", "channels", "image_format")
+
+
+def _sum_by(tally: list, keys: tuple[str, ...]) -> list[dict]:
+    """The counts of ``tally`` (rows with a "count") summed over ``keys``."""
+    sums: Counter = Counter()
+    for row in tally:
+        sums[tuple(row[k] for k in keys)] += row["count"]
+    return [{**dict(zip(keys, key)), "count": n} for key, n in sums.items()]
+
+
+def written_ids(spark: SparkSession, images: str) -> tuple[int, list[str]]:
+    """(rows, up to 5 ids written more than once) of the images Spark wrote, read back from disk:
+    one job over the id column (a second, only when an id repeats, for the examples)."""
+    per_id = spark.read.parquet(fs.spark_path(images)).groupBy("id").count()
+    totals = per_id.agg(F.sum("count").alias("rows"), F.max("count").alias("most")).first()
+    if not totals["rows"]:
+        return 0, []
+    repeated = per_id.filter("count > 1").limit(5).collect() if totals["most"] > 1 else []
+    return int(totals["rows"]), [r["id"] for r in repeated]
+
+
 def run_ingest(spark: SparkSession, cfg: Config) -> dict:
     """Ingest ``cfg.ingest.dataset`` into ``cfg.ingest.out``; returns the ingest.json report."""
     icfg, started = cfg.ingest, time.time()
@@ -103,19 +132,18 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
         ctx = TaskContext(tuple(plan.class_names), size, icfg.channels or source.channels, plan.label_type)
         records = read_records(spark, source.name, plan, ctx).persist()
         try:
-            groups = records.groupBy("reason", "split", "label").count().collect()
-            good = accepted(records, plan.class_names)
-            duplicates = good.groupBy("id").count().filter("count > 1").limit(5).collect()
-            if duplicates:
-                raise IngestError(f"{icfg.dataset}: ids are not unique, e.g. {[r['id'] for r in duplicates]}")
-            shapes = good.groupBy("height", "width", "channels", "image_format").count().collect()
-            good.write.parquet(fs.spark_path(fs.join(tmp, IMAGES)))
+            # one pass fills the cache and counts the records by outcome, split, class and image shape
+            tally = records.groupBy("reason", "split", "label", *SHAPE).count().collect()
+            accepted(records, plan.class_names).write.parquet(fs.spark_path(fs.join(tmp, IMAGES)))
             rejected(records).write.parquet(fs.spark_path(fs.join(tmp, REJECTED)))
         finally:
             records.unpersist()
-        written = spark.read.parquet(fs.spark_path(fs.join(tmp, IMAGES))).count()
-        back = read_rejected(spark, tmp)
-        by_reason = Counter({r["reason"]: r["count"] for r in back.groupBy("reason").count().collect()})
+        groups = _sum_by(tally, ("reason", "split", "label"))
+        shapes = _sum_by([t for t in tally if t["reason"] is None], SHAPE)
+        written, duplicates = written_ids(spark, fs.join(tmp, IMAGES))
+        if duplicates:
+            raise IngestError(f"{icfg.dataset}: ids are not unique, e.g. {duplicates}")
+        by_reason = Counter(read_table(fs.join(tmp, REJECTED), columns=["reason"]).column("reason").to_pylist())
         n_input, n_rejected = sum(g["count"] for g in groups), sum(by_reason.values())
         if n_input != written + n_rejected:
             raise IngestError(f"lost records: {n_input} input records, {written} written + {n_rejected} rejected")

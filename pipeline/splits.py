@@ -20,6 +20,7 @@ from pipeline.ingest import IMAGES, REPORT
 from pipeline.longtail import LongTailError, class_counts, ids_sha256, subsample
 from pipeline.output import staged
 from pipeline.provenance import stamp
+from pipeline.tables import read_table
 
 MANIFEST, TRUTH = schema.MANIFEST, schema.TRUTH
 CARVED = ("labeled", "val", "unlabeled")
@@ -163,9 +164,12 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
         for name, rows in splits.items():
             if rows is None:
                 continue
-            rows = rows.repartition(files).withMetadata("label", {schema.CLASS_NAMES_KEY: class_names})
+            # in id order across the files: the rows a training indexes into do not depend on how
+            # Spark partitioned the ingest (its files, the cluster's size, maxPartitionBytes)
+            rows = rows.repartitionByRange(files, "id").sortWithinPartitions("id")
+            rows = rows.withMetadata("label", {schema.CLASS_NAMES_KEY: class_names})
             rows.write.parquet(fs.spark_path(fs.join(tmp, name)))
-            counts[name], hashes[name] = _read_back(spark, fs.join(tmp, name), len(class_names))
+            counts[name], hashes[name] = _read_back(fs.join(tmp, name), len(class_names))
         truth = spark.createDataFrame([(i, c) for c, ids in enumerate(chosen["unlabeled"]) for i in ids],
                                       "id string, label int")
         truth.write.parquet(fs.spark_path(fs.join(tmp, TRUTH)))
@@ -220,9 +224,10 @@ def split_params(cfg: LongTailConfig, list_sha256: Optional[str] = None) -> dict
     return params
 
 
-def _read_back(spark: SparkSession, uri: str, num_classes: int) -> tuple[list[int], str]:
-    """Per-class counts (unlabeled rows are counted by their hidden class elsewhere) and the ids' hash."""
-    table = spark.read.parquet(fs.spark_path(uri)).select("id", "label").toArrow()  # one job for both
+def _read_back(uri: str, num_classes: int) -> tuple[list[int], str]:
+    """Per-class counts (unlabeled rows are counted by their hidden class elsewhere) and the ids' hash
+    of what Spark wrote, read back with pyarrow (two columns; no Spark job)."""
+    table = read_table(uri, columns=["id", "label"])
     labels = table.column("label").drop_null().to_numpy()
     per_class = np.bincount(labels, minlength=num_classes).tolist()  # all zeros for the pool (labels null)
     return per_class, ids_sha256(table.column("id").to_pylist())

@@ -279,6 +279,61 @@ def test_tar_link_members_are_rejected_and_counted(spark, tmp_path):
     assert report["input_records"] == 4
 
 
+def test_each_unit_of_a_plan_is_read_by_its_own_task(spark, tmp_path):
+    import pyarrow.parquet as pq
+
+    run(tmp_path / "d", "--dataset", "digits")  # two units (train, test) on 2 cores: one task each
+    files = sorted((tmp_path / "d" / "images").glob("*.parquet"))
+    splits = [set(pq.read_table(f, columns=["split"]).column("split").to_pylist()) for f in files]
+    assert sorted(map(sorted, splits)) == [["test"], ["train"]]
+
+
+def _archive(path, files: dict):
+    import io
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_archive_members_are_read_at_the_listed_offsets_and_a_changed_archive_is_rejected(tmp_path):
+    import os
+
+    from pipeline.config import resolve
+    from pipeline.sources import TaskContext, get_source
+
+    deep = "train/a/" + "x" * 150 + ".png"  # a long name: a pax header before the member's own
+    files = {f"train/{c}/{i}.png": image_bytes(seed=10 * k + i) for k, c in enumerate("ab") for i in range(3)}
+    files[deep] = image_bytes(seed=99)
+    archive = _archive(tmp_path / "t.tar.gz", files)
+    source = get_source("imagefolder")
+    plan = source.plan(resolve([], [("ingest.source", json.dumps([str(archive)]))]).ingest, 2)
+    ctx = TaskContext(tuple(plan.class_names), None, None, plan.label_type)
+    rows = [r for unit in plan.units for r in source.read(unit, ctx)]
+    assert len(plan.units) == 2 and all(r.get("reason") is None for r in rows)
+    assert {r["id"]: r["image"] for r in rows} == files  # every member's own bytes, the long name's too
+
+    _archive(archive, {name: image_bytes(seed=7) for name in files})  # replaced after the listing
+    os.utime(archive, ns=(0, 10**9))
+    rows = [r for unit in plan.units for r in source.read(unit, ctx)]
+    assert len(rows) == len(files) and {r["reason"] for r in rows} == {"unreadable_source"}
+    assert "changed since it was listed" in rows[0]["detail"]
+
+
+def test_written_ids_counts_the_rows_and_names_the_repeated_ids(spark, tmp_path):
+    from pipeline.ingest import written_ids
+
+    spark.createDataFrame([("a",), ("b",), ("a",), ("c",)], "id string").write.parquet(str(tmp_path / "x"))
+    assert written_ids(spark, str(tmp_path / "x")) == (4, ["a"])
+    spark.createDataFrame([("a",), ("b",)], "id string").write.parquet(str(tmp_path / "y"))
+    assert written_ids(spark, str(tmp_path / "y")) == (2, [])
+    spark.createDataFrame([], "id string").write.parquet(str(tmp_path / "z"))
+    assert written_ids(spark, str(tmp_path / "z")) == (0, [])
+
+
 def test_csv_manifest_with_class_names(spark, tmp_path):
     write_tree(tmp_path, {"img/1.png": image_bytes(seed=1), "img/2.png": image_bytes(seed=2),
                           "img/3.png": image_bytes(seed=3)})

@@ -39,6 +39,14 @@ def test_labeled_counts_follow_the_exp_profile_and_splits_are_disjoint(digits, t
     assert set(read_table(tmp_path / "s" / "labeled").column("split").to_pylist()) == {"labeled"}
 
 
+def test_split_rows_are_in_id_order_across_their_files(digits, tmp_path):
+    make(digits, tmp_path / "s", "--imbalance-ratio", 10, "--labeled-max", 100, "--val-per-class", 3,
+         "--set", "longtail.files_per_split=3")
+    for split in ("labeled", "unlabeled", "val", "test"):
+        order = read_table(tmp_path / "s" / split).column("id").to_pylist()
+        assert order == sorted(order), split  # what a training indexes into, whatever Spark's partitioning
+
+
 def test_same_inputs_and_seed_give_identical_ids_and_another_seed_does_not(digits, tmp_path):
     a = make(digits, tmp_path / "a", "--imbalance-ratio", 10, "--labeled-max", 100, "--seed", 3)
     b = make(digits, tmp_path / "b", "--imbalance-ratio", 10, "--labeled-max", 100, "--seed", 3)

@@ -23,6 +23,22 @@ def _archive_files(source: str) -> Iterator[tuple[str, tarfile.TarFile, tarfile.
                 yield m.name.removeprefix("./"), tar, m
 
 
+def _listed(name: str, member: tarfile.TarInfo) -> list:
+    """A member as the plan hands it to a task: [name, data offset, size] for a regular file, else
+    [name, None, why it is not read]. The task reads the bytes there without parsing any header."""
+    if member.isfile() and not member.issparse():
+        return [name, member.offset_data, member.size]
+    kind = ("symlink" if member.issym() else "hard link" if member.islnk() else "sparse file" if member.issparse()
+            else member.type)
+    return [name, None, f"a {kind} member (to {member.linkname!r}), not followed"]
+
+
+def _identity(source: str) -> list:
+    """What says an archive is still the one the plan listed: its size and modification time."""
+    info = fs.info(source)
+    return [info.size, info.mtime_ns]
+
+
 def wrapper_prefix(paths: list[str]) -> str:
     """A single top folder around the whole tree (``name/train/cat/x.jpg``) is not part of the layout;
     it is recognised by every path sharing it and most paths being one level too deep (so one stray
@@ -56,7 +72,9 @@ class ImageFolder(Source):
             raise SourceError(f"imagefolder: source {source} does not exist")
         archive = source.endswith(ARCHIVE_SUFFIXES)
         try:
-            paths = [name for name, _, _ in _archive_files(source)] if archive else [p for p, _ in fs.list_files(source)]
+            identity = _identity(source) if archive else None
+            members = [_listed(name, m) for name, _, m in _archive_files(source)] if archive else []
+            paths = [m[0] for m in members] if archive else [p for p, _ in fs.list_files(source)]
         except (OSError, EOFError, tarfile.TarError) as e:
             raise SourceError(f"imagefolder: cannot list {source}: {type(e).__name__}: {e}") from None
         inside = paths if archive else [p for p in paths if not outside_root(source, p)]  # links out: not layout
@@ -68,10 +86,12 @@ class ImageFolder(Source):
         common = {"source": source, "archive": archive, "prefix": prefix,
                   "labeled_splits": sorted({q[0] for q in parts if len(q) == 3})}
         if archive:
-            # An archive is read sequentially: each task streams it and handles one contiguous range
-            # of its files (one task per core), found by position in the same archive order.
+            # An archive is read sequentially: each task streams it and reads one contiguous range of
+            # its files (one task per core) at the offsets listed here, so no task parses the headers
+            # again; the archive must be the one listed (size and mtime), else its files are rejected.
             size = math.ceil(len(paths) / max(1, parallelism))
-            units = [{**common, "start": a, "stop": min(a + size, len(paths))} for a in range(0, len(paths), size)]
+            units = [{**common, "identity": identity, "start": a, "members": members[a:a + size]}
+                     for a in range(0, len(paths), size)]
         else:
             units = [{**common, "paths": chunk} for chunk in chunks(paths, cfg.files_per_task)]
         return Plan(class_names, units, {"source": source, "files": len(paths), "wrapper": prefix or None},
@@ -88,24 +108,23 @@ class ImageFolder(Source):
                     continue
                 yield self._row(place(path, unit["prefix"], labeled), uri, lambda: fs.read_bytes(uri), ctx)
             return
-        start, stop, seen = unit["start"], unit["stop"], unit["start"]
-        reason, detail = "missing_file", "the archive has fewer files than when it was listed"
+        members, start = unit["members"], unit["start"]
+        reason, detail, done = "unreadable_source", "", 0
         try:
-            for index, (name, tar, member) in enumerate(_archive_files(unit["source"])):
-                if index >= stop:
-                    return
-                if index >= start:
-                    seen = index + 1
-                    if not member.isfile():
-                        kind = "symlink" if member.issym() else "hard link" if member.islnk() else member.type
-                        yield rejected_row(f"{unit['source']}!{name}", None, "link_member",
-                                           f"a {kind} member (to {member.linkname!r}), not followed")
-                        continue
-                    yield self._row(place(name, unit["prefix"], labeled), f"{unit['source']}!{name}",
-                                    lambda: tar.extractfile(member).read(), ctx)
-        except Exception as e:  # a corrupt archive: the files not read yet are rejected one by one
-            reason, detail = "unreadable_source", f"archive read failed: {type(e).__name__}: {e}"
-        for index in range(seen, stop):
+            if _identity(unit["source"]) != unit["identity"]:
+                raise SourceError(f"the archive changed since it was listed (size, mtime {unit['identity']} -> "
+                                  f"{_identity(unit['source'])})")
+            with fs.open_input(unit["source"]) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+                for name, offset, size in members:
+                    if offset is None:
+                        yield rejected_row(f"{unit['source']}!{name}", None, "link_member", size)
+                    else:
+                        yield self._row(place(name, unit["prefix"], labeled), f"{unit['source']}!{name}",
+                                        lambda: _read_at(tar, name, offset, size), ctx)
+                    done += 1
+        except Exception as e:  # a corrupt or changed archive: the files not read yet are rejected one by one
+            detail = f"archive read failed: {type(e).__name__}: {e}"
+        for index in range(start + done, start + len(members)):
             yield rejected_row(f"{unit['source']}!#{index}", None, reason, detail)
 
     @staticmethod
@@ -118,3 +137,14 @@ class ImageFolder(Source):
         if error:
             return rejected_row(source, split, "no_class_folder", error, None, data)
         return image_row(ctx, image_id, split, cls, source, encoded=data)
+
+
+def _read_at(tar: tarfile.TarFile, name: str, offset: int, size: int) -> bytes:
+    """The ``size`` bytes of member ``name`` at data offset ``offset`` (members are read in archive
+    order, so a compressed stream only ever moves forward)."""
+    member = tarfile.TarInfo(name)
+    member.type, member.offset_data, member.size = tarfile.REGTYPE, offset, size
+    data = tar.extractfile(member).read()
+    if len(data) != size:
+        raise tarfile.ReadError(f"{name}: {len(data)} of its {size} bytes (the archive ends early)")
+    return data

@@ -59,15 +59,18 @@ def _read_units(dataset: str, ctx: TaskContext, units, batches: Iterator[pa.Reco
                 yield pa.RecordBatch.from_pylist(rows, schema=out_schema)
 
 
-def read_records(spark: SparkSession, dataset: str, plan: Plan, ctx: TaskContext) -> DataFrame:
-    """One row per input record (schema.INGEST_TASK_COLUMNS); rejected rows have a reason."""
+def read_records(spark: SparkSession, dataset: str, plan: Plan, ctx: TaskContext, units) -> DataFrame:
+    """One row per input record (schema.INGEST_TASK_COLUMNS); rejected rows have a reason. ``units``:
+    the plan's units broadcast as JSON (``broadcast_units``)."""
     # One unit per task, exactly: a range of n ids in n partitions holds one id in each (a round-robin
     # repartition of a small DataFrame does not: it put both units of a 2-unit plan into one task).
-    # The units travel as a broadcast, fetched once per executor, not inside every task.
-    n = max(1, len(plan.units))
-    units = spark.sparkContext.broadcast([json.dumps(u) for u in plan.units])
-    return spark.range(0, len(plan.units), numPartitions=n).mapInArrow(
+    return spark.range(0, len(plan.units), numPartitions=max(1, len(plan.units))).mapInArrow(
         partial(_read_units, dataset, ctx, units), schema.spark_schema(schema.INGEST_TASK_COLUMNS))
+
+
+def broadcast_units(spark: SparkSession, plan: Plan):
+    """The plan's units for the tasks: fetched once per executor, not shipped inside every task."""
+    return spark.sparkContext.broadcast([json.dumps(u) for u in plan.units])
 
 
 def accepted(records: DataFrame, class_names: list[str]) -> DataFrame:
@@ -130,7 +133,8 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
         plan = source.plan(icfg, spark.sparkContext.defaultParallelism)
         size = tuple(icfg.image_size) if icfg.image_size else source.size
         ctx = TaskContext(tuple(plan.class_names), size, icfg.channels or source.channels, plan.label_type)
-        records = read_records(spark, source.name, plan, ctx).persist()
+        units = broadcast_units(spark, plan)
+        records = read_records(spark, source.name, plan, ctx, units).persist()
         try:
             # one pass fills the cache and counts the records by outcome, split, class and image shape
             tally = records.groupBy("reason", "split", "label", *SHAPE).count().collect()
@@ -138,6 +142,7 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
             rejected(records).write.parquet(fs.spark_path(fs.join(tmp, REJECTED)))
         finally:
             records.unpersist()
+            units.destroy()
         groups = _sum_by(tally, ("reason", "split", "label"))
         shapes = _sum_by([t for t in tally if t["reason"] is None], SHAPE)
         written, duplicates = written_ids(spark, fs.join(tmp, IMAGES))

@@ -27,6 +27,7 @@ from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits 
 
 from models import create_model  # noqa: E402
 from pipeline import model_io  # noqa: E402
+from pipeline.accel import inference_batch  # noqa: E402
 from pipeline.config import resolve  # noqa: E402
 from pipeline.schema import TRUTH  # noqa: E402
 from pipeline.spark import session  # noqa: E402
@@ -106,9 +107,10 @@ def main() -> None:
     batches = read_balance(str(out)).to_pandas().drop_duplicates("batch_id")
     first, steady = batches.iloc[0], batches.iloc[1:]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {cores} Spark task slots"
+    batch = inference_batch(cfg.pseudolabel.batch_size, "cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device}; model {args.model}; {int(batches.batch_rows.sum())} images in {len(batches)} "
           f"micro-batches of {args.files_per_trigger} files; {args.threads} torch thread(s) per task; "
-          f"scoring in {args.precision}, {cfg.pseudolabel.batch_size} images per forward pass")
+          f"scoring in {args.precision}, {batch} images per forward pass")
     print(f"{'':<42}{'images/s':>10}{'latency s':>11}")
     print(f"{'first micro-batch (workers start, model loads)':<42}{first.rows_per_s:>10.0f}{first.latency_s:>11.2f}")
     if len(steady):
@@ -116,7 +118,7 @@ def main() -> None:
         print(f"{'steady state (later micro-batches)':<42}{rate:>10.0f}{steady.latency_s.median():>11.2f}"
               f"  (median; p90 {steady.latency_s.quantile(0.9):.2f})")
     print(f"{'whole query, wall clock':<42}{batches.batch_rows.sum() / wall:>10.0f}")
-    alone = forward_ceiling(args.model, args.threads, precision=args.precision, batch=cfg.pseudolabel.batch_size)
+    alone = forward_ceiling(args.model, args.threads, precision=args.precision, batch=batch)
     print(f"{f'forward pass alone, {args.threads} thread(s)':<42}{alone:>10.0f}"
           f"  (x {cores} task slots = {alone * cores:.0f}: the bound for this device)")
 

@@ -3,7 +3,7 @@ can run (pipeline.accel: fp32, channels-last, bf16 autocast, torch.compile) on C
 12,406 labeled images, ResNet-32, batch 128), one process on this machine's device.
 
     .venv/bin/python bench/train.py --archive ../shared/data/cifar10-jpeg.tar.gz [--epochs 1] \
-        [--steps fp32,channels_last,bf16,compile] [--loaders memory,petastorm]
+        [--steps fp32,channels_last,bf16,compile] [--loaders memory,petastorm] [--eval-batches 0,512]
 
 Makes the splits once under runs/bench/ (reused afterwards), then times: decoding the labeled
 split into memory, training epochs (forward, backward, SGD step, on-device augmentation) per data
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from models import create_model  # noqa: E402
 from pipeline.config import resolve  # noqa: E402
 from pipeline.data import Augment, MemoryLoader, channel_stats, load_split  # noqa: E402
-from pipeline.accel import Accel  # noqa: E402
+from pipeline.accel import Accel, inference_batch  # noqa: E402
 from pipeline.distributed import pick_device  # noqa: E402
 from pipeline.losses import create_loss  # noqa: E402
 from pipeline.petastorm_loader import PetastormLoader  # noqa: E402
@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--model", default="resnet32")
     ap.add_argument("--loaders", default="memory,petastorm", help="data paths to time (fp32), comma-separated")
     ap.add_argument("--steps", default="fp32,channels_last", help=f"step variants to time: {', '.join(STEPS)}")
+    ap.add_argument("--eval-batches", default="0", help="evaluation batch sizes to time, comma-separated (0: the "
+                    "device's default, train.data.eval_batch_size)")
     args = ap.parse_args()
     splits = ensure_splits(args.archive, Path(args.work))
     cfg = resolve([], [("train.model", args.model)]).train
@@ -116,22 +118,29 @@ def main() -> None:
             _, _, seen = train_one_epoch(stepper, Classify(cfg), loss_fn, opt, memory, epoch, None, device, accel=accel)
             sync(device)
             rows.append((f"memory loader, {step}", epoch, seen / (time.time() - t0)))
-        sync(device)
-        t0 = time.time()
-        predict(model, test, augment, cfg.data.eval_batch_size, device, accel)
-        sync(device)
-        evals[step] = len(test) / (time.time() - t0)
+        for size in [int(b) for b in args.eval_batches.split(",") if b]:
+            batch = inference_batch(size, device)
+            sync(device)
+            t0 = time.time()
+            predict(model, test, augment, batch, device, accel)
+            sync(device)
+            evals.setdefault(step, {})[batch] = len(test) / (time.time() - t0)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; model {args.model}, batch {cfg.batch_size}, {len(labeled)} labeled images")
-    print(f"{'stage':<48}{'images/s':>10}{'s/epoch':>10}")
-    print(f"{'decode labeled split into memory':<48}{len(labeled) / t_decode:>10.0f}")
+    print(f"{'stage':<60}{'images/s':>10}{'s/epoch':>10}")
+    print(f"{'decode labeled split into memory':<60}{len(labeled) / t_decode:>10.0f}")
     for what, epoch, rate in rows:
-        print(f"{f'train epoch {epoch + 1} ({what})':<48}{rate:>10.0f}{len(labeled) / rate:>10.1f}")
-    for step, rate in evals.items():
-        print(f"{f'evaluate {len(test)} test images ({step})':<48}{rate:>10.0f}{len(test) / rate:>10.1f}")
-    print("\none 200-epoch run (train + evaluation every epoch) at the last epoch's rate:")
-    for step, rate in evals.items():
+        print(f"{f'train epoch {epoch + 1} ({what})':<60}{rate:>10.0f}{len(labeled) / rate:>10.1f}")
+    for step, by_batch in evals.items():
+        for batch, rate in by_batch.items():
+            print(f"{f'evaluate {len(test)} test images ({step}, batch {batch})':<60}{rate:>10.0f}"
+                  f"{len(test) / rate:>10.1f}")
+    print("\none 200-epoch run (train + evaluation every epoch) at the last epoch's rate, the default "
+          "evaluation batch:")
+    default = inference_batch(cfg.data.eval_batch_size, device)
+    for step, by_batch in evals.items():
+        rate = by_batch.get(default, next(iter(by_batch.values())))
         train = [r for w, _, r in rows if w == f"memory loader, {step}"][-1]
         total = 200 * (len(labeled) / train + len(test) / rate)
         print(f"  {step}: {total / 60:.1f} min ({total:.0f} s)")

@@ -50,3 +50,16 @@ def accel_for(t: RuntimeConfig, device: torch.device) -> Accel:
     precision = ("bf16" if cuda else "fp32") if t.precision == "auto" else t.precision
     channels_last = cuda if t.channels_last == "auto" else t.channels_last == "on"
     return Accel(precision, channels_last, t.compile)
+
+
+# Images per inference forward pass (evaluation, scoring) when the setting is 0 (auto). On a CPU, 128
+# keeps ResNet-32's activations in cache: evaluation ran 946 vs 487 images/s (fp32 NCHW, 2 threads) and
+# 1,415 vs 763 (channels-last) at 128 vs 512 on the 2-core dev machine. A GPU keeps 512: few, large batches.
+INFERENCE_BATCH = {"cpu": 128, "cuda": 512}
+
+
+def inference_batch(size: int, device) -> int:
+    """``size``, or for 0 the device's default (``INFERENCE_BATCH``)."""
+    if size < 0:
+        raise ValueError(f"an inference batch size must be >= 0 (0: the device's default), got {size}")
+    return size or INFERENCE_BATCH.get(torch.device(device).type, INFERENCE_BATCH["cpu"])

@@ -159,7 +159,7 @@ class DataConfig:
     norm_std: Optional[list[float]] = None  # per-channel std; set together with norm_mean
     loader: Literal["auto", "memory", "petastorm"] = "auto"
     memory_limit_mb: int = 4096  # auto: decoded splits up to this size are held in memory
-    eval_batch_size: int = 512
+    eval_batch_size: int = 0  # images per evaluation forward pass; 0: 128 on a CPU, 512 on a GPU (pipeline.accel)
 
 
 @dataclass
@@ -259,6 +259,8 @@ class TrainConfig:
                            ("schedule.reference_epochs", s.reference_epochs), ("semi.rounds", semi.rounds)):
             if value < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {value}")
+        if d.eval_batch_size < 0:
+            raise ConfigError(f"train.data.eval_batch_size must be >= 0 (0: the device's default), got {d.eval_batch_size}")
         for key, beta in (("loss.cb_beta", self.loss.cb_beta), ("sampler.cb_beta", self.sampler.cb_beta)):
             if not 0 <= beta < 1:
                 raise ConfigError(f"train.{key} must be in [0, 1), got {beta}")
@@ -334,9 +336,10 @@ class PseudoLabelConfig:
     darp_alpha: float = 2.0  # darp's pre-step: the alpha * target_k rows most confident in class k
     crest_align: bool = False  # CReST+: align predictions to the labeled distribution, t annealed over the rounds
     crest_final_t: float = 0.5  # crest_align: the temperature of the last round's labels (the first: 1.0)
-    # images per forward pass: 128 keeps ResNet-32's activations in this CPU's cache (2 workers at once:
-    # fp32 615 vs 415 images/s each at 512, bf16 1,400 vs 1,200); raise it on a GPU
-    batch_size: int = 128
+    # images per forward pass; 0: 128 on a CPU, 512 on a GPU (pipeline.accel.inference_batch). At 128
+    # ResNet-32's activations stay in this CPU's cache (2 workers at once: fp32 615 vs 415 images/s each
+    # at 512, bf16 1,400 vs 1,200)
+    batch_size: int = 0
     threads_per_task: int = 1  # torch threads in each Python worker (a worker per core on local[*])
     # the scoring forward pass: fp32, or bf16 autocast (checked against fp32 on the test split when the
     # stream starts: agreement and top-1 recorded with the stream)
@@ -346,9 +349,11 @@ class PseudoLabelConfig:
     experiment: Optional[str] = None  # MLflow experiment of the "pseudolabel" run; None: the base model's
 
     def validate(self) -> None:
-        for key in ("max_files_per_trigger", "batch_size", "threads_per_task", "top_k"):
+        for key in ("max_files_per_trigger", "threads_per_task", "top_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"pseudolabel.{key} must be >= 1, got {getattr(self, key)}")
+        if self.batch_size < 0:
+            raise ConfigError(f"pseudolabel.batch_size must be >= 0 (0: the device's default), got {self.batch_size}")
         if not 0 <= self.tau <= 1:
             raise ConfigError(f"pseudolabel.tau must be in [0, 1], got {self.tau}")
         if self.interval_s <= 0 or self.timeout_s < 0:

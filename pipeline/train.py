@@ -18,7 +18,7 @@ import torch
 
 from models import Classifier, create_model
 from pipeline import distributed, fs, schema
-from pipeline.accel import Accel, accel_for
+from pipeline.accel import Accel, accel_for, inference_batch
 from pipeline.config import Config, ConfigError, TrainConfig, flatten, to_dict
 from pipeline.data import (ROTATIONS, Augment, ImageSet, concat, eval_batches, load_split, random_rotations,
                            rotations, semi_loader)
@@ -70,7 +70,8 @@ def predict(model: torch.nn.Module, data: ImageSet, augment: Augment, batch: int
 
 def evaluate(model, data: ImageSet, augment: Augment, loss_fn, train_counts, cfg, device) -> dict:
     accel = accel_for(cfg.train.runtime, torch.device(device))
-    logits = torch.from_numpy(predict(model, data, augment, cfg.train.data.eval_batch_size, device, accel))
+    batch = inference_batch(cfg.train.data.eval_batch_size, device)
+    logits = torch.from_numpy(predict(model, data, augment, batch, device, accel))
     logits = posthoc_adjust(logits, loss_fn.log_prior.cpu(), cfg.train.loss.posthoc_tau)
     return evaluate_logits(logits.numpy(), data.labels.cpu().numpy(), train_counts)
 

@@ -33,7 +33,7 @@ class ScoringModel:
     run_id: str
     tracking_uri: str
     device: str = "auto"
-    batch_size: int = 128
+    batch_size: int = 0  # images per forward pass; 0: the device's default (pipeline.accel.inference_batch)
     threads: int = 1
     version: Optional[str] = None  # "name/version" when the model was asked for as models:/...
     precision: str = "fp32"  # fp32 | bf16: the forward pass in bf16 autocast (pseudolabel.precision)
@@ -47,7 +47,7 @@ def model_uri(ref: str) -> str:
     return ref
 
 
-def resolve(ref: str, device: str = "auto", batch_size: int = 128, threads: int = 1,
+def resolve(ref: str, device: str = "auto", batch_size: int = 0, threads: int = 1,
             precision: str = "fp32") -> ScoringModel:
     """Check on the driver that ``ref`` names a logged model and find the run that logged it."""
     import mlflow
@@ -167,9 +167,11 @@ def score_frame(frame: pd.DataFrame, model, device, run_id: str, batch_size: int
 
 
 def _score_partition(frames: Iterator[pd.DataFrame], ref: ScoringModel) -> Iterator[pd.DataFrame]:
+    from pipeline.accel import inference_batch
+
     model, device = load(ref)
     for frame in frames:
-        yield score_frame(frame, model, device, ref.run_id, ref.batch_size, ref.precision)
+        yield score_frame(frame, model, device, ref.run_id, inference_batch(ref.batch_size, device), ref.precision)
 
 
 IMAGE_INPUT = ("id", "image", "image_format", "height", "width", "channels")

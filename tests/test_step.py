@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import create_model
-from pipeline.accel import Accel, accel_for
+from pipeline.accel import Accel, accel_for, inference_batch
 from pipeline.config import ConfigError, DataConfig, RuntimeConfig, TrainConfig, resolve
 from pipeline.data import Augment, ImageSet, MemoryLoader
 from pipeline.losses import create_loss
@@ -94,6 +94,27 @@ def test_auto_is_fp32_nchw_on_the_cpu_and_bf16_channels_last_on_cuda():
 def test_an_unknown_precision_is_refused_by_name():
     with pytest.raises(ConfigError, match="train.runtime.precision"):
         resolve([], [("train.runtime.precision", "fp8")])
+
+
+def test_inference_batches_default_by_device_and_a_given_size_wins():
+    assert inference_batch(0, "cpu") == 128 and inference_batch(0, torch.device("cuda", 1)) == 512
+    assert inference_batch(300, "cpu") == 300 == inference_batch(300, "cuda")
+    cfg = resolve([], [])
+    assert cfg.train.data.eval_batch_size == 0 == cfg.pseudolabel.batch_size  # the defaults are the device's
+    for key in ("train.data.eval_batch_size", "pseudolabel.batch_size"):
+        with pytest.raises(ConfigError, match=key):
+            resolve([], [(key, "-1")])
+
+
+def test_prediction_does_not_depend_on_the_inference_batch():
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=4, in_channels=3, image_size=8).eval()
+    data = ImageSet(torch.randint(0, 256, (37, 3, 8, 8), dtype=torch.uint8), torch.zeros(37, dtype=torch.int64),
+                    [str(i) for i in range(37)])
+    augment = Augment([0.5] * 3, [0.25] * 3, "none")
+    with torch.inference_mode():
+        small, large = (predict(model, data, augment, b, "cpu") for b in (5, 512))
+    assert torch.allclose(torch.from_numpy(small), torch.from_numpy(large), atol=1e-5)
 
 
 @pytest.mark.slow

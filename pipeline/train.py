@@ -347,18 +347,28 @@ def _pseudo_labeled(t: TrainConfig, manifest: dict, ctx: distributed.Context) ->
         raise ConfigError(f"train.semi.pseudo_labels: {t.semi.pseudo_labels} labels classes {info['class_names'][:5]}..., "
                           f"the splits have {manifest['class_names'][:5]}...")
     pool = load_split(info["input"])
-    where = {i: n for n, i in enumerate(pool.ids)}
-    missing = [i for i in ids if i not in where]
-    if missing:
-        raise ConfigError(f"train.semi.pseudo_labels: {len(missing)} pseudo-labeled ids are not in {info['input']}, "
-                          f"e.g. {missing[:3]}")
-    rows = torch.tensor([where[i] for i in ids], dtype=torch.int64)
+    rows, ids, labels = in_pool_order(ids, labels, pool.ids, info["input"])
     pseudo = ImageSet(pool.images[rows], torch.from_numpy(labels), ids).to(ctx.device)
     pseudo_counts = np.bincount(labels, minlength=len(manifest["class_names"])).tolist()
     return pseudo, {"pseudo_labels": fs.normalize(t.semi.pseudo_labels), "pseudolabel_run_id": info["run_id"],
                     "base_run_id": info["model_run_id"], "policy": info["policy"], "pseudo_counts": pseudo_counts,
                     "pseudo_total": len(ids), "semi_batches": t.semi.batches, "round": info.get("round", 0) + 1,
                     "pseudo_ids_sha256": ids_sha256(ids)}
+
+
+def in_pool_order(ids: list[str], labels: np.ndarray, pool_ids: list[str], pool: str
+                  ) -> tuple[torch.Tensor, list[str], np.ndarray]:
+    """(rows of the pool, ids, labels) of the pseudo-labels, in the pool's row order: the stream's
+    scoring order depends on how it cut micro-batches (files per trigger, a restart, files written in
+    the same second), the training must not."""
+    where = {i: n for n, i in enumerate(pool_ids)}
+    missing = [i for i in ids if i not in where]
+    if missing:
+        raise ConfigError(f"train.semi.pseudo_labels: {len(missing)} pseudo-labeled ids are not in {pool}, "
+                          f"e.g. {missing[:3]}")
+    rows = np.array([where[i] for i in ids], dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    return torch.from_numpy(rows[order]), [ids[k] for k in order], np.asarray(labels)[order]
 
 
 def _rotation_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> TrainData:

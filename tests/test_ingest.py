@@ -321,6 +321,7 @@ def test_archive_members_are_read_at_the_listed_offsets_and_a_changed_archive_is
     rows = [r for unit in plan.units for r in source.read(unit, ctx)]
     assert len(rows) == len(files) and {r["reason"] for r in rows} == {"unreadable_source"}
     assert "changed since it was listed" in rows[0]["detail"]
+    assert sorted(r["source"] for r in rows) == sorted(f"{archive}!{name}" for name in files)  # each one named
 
 
 def test_written_ids_counts_the_rows_and_names_the_repeated_ids(spark, tmp_path):

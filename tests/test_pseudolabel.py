@@ -259,6 +259,17 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
 
 # --- semi-supervised training on the pseudo-labels ----------------------------------------------
 
+def test_pseudo_labels_train_in_the_pools_order_not_the_streams():
+    from pipeline.config import ConfigError
+    from pipeline.train import in_pool_order
+
+    pool = ["a", "b", "c", "d"]
+    rows, ids, labels = in_pool_order(["d", "b", "a"], np.array([3, 1, 0]), pool, "POOL")  # scored d first
+    assert rows.tolist() == [0, 1, 3] and ids == ["a", "b", "d"] and labels.tolist() == [0, 1, 3]
+    with pytest.raises(ConfigError, match="1 pseudo-labeled ids are not in POOL"):
+        in_pool_order(["a", "z"], np.array([0, 1]), pool, "POOL")
+
+
 def test_mixed_batches_hold_the_labeled_share_and_cover_the_labeled_set_once():
     from pipeline.config import DataConfig, SemiConfig, TrainConfig
     from pipeline.data import Augment, ImageSet, MixedLoader

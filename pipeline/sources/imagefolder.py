@@ -116,7 +116,7 @@ class ImageFolder(Source):
                                   f"{_identity(unit['source'])})")
             with fs.open_input(unit["source"]) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
                 for name, offset, size in members:
-                    if offset is None:
+                    if offset is None:  # a link or another member that is not a file: ``size`` says which
                         yield rejected_row(f"{unit['source']}!{name}", None, "link_member", size)
                     else:
                         yield self._row(place(name, unit["prefix"], labeled), f"{unit['source']}!{name}",
@@ -124,8 +124,8 @@ class ImageFolder(Source):
                     done += 1
         except Exception as e:  # a corrupt or changed archive: the files not read yet are rejected one by one
             detail = f"archive read failed: {type(e).__name__}: {e}"
-        for index in range(start + done, start + len(members)):
-            yield rejected_row(f"{unit['source']}!#{index}", None, reason, detail)
+        for index, (name, _, _) in enumerate(members[done:], start + done):
+            yield rejected_row(f"{unit['source']}!{name}", None, reason, f"member #{index}: {detail}")
 
     @staticmethod
     def _row(placed: tuple, source: str, load, ctx: TaskContext) -> dict:

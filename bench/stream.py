@@ -28,6 +28,7 @@ from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits 
 from models import create_model  # noqa: E402
 from pipeline import model_io  # noqa: E402
 from pipeline.accel import inference_batch  # noqa: E402
+from pipeline.distributed import wants_gpu  # noqa: E402
 from pipeline.config import resolve  # noqa: E402
 from pipeline.schema import TRUTH  # noqa: E402
 from pipeline.spark import session  # noqa: E402
@@ -107,7 +108,7 @@ def main() -> None:
     batches = read_balance(str(out)).to_pandas().drop_duplicates("batch_id")
     first, steady = batches.iloc[0], batches.iloc[1:]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {cores} Spark task slots"
-    batch = inference_batch(cfg.pseudolabel.batch_size, "cuda" if torch.cuda.is_available() else "cpu")
+    batch = inference_batch(cfg.pseudolabel.batch_size, "cuda" if wants_gpu(cfg.pseudolabel.device) else "cpu")
     print(f"device: {device}; model {args.model}; {int(batches.batch_rows.sum())} images in {len(batches)} "
           f"micro-batches of {args.files_per_trigger} files; {args.threads} torch thread(s) per task; "
           f"scoring in {args.precision}, {batch} images per forward pass")

@@ -152,6 +152,9 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
         n_input, n_rejected = sum(g["count"] for g in groups), sum(by_reason.values())
         if n_input != written + n_rejected:
             raise IngestError(f"lost records: {n_input} input records, {written} written + {n_rejected} rejected")
+        counted = sum(g["count"] for g in groups if g["reason"] is None)
+        if written != counted:  # the counts per split and class below are of the records counted, not recomputed ones
+            raise IngestError(f"the records changed while written: {counted} accepted when counted, {written} written")
         if plan.expected_records is not None and n_input != plan.expected_records:
             raise IngestError(f"lost records: the plan listed {plan.expected_records} input records, "
                               f"the tasks accounted for {n_input}")

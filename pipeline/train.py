@@ -10,6 +10,7 @@ import json
 import os
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -361,6 +362,10 @@ def in_pool_order(ids: list[str], labels: np.ndarray, pool_ids: list[str], pool:
     """(rows of the pool, ids, labels) of the pseudo-labels, in the pool's row order: the stream's
     scoring order depends on how it cut micro-batches (files per trigger, a restart, files written in
     the same second), the training must not."""
+    repeated = [i for i, n in Counter(ids).items() if n > 1]
+    if repeated:  # the pool reached the stream twice (a file copied into its inbox again)
+        raise ConfigError(f"train.semi.pseudo_labels: {len(repeated)} ids are pseudo-labelled more than once, e.g. "
+                          f"{repeated[:3]}")
     where = {i: n for n, i in enumerate(pool_ids)}
     missing = [i for i in ids if i not in where]
     if missing:

@@ -141,6 +141,9 @@ def score_frame(frame: pd.DataFrame, model, device, run_id: str, batch_size: int
 
     from pipeline.accel import Accel
 
+    if batch_size < 1:
+        raise ValueError(f"score_frame: batch_size must be >= 1 (resolve 0 with pipeline.accel.inference_batch), "
+                         f"got {batch_size}")
     columns = [c.name for c in SCORED]
     if frame.empty:
         return pd.DataFrame({c: [] for c in columns})

@@ -36,8 +36,9 @@ def write_labels(table: pa.Table, out: str, batch_id: int) -> None:
     folder = batch_dir(out, batch_id)
     fsys = fs.filesystem(folder)[0]
     declared = schema.arrow_schema(schema.LABEL_COLUMNS)
-    pq.write_table(table.select(declared.names).cast(declared), fs.filesystem(fs.join(folder, PART))[1],
-                   filesystem=fsys)
+    tmp = fs.join(folder, f".{PART}.{uuid.uuid4().hex[:8]}.tmp")  # a reader never opens a half-written PART
+    pq.write_table(table.select(declared.names).cast(declared), fs.filesystem(tmp)[1], filesystem=fsys)
+    fs.move(tmp, fs.join(folder, PART))
     with fsys.open_output_stream(fs.filesystem(fs.join(folder, SUCCESS))[1]):
         pass
 

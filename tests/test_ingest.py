@@ -300,6 +300,7 @@ def _archive(path, files: dict):
 
 
 def test_archive_members_are_read_at_the_listed_offsets_and_a_changed_archive_is_rejected(tmp_path):
+    import io
     import os
 
     from pipeline.config import resolve
@@ -322,6 +323,26 @@ def test_archive_members_are_read_at_the_listed_offsets_and_a_changed_archive_is
     assert len(rows) == len(files) and {r["reason"] for r in rows} == {"unreadable_source"}
     assert "changed since it was listed" in rows[0]["detail"]
     assert sorted(r["source"] for r in rows) == sorted(f"{archive}!{name}" for name in files)  # each one named
+
+    # same size and mtime, members swapped: the header checksums tell
+    plain, image = tmp_path / "t.tar", image_bytes(seed=1)
+    swapped = {"train/a/0.png": image, "train/b/0.png": image}
+    with tarfile.open(plain, "w") as tar:
+        for name, data in swapped.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    listed = os.stat(plain)
+    plan = source.plan(resolve([], [("ingest.source", json.dumps([str(plain)]))]).ingest, 1)
+    with tarfile.open(plain, "w") as tar:
+        for name, data in reversed(swapped.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    os.utime(plain, ns=(listed.st_atime_ns, listed.st_mtime_ns))
+    assert os.stat(plain).st_size == listed.st_size
+    rows = list(source.read(plan.units[0], TaskContext(tuple(plan.class_names), None, None, plan.label_type)))
+    assert [r["reason"] for r in rows] == ["unreadable_source"] * 2 and "checksum" in rows[0]["detail"]
 
 
 def test_written_ids_counts_the_rows_and_names_the_repeated_ids(spark, tmp_path):

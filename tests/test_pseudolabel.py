@@ -268,6 +268,8 @@ def test_pseudo_labels_train_in_the_pools_order_not_the_streams():
     assert rows.tolist() == [0, 1, 3] and ids == ["a", "b", "d"] and labels.tolist() == [0, 1, 3]
     with pytest.raises(ConfigError, match="1 pseudo-labeled ids are not in POOL"):
         in_pool_order(["a", "z"], np.array([0, 1]), pool, "POOL")
+    with pytest.raises(ConfigError, match=r"1 ids are pseudo-labelled more than once, e.g. \['b'\]"):
+        in_pool_order(["b", "a", "b"], np.array([1, 0, 2]), pool, "POOL")
 
 
 def test_mixed_batches_hold_the_labeled_share_and_cover_the_labeled_set_once():

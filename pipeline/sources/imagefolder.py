@@ -24,13 +24,14 @@ def _archive_files(source: str) -> Iterator[tuple[str, tarfile.TarFile, tarfile.
 
 
 def _listed(name: str, member: tarfile.TarInfo) -> list:
-    """A member as the plan hands it to a task: [name, data offset, size] for a regular file, else
-    [name, None, why it is not read]. The task reads the bytes there without parsing any header."""
+    """A member as the plan hands it to a task: [name, data offset, size, header checksum] for a
+    regular file, else [name, None, why it is not read, None]. The task reads the bytes there without
+    parsing the headers, after checking that the header before them has the listed checksum."""
     if member.isfile() and not member.issparse():
-        return [name, member.offset_data, member.size]
+        return [name, member.offset_data, member.size, member.chksum]
     kind = ("symlink" if member.issym() else "hard link" if member.islnk() else "sparse file" if member.issparse()
             else member.type)
-    return [name, None, f"a {kind} member (to {member.linkname!r}), not followed"]
+    return [name, None, f"a {kind} member (to {member.linkname!r}), not followed", None]
 
 
 def _identity(source: str) -> list:
@@ -111,20 +112,20 @@ class ImageFolder(Source):
         members, start = unit["members"], unit["start"]
         reason, detail, done = "unreadable_source", "", 0
         try:
-            if _identity(unit["source"]) != unit["identity"]:
-                raise SourceError(f"the archive changed since it was listed (size, mtime {unit['identity']} -> "
-                                  f"{_identity(unit['source'])})")
             with fs.open_input(unit["source"]) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
-                for name, offset, size in members:
+                if _identity(unit["source"]) != unit["identity"]:
+                    raise SourceError(f"the archive changed since it was listed (size, mtime {unit['identity']} "
+                                      f"-> {_identity(unit['source'])})")
+                for name, offset, size, chksum in members:
                     if offset is None:  # a link or another member that is not a file: ``size`` says which
                         yield rejected_row(f"{unit['source']}!{name}", None, "link_member", size)
                     else:
                         yield self._row(place(name, unit["prefix"], labeled), f"{unit['source']}!{name}",
-                                        lambda: _read_at(tar, name, offset, size), ctx)
+                                        lambda: _read_at(tar, name, offset, size, chksum), ctx)
                     done += 1
         except Exception as e:  # a corrupt or changed archive: the files not read yet are rejected one by one
             detail = f"archive read failed: {type(e).__name__}: {e}"
-        for index, (name, _, _) in enumerate(members[done:], start + done):
+        for index, (name, *_) in enumerate(members[done:], start + done):
             yield rejected_row(f"{unit['source']}!{name}", None, reason, f"member #{index}: {detail}")
 
     @staticmethod
@@ -139,12 +140,21 @@ class ImageFolder(Source):
         return image_row(ctx, image_id, split, cls, source, encoded=data)
 
 
-def _read_at(tar: tarfile.TarFile, name: str, offset: int, size: int) -> bytes:
-    """The ``size`` bytes of member ``name`` at data offset ``offset`` (members are read in archive
-    order, so a compressed stream only ever moves forward)."""
-    member = tarfile.TarInfo(name)
-    member.type, member.offset_data, member.size = tarfile.REGTYPE, offset, size
-    data = tar.extractfile(member).read()
+def _read_at(tar: tarfile.TarFile, name: str, offset: int, size: int, chksum: int) -> bytes:
+    """The ``size`` bytes of member ``name`` at data offset ``offset``, once the header block just
+    before them has the checksum the listing saw; else SourceError, and the unit's remaining members
+    are rejected (members are read in archive order, so a compressed stream only moves forward)."""
+    stream = tar.fileobj
+    stream.seek(offset - tarfile.BLOCKSIZE)
+    header = stream.read(tarfile.BLOCKSIZE)
+    try:
+        found = tarfile.nti(header[148:156])
+    except tarfile.HeaderError:
+        found = None
+    if found != chksum:
+        raise SourceError(f"{name}: the header before offset {offset} is not the listed member's (checksum "
+                          f"{found}, listed {chksum}): the archive changed since it was listed")
+    data = stream.read(size)
     if len(data) != size:
         raise tarfile.ReadError(f"{name}: {len(data)} of its {size} bytes (the archive ends early)")
     return data

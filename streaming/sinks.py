@@ -6,7 +6,6 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 
 from pipeline import fs, schema
 from pipeline.pseudo_labels import (  # noqa: F401  (the readers, for the stream's users)
@@ -21,9 +20,8 @@ def begin_labels(out: str, batch_id: int) -> None:
     replaced by the replay."""
     folder = batch_dir(out, batch_id)
     fsys, path = fs.filesystem(folder)
-    marker = fs.filesystem(fs.join(folder, SUCCESS))[1]
-    if fsys.get_file_info(marker).type != pafs.FileType.NotFound:
-        fsys.delete_file(marker)
+    if fs.exists(fs.join(folder, SUCCESS)):
+        fsys.delete_file(fs.filesystem(fs.join(folder, SUCCESS))[1])
     fs.delete_dir(folder)
     fsys.create_dir(path, recursive=True)
 
@@ -33,33 +31,28 @@ def write_labels(table: pa.Table, out: str, batch_id: int) -> None:
     ``begin_labels`` emptied, then its ``_SUCCESS``. The rows come to the driver with the batch (about
     100 bytes an image, the image bytes stay behind): one Spark job per micro-batch instead of a
     cached frame written, queried and counted by three."""
-    folder = batch_dir(out, batch_id)
-    fsys = fs.filesystem(folder)[0]
     declared = schema.arrow_schema(schema.LABEL_COLUMNS)
-    tmp = fs.join(folder, f".{PART}.{uuid.uuid4().hex[:8]}.tmp")  # a reader never opens a half-written PART
-    pq.write_table(table.select(declared.names).cast(declared), fs.filesystem(tmp)[1], filesystem=fsys)
-    fs.move(tmp, fs.join(folder, PART))
-    with fsys.open_output_stream(fs.filesystem(fs.join(folder, SUCCESS))[1]):
-        pass
+    _write_whole(table.select(declared.names).cast(declared), batch_dir(out, batch_id), PART)
+    fs.write_bytes(fs.join(batch_dir(out, batch_id), SUCCESS), b"")
+
+
+def _write_whole(table: pa.Table, folder: str, name: str) -> None:
+    """``folder/name`` written beside (``.name.<random>.tmp``), then renamed into place: a reader
+    never opens a half-written file, and a replay replaces its own."""
+    fsys, path = fs.filesystem(fs.join(folder, name))
+    fsys.create_dir(fs.filesystem(folder)[1], recursive=True)
+    tmp = fs.filesystem(fs.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp"))[1]
+    pq.write_table(table, tmp, filesystem=fsys)
+    fsys.move(tmp, path)
 
 
 def write_balance(out: str, batch_id: int, table: pa.Table) -> None:
     """Write the balance of ``batch_id`` whole, then rename it into place (replacing a replay's)."""
-    root = fs.join(out, BALANCE)
-    fsys, path = fs.filesystem(fs.join(root, f"batch-{batch_id:08d}.parquet"))
-    fsys.create_dir(fs.filesystem(root)[1], recursive=True)
-    tmp = fs.filesystem(fs.join(root, f".batch-{batch_id:08d}.{uuid.uuid4().hex[:8]}.tmp"))[1]
-    pq.write_table(table, tmp, filesystem=fsys)
-    fsys.move(tmp, path)
+    _write_whole(table, fs.join(out, BALANCE), f"batch-{batch_id:08d}.parquet")
 
 
 def write_rejected(out: str, batch_id: int, rows: list[dict]) -> None:
     """The inputs of ``batch_id`` that could not be scored (unreadable files, undecodable images),
     with their reason: OUT/rejected/batch-N.parquet, written whole then renamed (a replay replaces it)."""
-    root = fs.join(out, REJECTED)
-    fsys, path = fs.filesystem(fs.join(root, f"batch-{batch_id:08d}.parquet"))
-    fsys.create_dir(fs.filesystem(root)[1], recursive=True)
-    tmp = fs.filesystem(fs.join(root, f".batch-{batch_id:08d}.{uuid.uuid4().hex[:8]}.tmp"))[1]
     table = pa.Table.from_pylist([{"batch_id": batch_id, **r} for r in rows], schema=REJECTED_SCHEMA)
-    pq.write_table(table, tmp, filesystem=fsys)
-    fsys.move(tmp, path)
+    _write_whole(table, fs.join(out, REJECTED), f"batch-{batch_id:08d}.parquet")

@@ -14,13 +14,13 @@ from pipeline.sources import (Plan, Source, SourceError, TaskContext, chunks, im
 from pipeline.sources.cifar import ARCHIVE_SUFFIXES
 
 
-def _archive_files(source: str) -> Iterator[tuple[str, tarfile.TarFile, tarfile.TarInfo]]:
-    """(member name, archive, member) of each member but folders, in archive order: regular files and
-    links (a link is rejected, never followed, and so still counted)."""
+def _archive_files(source: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """(member name, member) of each member but folders, in archive order: regular files and links
+    (a link is rejected, never followed, and so still counted)."""
     with fs.open_input(source) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
         for m in tar:
             if not m.isdir():
-                yield m.name.removeprefix("./"), tar, m
+                yield m.name.removeprefix("./"), m
 
 
 def _listed(name: str, member: tarfile.TarInfo) -> list:
@@ -74,7 +74,7 @@ class ImageFolder(Source):
         archive = source.endswith(ARCHIVE_SUFFIXES)
         try:
             identity = _identity(source) if archive else None
-            members = [_listed(name, m) for name, _, m in _archive_files(source)] if archive else []
+            members = [_listed(name, m) for name, m in _archive_files(source)] if archive else []
             paths = [m[0] for m in members] if archive else [p for p, _ in fs.list_files(source)]
         except (OSError, EOFError, tarfile.TarError) as e:
             raise SourceError(f"imagefolder: cannot list {source}: {type(e).__name__}: {e}") from None

@@ -1,12 +1,34 @@
-"""Benchmark: the reference protocol on CIFAR-10-LT (rho = 100, ResNet-32, 200 epochs) from the JPEG
-copy in ../shared/data, one run per method, timed, next to the reference implementation's
-accuracy on the same copy. Meant for a GPU (~10 min per run on an H100); on a CPU use --epochs to
-check the wiring only.
+"""The reference protocol on CIFAR-10-LT (rho = 100, ResNet-32, 200 epochs) from the JPEG copy in
+../shared/data, through the real job (spark-submit jobs/train.py: TorchDistributor, MLflow), one
+run per method and seed, on the reference code's very images (``--subset reference``, as
+bench/equal_budget.py) or this project's draw (``--subset ours``).
 
-    .venv/bin/python bench/cifar10_lt.py --archive ../shared/data/cifar10-jpeg.tar.gz [--methods ce,ldam_drw]"""
+    .venv/bin/python bench/cifar10_lt.py --archive ../shared/data/cifar10-jpeg.tar.gz --methods ce,ldam_drw
+
+A 200-epoch run is ~4 hours on a 2-core CPU, longer than one sitting, so the table is built across
+sittings:
+
+- the resumable state (ingest, splits, checkpoints, the MLflow store) lives in ``--state`` (default
+  ``$LONGTAIL_STATE``, else ``~/.cache/longtail-lab``), outside the work tree;
+- each finished run writes its record into ``--records`` at once (``<method>-s<seed>.json``: commit,
+  config and manifest sha256, seed, epochs, final and per-class figures, minutes, device, step); a
+  rerun skips a run whose record has the same config and data, and resumes an interrupted one from its
+  last checkpoint (the same weights it would have reached without the interruption);
+- ``--carry DIR`` keeps a copy of every unfinished run's checkpoint in DIR (refreshed each minute) and
+  starts from it when the state is gone (a new machine): the run then continues in a new MLflow run
+  (tag ``resumed_from_run_id``) with every epoch so far. Without a checkpoint, a run starts over and
+  says so.
+
+The table printed at the end holds every record in ``--records``, beside the reference code's figures
+on this copy (../shared/data/README.md) and the papers'."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,44 +36,156 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from equal_budget import prepare_reference, reference_subset  # noqa: E402  (the reference's images)
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
 
 from pipeline.config import resolve  # noqa: E402
-from pipeline.train import fit  # noqa: E402
+from pipeline.recipes import recipe_layers  # noqa: E402
+from pipeline.train import config_sha256  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "conf/experiments/cifar10_lt100.yaml"  # CIFAR-10-LT: the reference normalisation constants
 # The reference implementation (Yang & Xu 2020 / Cao et al. 2019 code) on this JPEG copy, from
-# ../shared/data/README.md: CE final epoch; LDAM-DRW best epoch over its first 193 epochs.
-REFERENCE = {"ce": "64.8 (final)", "ldam_drw": "72.8 (best epoch)"}
+# ../shared/data/README.md, and the papers' figures on the original arrays.
+REFERENCE = {"ce": "64.8 final (66.1 best epoch)", "ldam_drw": "72.8 best epoch"}
+PAPERS = {"ce": "70.4 (Cao et al. 2019)", "ldam_drw": "77.0 (Cao et al. 2019)",
+          "cb_focal": "74.6 (Cui et al. 2019)", "balanced_softmax": "- (CIFAR-10-LT rho 100 not reported)",
+          "logit_adjust": "77.7 (Menon et al. 2021, post-hoc 77.4)"}
+SUBMIT = ["spark-submit", "--master", "local[2]", "--driver-memory", "4g",
+          "--driver-java-options", "-Dlog4j.configurationFile=conf/log4j2.properties"]
+
+
+def overrides(splits: Path, method: str, args, run_dir: Path) -> list[tuple[str, str]]:
+    """The job's settings, as ``--set`` pairs: the same list resolves the config here (for its sha256)."""
+    return [("train.splits", str(splits)), ("train.method", method), ("train.epochs", str(args.epochs)),
+            ("train.seed", str(args.seed)), ("train.eval_every", str(args.eval_every)),
+            ("train.tracking.experiment", f"cifar10-lt100-e{args.epochs}"), ("train.runtime.run_dir", str(run_dir)),
+            ("train.runtime.resume", "true"), *(tuple(kv.split("=", 1)) for kv in args.set)]
+
+
+def resolved(pairs: list[tuple[str, str]]):
+    """The config jobs/train.py resolves from ``--config EXPERIMENT`` and these pairs (recipe below)."""
+    cfg = resolve([str(ROOT / EXPERIMENT)], pairs)
+    return resolve(recipe_layers(cfg) + [str(ROOT / EXPERIMENT)], pairs)
+
+
+def cpu_capability() -> str:
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def sync_carry(run_dir: Path, carry: Path, restore: bool) -> None:
+    """Copy each run's newest checkpoint between the state and the carry folder (same layout), newest wins."""
+    src, dst = (carry, run_dir) if restore else (run_dir, carry)
+    for ckpt in src.glob("*/checkpoint.pt"):
+        target = dst / ckpt.parent.name / "checkpoint.pt"
+        if not target.exists() or target.stat().st_mtime < ckpt.stat().st_mtime:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name("checkpoint.pt.tmp")
+            shutil.copy2(ckpt, tmp)
+            os.replace(tmp, target)
+            if restore:
+                print(f"carry: {ckpt} -> {target}", flush=True)
+
+
+def run_job(argv: list[str], run_dir: Path, carry: Path | None) -> None:
+    proc = subprocess.Popen(argv, cwd=ROOT)
+    while True:
+        try:
+            rc = proc.wait(timeout=60)
+            break
+        except subprocess.TimeoutExpired:
+            if carry:
+                sync_carry(run_dir, carry, restore=False)
+    if rc:
+        if carry:
+            sync_carry(run_dir, carry, restore=False)
+        raise SystemExit(f"{' '.join(argv[:8])} ... failed with exit status {rc}")
+
+
+def record_of(result: dict, method: str, args, cfg) -> dict:
+    return {"method": method, "seed": args.seed, "epochs": args.epochs, "eval_every": args.eval_every,
+            "subset": args.subset, "dataset": "cifar10-jpeg (../shared/data), rho 100, ResNet-32",
+            "config_sha256": config_sha256(cfg), "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": cpu_capability(), "threads": os.cpu_count(), **result}
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| method | seed | epochs | final top-1 | many | medium | few | best evaluated epoch on test (papers only) "
+             "| minutes | step | reference code on this copy | paper (original arrays) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["epochs"], r["method"], r["seed"])):
+        step = r["step"]
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {r['epochs']} | {100 * r['final_test_top1']:.1f} | "
+            f"{100 * r['final_test_many_accuracy']:.1f} | {100 * r['final_test_medium_accuracy']:.1f} | "
+            f"{100 * r['final_test_few_accuracy']:.1f} | {100 * r['best_on_test_epoch_top1']:.1f} "
+            f"(epoch {r['best_on_test_epoch']}) | {r['train_minutes']:.0f} | {step['precision']}"
+            f"{' channels-last' if step['channels_last'] else ''}, {r['device']} {r['cpu_capability']} | "
+            f"{REFERENCE.get(r['method'], '-') if r['epochs'] == 200 else '-'} | {PAPERS.get(r['method'], '-')} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archive", required=True)
-    ap.add_argument("--work", default="runs/bench")
     ap.add_argument("--methods", default="ce,ldam_drw")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=5, help="train.eval_every (the last epoch is always evaluated)")
+    ap.add_argument("--subset", default="reference", choices=["reference", "ours"])
+    ap.add_argument("--state", default=os.environ.get("LONGTAIL_STATE", str(Path.home() / ".cache/longtail-lab")))
+    ap.add_argument("--records", default=None, help="default: docs/records/cifar10-lt100-e<epochs>")
+    ap.add_argument("--carry", default=None, help="a folder that keeps unfinished runs' checkpoints across machines")
+    ap.add_argument("--reference", default=str(ROOT.parent / "shared/reference/imbalanced-semi-self"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another setting of every run")
     args = ap.parse_args()
-    splits = ensure_splits(args.archive, Path(args.work))
-    rows = []
+    state = Path(args.state).resolve() / "cifar10-lt"
+    records = Path(args.records or ROOT / f"docs/records/cifar10-lt100-e{args.epochs}").resolve()
+    records.mkdir(parents=True, exist_ok=True)
+    run_dir, carry = state / "runs", Path(args.carry).resolve() if args.carry else None
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow' / 'mlflow.db'}")
+    (state / "mlflow").mkdir(parents=True, exist_ok=True)
+    for key in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
+        os.environ.setdefault(key, sys.executable)
+    os.chdir(ROOT)
+    if args.subset == "reference":
+        ref = prepare_reference(Path(args.reference), state, args.archive)
+        splits = reference_subset(args.archive, state, ref, splits_root=state)
+    else:
+        splits = ensure_splits(args.archive, state)
+    manifest = json.loads((splits / "manifest.json").read_text())["manifest_sha256"]
+    if carry:
+        sync_carry(run_dir, carry, restore=True)
+    submit = [str(Path(sys.executable).parent / SUBMIT[0]), *SUBMIT[1:]]
     for method in args.methods.split(","):
-        cfg = resolve([str(ROOT / "conf/methods" / f"{method}.yaml"), str(ROOT / EXPERIMENT)], [
-            ("train.splits", str(splits)), ("train.method", method), ("train.epochs", str(args.epochs)),
-            ("train.seed", str(args.seed)), ("train.tracking.experiment", "bench-cifar10-lt100"),
-            ("train.runtime.run_dir", str(Path(args.work) / "runs"))])
-        started = time.time()
-        result = fit(cfg)
-        rows.append((method, time.time() - started, result))
-    print(f"\nCIFAR-10-LT rho=100, ResNet-32, {args.epochs} epochs, seed {args.seed}")
-    print("| method | minutes | final top-1 | many | medium | few | best epoch on test (papers only) | reference on this copy |")
-    print("|---|---|---|---|---|---|---|---|")
-    for method, seconds, r in rows:
-        print(f"| {method} | {seconds / 60:.1f} | {100 * r['final_test_top1']:.1f} | "
-              f"{100 * r['final_test_many_accuracy']:.1f} | {100 * r['final_test_medium_accuracy']:.1f} | "
-              f"{100 * r['final_test_few_accuracy']:.1f} | {100 * r['best_on_test_epoch_top1']:.1f} | "
-              f"{REFERENCE.get(method, '-')} |")
+        pairs = overrides(splits, method, args, run_dir)
+        cfg, out = resolved(pairs), records / f"{method}-s{args.seed}.json"
+        if out.exists():
+            old = json.loads(out.read_text())
+            if old.get("config_sha256") == config_sha256(cfg) and old.get("manifest_sha256") == manifest:
+                print(f"--- {method} seed {args.seed}: finished ({out}), skipped", flush=True)
+                continue
+            print(f"--- {method} seed {args.seed}: {out} is of other settings or data: run again", flush=True)
+        if not any(run_dir.glob(f"*-{method}-s{args.seed}-*/checkpoint.pt")):
+            print(f"--- {method} seed {args.seed}: no checkpoint in {run_dir}: starts at epoch 1", flush=True)
+        result_file = state / "results" / f"{method}-s{args.seed}.json"
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        argv = [*submit, "jobs/train.py", "--config", EXPERIMENT, *(a for k, v in pairs for a in ("--set", f"{k}={v}")),
+                "--result", str(result_file)]
+        run_job(argv, run_dir, carry)
+        rec = record_of(json.loads(result_file.read_text()), method, args, cfg)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, out)  # the record lands whole, the moment the run ends
+        print(f"--- {method} seed {args.seed}: final top-1 {100 * rec['final_test_top1']:.1f}, record {out}", flush=True)
+        for folder in carry.glob(f"*-{method}-s{args.seed}-*") if carry else ():  # the record replaces it
+            shutil.rmtree(folder)
+    rows = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
+    print(f"\nCIFAR-10-LT rho=100, ResNet-32 ({args.subset} images), records in {records}:")
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def reference_draw(order: list[str], targets: list[int], counts: list[int], seed
     return [order[int(i)] for per_class in chosen for i in per_class]
 
 
-def reference_subset(archive: str, work: Path, ref: Path) -> Path:
+def reference_subset(archive: str, work: Path, ref: Path, splits_root: Path = Path("runs/bench")) -> Path:
     """Splits whose labeled set is the reference's draw (checked against the labels of the batches
     convert.py wrote, so a change of convert.py's order cannot go unnoticed)."""
     order = convert_order(archive)
@@ -93,7 +93,7 @@ def reference_subset(archive: str, work: Path, ref: Path) -> Path:
     ids = work / "reference-labeled-ids.txt"
     chosen = reference_draw(order, targets, class_counts("exp", 5000, 10, 100))
     ids.write_text("".join(f"{n} {n.split('/')[-2]}\n" for n in chosen))
-    return ensure_splits(archive, Path("runs/bench"), "cifar10-lt100-reference-subset",
+    return ensure_splits(archive, splits_root, "cifar10-lt100-reference-subset",
                          (("longtail.labeled_ids", str(ids)),))
 
 

@@ -237,6 +237,9 @@ class TrainConfig:
     objective: Literal["classify", "rotation"] = "classify"  # rotation: self-supervised pre-training (SSP)
     pretrained: Optional[str] = None  # an MLflow run id or a checkpoint path (SSP)
     epochs: int = 200
+    # evaluate on the test (and val) split after every k-th epoch, and always after the last: on a CPU an
+    # evaluation of CIFAR's 10,000 test images is ~15% of a ResNet-32 epoch on 12,406 images
+    eval_every: int = 1
     batch_size: int = 128  # per step, over all processes
     seed: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -254,7 +257,7 @@ class TrainConfig:
         s, semi, d = self.schedule, self.semi, self.data
         if len(s.lr_milestones) != len(s.lr_factors):
             raise ConfigError("train.schedule.lr_milestones and train.schedule.lr_factors must have the same length")
-        for key, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
+        for key, value in (("epochs", self.epochs), ("eval_every", self.eval_every), ("batch_size", self.batch_size),
                            ("runtime.num_processes", self.runtime.num_processes),
                            ("schedule.reference_epochs", s.reference_epochs), ("semi.rounds", semi.rounds)):
             if value < 1:

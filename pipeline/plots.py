@@ -1,6 +1,8 @@
 """Figures logged with every run (matplotlib, no display)."""
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -43,8 +45,9 @@ def curves_figure(history):
     a.plot(epochs, [h["train_loss"] for h in history])
     a.set(xlabel="epoch", ylabel="training loss", title="loss")
     for key in ("train_top1", "test_top1", "val_top1"):
-        if key in history[0]:
-            b.plot(epochs, [h[key] * 100 for h in history], label=key)
+        if key in history[0]:  # the evaluated epochs only (train.eval_every)
+            points = [(e, h[key] * 100) for e, h in zip(epochs, history) if math.isfinite(h[key])]
+            b.plot(*zip(*points), label=key)
     b.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy")
     b.legend()
     fig.tight_layout()

@@ -165,6 +165,20 @@ def search_runs(experiment: str, filter_string: str = ""):
     return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string)
 
 
+def run_exists(run_id: str) -> bool:
+    """Whether the tracking store has run ``run_id`` (a checkpoint may outlive its store)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        mlflow.tracking.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
 def load_json_artifact(run_id: str, path: str) -> dict:
     """A JSON artifact of a run (e.g. final_test_metrics.json)."""
     import mlflow

@@ -179,6 +179,8 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     run_id = distributed.broadcast_object(tracker.run_id if tracker else None)
 
     history: list[dict] = state["history"] if state else []
+    if tracker and history:  # what the checkpoint holds and the run does not (a kill, a new tracking store)
+        _log_epochs(tracker, history)
     current, switch = None, drw_epoch(t.epochs, t.schedule)
     for epoch in range(start, len(plan)):
         phase, e = plan[epoch]
@@ -203,7 +205,11 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
                    "train_top1": correct / seen if objective.classifies else float("nan"),
                    "images_per_s": seen / (time.time() - started),
                    "class_weight_max": 1.0 if weight is None else float(weight.max())}  # shows when DRW starts
-            row.update(_evaluation_row(model, data, loss_fn, cfg, ctx.device))
+            if evaluates(epoch, len(plan), t.eval_every):
+                row.update(_evaluation_row(model, data, loss_fn, cfg, ctx.device))
+            else:  # the curves keep every epoch's loss; the test columns are NaN (not logged) in between
+                row.update(dict.fromkeys(_evaluation_keys(data), float("nan")))
+            row["epoch_seconds"] = time.time() - started  # training and evaluation: the run's minutes add them up
             history.append(row)
             print(_epoch_line(row, len(plan)), flush=True)
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,13 +228,29 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     return distributed.broadcast_object(result)
 
 
-NOT_IN_KEY = ("runtime.resume", "runtime.run_dir")  # settings that do not change what a run computes
+# settings that do not change what a run computes (its weights): a resume may change them
+NOT_IN_KEY = ("runtime.resume", "runtime.run_dir", "eval_every")
+
+
+def evaluates(epoch: int, epochs: int, every: int) -> bool:
+    """Whether epoch ``epoch`` (0-based) of ``epochs`` is evaluated: every ``every``-th, and the last."""
+    return (epoch + 1) % every == 0 or epoch + 1 == epochs
 
 
 def config_key(cfg: Config) -> dict:
     """The resolved training settings a checkpoint belongs to (paths absolute), as dotted keys."""
     train = flatten(to_dict(with_absolute_paths(cfg).train))
     return {k: v for k, v in train.items() if k not in NOT_IN_KEY}
+
+
+PATH_KEYS = ("splits", "weights_path", "semi.pseudo_labels")  # where the data lie: their content has its own sha256
+
+
+def config_sha256(cfg: Config) -> str:
+    """What a run computes, as one digest: its training settings without the paths of its inputs
+    (the manifest's and pseudo-labels' sha256 say which data) or the settings of NOT_IN_KEY."""
+    key = {k: v for k, v in config_key(cfg).items() if k not in PATH_KEYS}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _checkpoint(cfg: Config, name: str, manifest: dict, device,
@@ -323,6 +345,10 @@ def _evaluation_row(model, data: TrainData, loss_fn, cfg: Config, device) -> dic
     if data.val is not None:
         row.update(_prefixed("val", evaluate(model, data.val, augment, loss_fn, data.counts, cfg, device)))
     return row
+
+
+def _evaluation_keys(data: TrainData) -> list[str]:
+    return [f"{split}_{k}" for split in ("test", "val") if split == "test" or data.val is not None for k in METRIC_KEYS]
 
 
 def _log_inputs(tracker, t: TrainConfig, manifest: dict, data: TrainData) -> None:
@@ -421,7 +447,7 @@ def _log_epochs(tracker, history: list[dict]) -> None:
 
 def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], data: TrainData, provenance: dict):
     """The run's MLflow run: opened with its parameters and inputs, or reopened by a resumed run."""
-    from pipeline.tracking import Tracker
+    from pipeline.tracking import Tracker, run_exists, tracking_uri
 
     tags = {**cfg.train.tracking.tags, **run_tags(cfg, manifest)}
     if cfg.train.pretrained:
@@ -429,9 +455,14 @@ def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], data
     if semi := data.semi:  # the chain: base model -> pseudolabel run -> this run
         tags.update(parent_run_id=semi["pseudolabel_run_id"], base_run_id=semi["base_run_id"],
                     policy=semi["policy"]["name"], round=str(semi["round"]))
-    tracker = Tracker(cfg.train.tracking.experiment, name, tags, run_id=state["run_id"] if state else None,
+    run_id = state["run_id"] if state else None
+    if run_id and not run_exists(run_id):  # the checkpoint outlived its tracking store (another machine, a new store)
+        print(f"resume: MLflow run {run_id} of the checkpoint is not in {tracking_uri()}; the run continues from its "
+              f"checkpoint in a new MLflow run (tag resumed_from_run_id), with every epoch so far", flush=True)
+        tags["resumed_from_run_id"], run_id = run_id, None
+    tracker = Tracker(cfg.train.tracking.experiment, name, tags, run_id=run_id,
                       system_metrics=cfg.train.tracking.system_metrics)
-    if not state:
+    if not run_id:
         tracker.log_params({**to_dict(cfg.train), "provenance": provenance})
         tracker.log_dict(to_dict(cfg), "config.json")
         tracker.log_dict(manifest, "manifest.json")
@@ -439,9 +470,11 @@ def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], data
     return tracker
 
 
+METRIC_KEYS = ("top1", "top5", "balanced_accuracy", "macro_f1", "ece", "many_accuracy", "medium_accuracy", "few_accuracy")
+
+
 def _prefixed(prefix: str, metrics: dict) -> dict:
-    keys = ("top1", "top5", "balanced_accuracy", "macro_f1", "ece", "many_accuracy", "medium_accuracy", "few_accuracy")
-    return {f"{prefix}_{k}": metrics[k] for k in keys}
+    return {f"{prefix}_{k}": metrics[k] for k in METRIC_KEYS}
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -457,17 +490,21 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
 
     test, augment, counts, names = data.test, data.loader.augment, data.counts, data.names
     final = evaluate(model, test, augment, loss_fn, counts, cfg, ctx.device)
-    best = max(history, key=lambda h: h["test_top1"])
+    best = max((h for h in history if np.isfinite(h["test_top1"])), key=lambda h: h["test_top1"])  # evaluated epochs
     summary = {"run_id": tracker.run_id, "final_test_top1": final["top1"], "final_test_top5": final["top5"],
                "final_test_many_accuracy": final["many_accuracy"],
                "final_test_medium_accuracy": final["medium_accuracy"],
                "final_test_few_accuracy": final["few_accuracy"], "final_test_balanced_accuracy": final["balanced_accuracy"],
                "final_test_macro_f1": final["macro_f1"], "final_test_ece": final["ece"],
                # reported for comparison with papers only: picking an epoch on the test split is not model selection
-               "best_on_test_epoch_top1": best["test_top1"], "best_on_test_epoch": best["epoch"] + 1}
+               "best_on_test_epoch_top1": best["test_top1"], "best_on_test_epoch": best["epoch"] + 1,
+               "epochs_evaluated": sum(np.isfinite(h["test_top1"]) for h in history),
+               "train_minutes": sum(h.get("epoch_seconds", 0.0) for h in history) / 60}
     tracker.log_metrics({k: v for k, v in summary.items() if k != "run_id" and np.isfinite(v)})
     summary["final_test_per_class_accuracy"] = final["per_class_accuracy"]
-    summary.update(device=str(ctx.device), step=accel_for(cfg.train.runtime, ctx.device).describe())  # where it ran
+    summary.update(device=str(ctx.device), step=accel_for(cfg.train.runtime, ctx.device).describe(),  # where it ran
+                   config_sha256=config_sha256(cfg), manifest_sha256=manifest["manifest_sha256"],
+                   git_commit=provenance["git_commit"], seed=cfg.train.seed, epochs=len(history))
     tracker.log_metrics({f"final_test_class_acc_{n}": a for n, a in zip(names, final["per_class_accuracy"])
                          if np.isfinite(a)})
     final = {"class_names": names, "train_counts": counts, **final}

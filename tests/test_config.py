@@ -103,6 +103,8 @@ def test_cross_field_checks_name_the_key():
         resolve([], [("longtail.imbalance_ratio", "0.5")])
     with pytest.raises(ConfigError, match="longtail.unlabeled_ratio"):
         resolve([], [("longtail.unlabeled_ratio", "0")])
+    with pytest.raises(ConfigError, match="train.eval_every must be >= 1, got 0"):
+        resolve([], [("train.eval_every", "0")])
 
 
 def test_job_flags_and_set_apply_in_command_line_order():

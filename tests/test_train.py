@@ -130,6 +130,42 @@ def test_resume_after_sigkill_reaches_the_same_final_state(splits, tmp_path):
     assert steps == list(range(epochs))  # every epoch logged exactly once across the kill
 
 
+def test_eval_every_evaluates_every_kth_and_the_last_epoch_without_changing_the_weights(splits, tmp_path):
+    every = fit(cfg_for(splits, tmp_path / "a", "ce", epochs=5, eval_every=2))
+    fit(cfg_for(splits, tmp_path / "b", "ce", epochs=5))
+    client = mlflow.tracking.MlflowClient()
+    assert [m.step for m in client.get_metric_history(every["run_id"], "test_top1")] == [1, 3, 4]
+    assert [m.step for m in client.get_metric_history(every["run_id"], "train_loss")] == [0, 1, 2, 3, 4]
+    assert every["epochs_evaluated"] == 3 and every["best_on_test_epoch"] in (2, 4, 5)
+    assert every["train_minutes"] > 0 and every["epochs"] == 5
+    a, b = (torch.load(next((tmp_path / d).rglob("checkpoint.pt")), weights_only=True) for d in "ab")
+    assert a["epoch"] == b["epoch"] == 4
+    for key, value in b["model"].items():  # evaluation reads the model, never moves it
+        assert torch.equal(value, a["model"][key]), key
+
+
+def test_resume_in_a_new_tracking_store_opens_a_new_run_with_every_epoch(splits, tmp_path, monkeypatch):
+    first = fit(cfg_for(splits, tmp_path, "ce", epochs=3))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/new-store.db")  # another machine's store
+    again = fit(cfg_for(splits, tmp_path, "ce", epochs=3, resume="true"))
+    assert again["run_id"] != first["run_id"]
+    assert again["final_test_top1"] == pytest.approx(first["final_test_top1"])  # the checkpoint's weights
+    client = mlflow.tracking.MlflowClient()
+    run = client.get_run(again["run_id"])
+    assert run.data.tags["resumed_from_run_id"] == first["run_id"] and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(again["run_id"], "train_loss")] == [0, 1, 2]
+    assert run.data.params["provenance.seed"] == "0"  # opened with its parameters, as a new run is
+
+
+def test_config_sha256_names_the_settings_not_where_the_inputs_lie(splits, tmp_path):
+    from pipeline.train import config_sha256
+
+    here = config_sha256(cfg_for(splits, tmp_path / "a", "ce", epochs=3, eval_every=2))
+    assert here == config_sha256(cfg_for(Path("/elsewhere/splits"), tmp_path / "b", "ce", epochs=3, resume="true"))
+    assert here != config_sha256(cfg_for(splits, tmp_path, "ce", epochs=4))
+    assert here != config_sha256(cfg_for(splits, tmp_path, "ce", epochs=3, lr=0.05))
+
+
 def test_report_of_an_earlier_run_is_rebuilt_from_what_it_logged(splits, tmp_path):
     from jobs import report as report_job
 

@@ -144,7 +144,8 @@ def main() -> None:
     state = Path(args.state).resolve() / "cifar10-lt"
     records = Path(args.records or ROOT / f"docs/records/cifar10-lt100-e{args.epochs}").resolve()
     records.mkdir(parents=True, exist_ok=True)
-    run_dir, carry = state / "runs", Path(args.carry).resolve() if args.carry else None
+    run_dir = state / "runs" / f"e{args.epochs}"  # a budget's runs apart: --resume refuses a checkpoint of other settings
+    carry = Path(args.carry).resolve() / f"e{args.epochs}" if args.carry else None
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow' / 'mlflow.db'}")
     (state / "mlflow").mkdir(parents=True, exist_ok=True)

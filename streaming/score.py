@@ -54,6 +54,12 @@ def resolve(ref: str, device: str = "auto", batch_size: int = 0, threads: int = 
 
     from pipeline.tracking import tracking_uri
 
+    import torch
+
+    from pipeline.accel import warn_slow_bf16
+
+    on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())  # as the executors resolve it
+    warn_slow_bf16(precision, "cuda" if on_gpu else "cpu", "pseudolabel.precision")
     mlflow.set_tracking_uri(tracking_uri())
     uri = model_uri(ref)
     try:

@@ -91,6 +91,31 @@ def test_auto_is_fp32_nchw_on_the_cpu_and_bf16_channels_last_on_cuda():
     assert accel_for(RuntimeConfig(channels_last="off"), torch.device("cuda", 0)).channels_last is False
 
 
+def test_bf16_is_native_only_with_avx512_bf16_or_amx_flags():
+    from pipeline.accel import cpu_has_bf16
+
+    assert not cpu_has_bf16("processor : 0\nflags : fpu sse2 avx avx2 fma avx512f avx512bw\n")
+    assert cpu_has_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16("flags : fpu avx2 amx_tile amx_bf16\n")
+    assert not cpu_has_bf16("")  # flags unknown (not Linux): assume emulated
+
+
+def test_bf16_asked_on_a_cpu_that_emulates_it_warns_naming_the_key(monkeypatch):
+    import warnings
+
+    from pipeline import accel
+
+    monkeypatch.setattr(accel, "_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match=r"train.runtime.precision=bf16 on a CPU without bf16 instructions"):
+        accel_for(RuntimeConfig(precision="bf16"), torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto, fp32, or bf16 on a GPU: nothing to say
+        accel_for(RuntimeConfig(), torch.device("cpu"))
+        accel_for(RuntimeConfig(precision="bf16"), torch.device("cuda", 0))
+        monkeypatch.setattr(accel, "_native_bf16", lambda: True)
+        accel_for(RuntimeConfig(precision="bf16"), torch.device("cpu"))
+
+
 def test_an_unknown_precision_is_refused_by_name():
     with pytest.raises(ConfigError, match="train.runtime.precision"):
         resolve([], [("train.runtime.precision", "fp8")])

@@ -113,7 +113,7 @@ def record_of(result: dict, method: str, args, cfg) -> dict:
 
 def table(records: list[dict]) -> str:
     lines = ["| method | seed | epochs | final top-1 | many | medium | few | best evaluated epoch on test (papers only) "
-             "| minutes | step | reference code on this copy | paper (original arrays) |",
+             "| minutes (at the median epoch's pace) | step | reference code on this copy | paper (original arrays) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["epochs"], r["method"], r["seed"])):
         step = r["step"]
@@ -121,7 +121,8 @@ def table(records: list[dict]) -> str:
             f"| {r['method']} | {r['seed']} | {r['epochs']} | {100 * r['final_test_top1']:.1f} | "
             f"{100 * r['final_test_many_accuracy']:.1f} | {100 * r['final_test_medium_accuracy']:.1f} | "
             f"{100 * r['final_test_few_accuracy']:.1f} | {100 * r['best_on_test_epoch_top1']:.1f} "
-            f"(epoch {r['best_on_test_epoch']}) | {r['train_minutes']:.0f} | {step['precision']}"
+            f"(epoch {r['best_on_test_epoch']}) | {r['train_minutes']:.0f} ({r['median_epoch_seconds'] * r['epochs'] / 60:.0f}) | "
+            f"{step['precision']}"
             f"{' channels-last' if step['channels_last'] else ''}, {r['device']} {r['cpu_capability']} | "
             f"{REFERENCE.get(r['method'], '-') if r['epochs'] == 200 else '-'} | {PAPERS.get(r['method'], '-')} |")
     return "\n".join(lines)
@@ -140,10 +141,13 @@ def main() -> None:
     ap.add_argument("--carry", default=None, help="a folder that keeps unfinished runs' checkpoints across machines")
     ap.add_argument("--reference", default=str(ROOT.parent / "shared/reference/imbalanced-semi-self"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another setting of every run")
+    ap.add_argument("--table", action="store_true", help="print the table of the records and stop")
     args = ap.parse_args()
     state = Path(args.state).resolve() / "cifar10-lt"
     records = Path(args.records or ROOT / f"docs/records/cifar10-lt100-e{args.epochs}").resolve()
     records.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        return print(table([json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]))
     run_dir = state / "runs" / f"e{args.epochs}"  # a budget's runs apart: --resume refuses a checkpoint of other settings
     carry = Path(args.carry).resolve() / f"e{args.epochs}" if args.carry else None
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

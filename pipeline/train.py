@@ -179,8 +179,6 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     run_id = distributed.broadcast_object(tracker.run_id if tracker else None)
 
     history: list[dict] = state["history"] if state else []
-    if tracker and history:  # what the checkpoint holds and the run does not (a kill, a new tracking store)
-        _log_epochs(tracker, history)
     current, switch = None, drw_epoch(t.epochs, t.schedule)
     for epoch in range(start, len(plan)):
         phase, e = plan[epoch]
@@ -205,10 +203,7 @@ def _fit(cfg: Config, ctx: distributed.Context) -> dict:
                    "train_top1": correct / seen if objective.classifies else float("nan"),
                    "images_per_s": seen / (time.time() - started),
                    "class_weight_max": 1.0 if weight is None else float(weight.max())}  # shows when DRW starts
-            if evaluates(epoch, len(plan), t.eval_every):
-                row.update(_evaluation_row(model, data, loss_fn, cfg, ctx.device))
-            else:  # the curves keep every epoch's loss; the test columns are NaN (not logged) in between
-                row.update(dict.fromkeys(_evaluation_keys(data), float("nan")))
+            row.update(_evaluation_row(model, data, loss_fn, cfg, ctx.device, evaluates(epoch, len(plan), t.eval_every)))
             row["epoch_seconds"] = time.time() - started  # training and evaluation: the run's minutes add them up
             history.append(row)
             print(_epoch_line(row, len(plan)), flush=True)
@@ -257,7 +252,8 @@ def _checkpoint(cfg: Config, name: str, manifest: dict, device,
                 semi: Optional[dict] = None) -> tuple[Path, Optional[dict]]:
     """(checkpoint path, state to resume from or None). The folder is keyed by the run's resolved
     config (``name``-<sha256 prefix>), so runs that differ in any setting never share a checkpoint;
-    ``--resume`` with changed settings or re-made splits is refused naming what changed."""
+    ``--resume`` with changed settings or re-made splits is refused naming what changed; a checkpoint
+    made before a setting existed resumes when the run leaves that setting at its default."""
     key = config_key(cfg)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     path = Path(cfg.train.runtime.run_dir) / f"{name}-{digest}" / "checkpoint.pt"
@@ -267,11 +263,24 @@ def _checkpoint(cfg: Config, name: str, manifest: dict, device,
         others = sorted(Path(cfg.train.runtime.run_dir).glob(f"{name}-*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
         if others:
             old = torch.load(others[-1], map_location="cpu", weights_only=True)["config_key"]
-            changed = sorted(k for k in set(key) | set(old) if k not in NOT_IN_KEY and old.get(k) != key.get(k))
+            changed = changed_settings(old, key)
+            if not changed:  # made before a setting existed, which is at its default: the same run
+                return _resumed(others[-1], cfg, manifest, device, semi)
             raise ConfigError(f"--resume: the checkpoint of run {name} ({others[-1]}) was made with other settings: "
                               + ", ".join(f"train.{k}={old.get(k)!r} (now {key.get(k)!r})" for k in changed[:8])
                               + "; resume with the same settings, or drop --resume to start a new run")
         return path, None
+    return _resumed(path, cfg, manifest, device, semi)
+
+
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """The settings in which checkpoint key ``old`` and run key ``new`` differ. A setting the checkpoint
+    does not know (added to the code since) counts as changed only if the run sets it off its default."""
+    defaults = flatten(to_dict(TrainConfig()))
+    return sorted(k for k in set(old) | set(new) if k not in NOT_IN_KEY and old.get(k, defaults.get(k)) != new.get(k))
+
+
+def _resumed(path: Path, cfg: Config, manifest: dict, device, semi: Optional[dict]) -> tuple[Path, dict]:
     state = torch.load(path, map_location=device, weights_only=True)
     if state["provenance"]["manifest_sha256"] != manifest["manifest_sha256"]:
         raise ConfigError(f"--resume: {path} was trained on splits with manifest sha256 "
@@ -339,7 +348,10 @@ def _enter(phase: Phase, model, loss_fn, t: TrainConfig, ctx: distributed.Contex
     return optimizer, accel_for(t.runtime, ctx.device).step_model(ddp), OBJECTIVES.get(phase.objective)(t)
 
 
-def _evaluation_row(model, data: TrainData, loss_fn, cfg: Config, device) -> dict:
+def _evaluation_row(model, data: TrainData, loss_fn, cfg: Config, device, now: bool = True) -> dict:
+    """The test (and val) metrics of the epoch; NaN (not logged) when it is ``not now`` (train.eval_every)."""
+    if not now:
+        return dict.fromkeys(_evaluation_keys(data), float("nan"))
     augment = data.loader.augment
     row = _prefixed("test", evaluate(model, data.test, augment, loss_fn, data.counts, cfg, device))
     if data.val is not None:
@@ -467,6 +479,8 @@ def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], data
         tracker.log_dict(to_dict(cfg), "config.json")
         tracker.log_dict(manifest, "manifest.json")
         _log_inputs(tracker, cfg.train, manifest, data)
+    if state:  # what the checkpoint holds and the run does not (a kill, a new tracking store)
+        _log_epochs(tracker, state["history"])
     return tracker
 
 
@@ -499,7 +513,9 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
                # reported for comparison with papers only: picking an epoch on the test split is not model selection
                "best_on_test_epoch_top1": best["test_top1"], "best_on_test_epoch": best["epoch"] + 1,
                "epochs_evaluated": sum(np.isfinite(h["test_top1"]) for h in history),
-               "train_minutes": sum(h.get("epoch_seconds", 0.0) for h in history) / 60}
+               "train_minutes": sum(h.get("epoch_seconds", 0.0) for h in history) / 60,
+               # robust to epochs slowed by other work on the machine: the run's pace, undisturbed
+               "median_epoch_seconds": float(np.median([h.get("epoch_seconds", np.nan) for h in history]))}
     tracker.log_metrics({k: v for k, v in summary.items() if k != "run_id" and np.isfinite(v)})
     summary["final_test_per_class_accuracy"] = final["per_class_accuracy"]
     summary.update(device=str(ctx.device), step=accel_for(cfg.train.runtime, ctx.device).describe(),  # where it ran

@@ -130,6 +130,21 @@ def test_resume_after_sigkill_reaches_the_same_final_state(splits, tmp_path):
     assert steps == list(range(epochs))  # every epoch logged exactly once across the kill
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default_only(splits, tmp_path):
+    first = fit(cfg_for(splits, tmp_path, "ce", epochs=2))
+    ckpt = next((tmp_path / "runs").rglob("checkpoint.pt"))
+    state = torch.load(ckpt, weights_only=True)
+    del state["config_key"]["semi.cutout"]  # as written by code that did not have the setting yet
+    older = ckpt.parent.with_name(ckpt.parent.name[:-10] + "0" * 10)  # its folder digest was another
+    older.mkdir()
+    torch.save(state, older / "checkpoint.pt")
+    ckpt.unlink()
+    again = fit(cfg_for(splits, tmp_path, "ce", epochs=2, resume="true"))
+    assert again["run_id"] == first["run_id"] and again["final_test_top1"] == pytest.approx(first["final_test_top1"])
+    with pytest.raises(Exception, match=r"other settings: train.semi.cutout=None \(now 8\)"):
+        fit(cfg_for(splits, tmp_path, "ce", epochs=2, resume="true", cutout=8))
+
+
 def test_eval_every_evaluates_every_kth_and_the_last_epoch_without_changing_the_weights(splits, tmp_path):
     every = fit(cfg_for(splits, tmp_path / "a", "ce", epochs=5, eval_every=2))
     fit(cfg_for(splits, tmp_path / "b", "ce", epochs=5))

@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study prior-study cluster-check gpu-check clean
+.PHONY: venv demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study study-e200 prior-study cluster-check gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -97,6 +97,12 @@ EPOCHS ?= 15
 SEMI_POOLS ?= -100
 study: venv  # CIFAR-10-LT through the real jobs: 4 recipes, then SSP, streaming pseudo-labels, semi (EPOCHS=15)
 	$(PY) bench/study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS)
+
+# The semi-supervised chain (base, SSP, semi, semi + SSP; then the distribution-aware policy and the reversed
+# pool) at the full 200 epochs, one run at a time, across sittings: rerun to resume (~1.5-4 h a run on 2 CPU cores).
+study-e200: venv
+	$(PY) bench/study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs 200 --parts semi,reversed \
+	    --eval-every 5 --carry $(CARRY)
 
 prior-study: venv  # pool-prior estimation, pseudo-label selection (3 pool shapes) and semi runs (SEMI_POOLS) on CIFAR-10-LT
 	$(PY) bench/prior_study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs $(EPOCHS) --semi=$(SEMI_POOLS)

@@ -27,16 +27,15 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from equal_budget import prepare_reference, reference_subset  # noqa: E402  (the reference's images)
+from sittings import (SUBMIT, drop_carried, prepare_environment, run_job, same_record, state_root,  # noqa: E402
+                      sync_carry, write_record)
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
 
 from pipeline.config import resolve  # noqa: E402
@@ -51,8 +50,6 @@ REFERENCE = {"ce": "64.8 final (66.1 best epoch)", "ldam_drw": "72.8 best epoch"
 PAPERS = {"ce": "70.4 (Cao et al. 2019)", "ldam_drw": "77.0 (Cao et al. 2019)",
           "cb_focal": "74.6 (Cui et al. 2019)", "balanced_softmax": "- (CIFAR-10-LT rho 100 not reported)",
           "logit_adjust": "77.7 (Menon et al. 2021, post-hoc 77.4)"}
-SUBMIT = ["spark-submit", "--master", "local[2]", "--driver-memory", "4g",
-          "--driver-java-options", "-Dlog4j.configurationFile=conf/log4j2.properties"]
 
 
 def overrides(splits: Path, method: str, args, run_dir: Path) -> list[tuple[str, str]]:
@@ -73,35 +70,6 @@ def cpu_capability() -> str:
     import torch
 
     return torch.backends.cpu.get_cpu_capability()
-
-
-def sync_carry(run_dir: Path, carry: Path, restore: bool) -> None:
-    """Copy each run's newest checkpoint between the state and the carry folder (same layout), newest wins."""
-    src, dst = (carry, run_dir) if restore else (run_dir, carry)
-    for ckpt in src.glob("*/checkpoint.pt"):
-        target = dst / ckpt.parent.name / "checkpoint.pt"
-        if not target.exists() or target.stat().st_mtime < ckpt.stat().st_mtime:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name("checkpoint.pt.tmp")
-            shutil.copy2(ckpt, tmp)
-            os.replace(tmp, target)
-            if restore:
-                print(f"carry: {ckpt} -> {target}", flush=True)
-
-
-def run_job(argv: list[str], run_dir: Path, carry: Path | None) -> None:
-    proc = subprocess.Popen(argv, cwd=ROOT)
-    while True:
-        try:
-            rc = proc.wait(timeout=60)
-            break
-        except subprocess.TimeoutExpired:
-            if carry:
-                sync_carry(run_dir, carry, restore=False)
-    if rc:
-        if carry:
-            sync_carry(run_dir, carry, restore=False)
-        raise SystemExit(f"{' '.join(argv[:8])} ... failed with exit status {rc}")
 
 
 def record_of(result: dict, method: str, args, cfg) -> dict:
@@ -136,25 +104,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=5, help="train.eval_every (the last epoch is always evaluated)")
     ap.add_argument("--subset", default="reference", choices=["reference", "ours"])
-    ap.add_argument("--state", default=os.environ.get("LONGTAIL_STATE", str(Path.home() / ".cache/longtail-lab")))
+    ap.add_argument("--state", help="where the resumable state lives (default $LONGTAIL_STATE or ~/.cache/longtail-lab)")
     ap.add_argument("--records", default=None, help="default: docs/records/cifar10-lt100-e<epochs>")
     ap.add_argument("--carry", default=None, help="a folder that keeps unfinished runs' checkpoints across machines")
     ap.add_argument("--reference", default=str(ROOT.parent / "shared/reference/imbalanced-semi-self"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another setting of every run")
     ap.add_argument("--table", action="store_true", help="print the table of the records and stop")
     args = ap.parse_args()
-    state = Path(args.state).resolve() / "cifar10-lt"
+    state = state_root(args.state) / "cifar10-lt"
     records = Path(args.records or ROOT / f"docs/records/cifar10-lt100-e{args.epochs}").resolve()
-    records.mkdir(parents=True, exist_ok=True)
     if args.table:
         return print(table([json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]))
     run_dir = state / "runs" / f"e{args.epochs}"  # a budget's runs apart: --resume refuses a checkpoint of other settings
     carry = Path(args.carry).resolve() / f"e{args.epochs}" if args.carry else None
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow' / 'mlflow.db'}")
-    (state / "mlflow").mkdir(parents=True, exist_ok=True)
-    for key in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
-        os.environ.setdefault(key, sys.executable)
+    prepare_environment(state)
     os.chdir(ROOT)
     if args.subset == "reference":
         ref = prepare_reference(Path(args.reference), state, args.archive)
@@ -164,30 +127,22 @@ def main() -> None:
     manifest = json.loads((splits / "manifest.json").read_text())["manifest_sha256"]
     if carry:
         sync_carry(run_dir, carry, restore=True)
-    submit = [str(Path(sys.executable).parent / SUBMIT[0]), *SUBMIT[1:]]
     for method in args.methods.split(","):
         pairs = overrides(splits, method, args, run_dir)
         cfg, out = resolved(pairs), records / f"{method}-s{args.seed}.json"
-        if out.exists():
-            old = json.loads(out.read_text())
-            if old.get("config_sha256") == config_sha256(cfg) and old.get("manifest_sha256") == manifest:
-                print(f"--- {method} seed {args.seed}: finished ({out}), skipped", flush=True)
-                continue
-            print(f"--- {method} seed {args.seed}: {out} is of other settings or data: run again", flush=True)
+        if same_record(out, config_sha256(cfg), manifest):
+            print(f"--- {method} seed {args.seed}: finished ({out}), skipped", flush=True)
+            continue
         if not any(run_dir.glob(f"*-{method}-s{args.seed}-*/checkpoint.pt")):
             print(f"--- {method} seed {args.seed}: no checkpoint in {run_dir}: starts at epoch 1", flush=True)
         result_file = state / "results" / f"{method}-s{args.seed}.json"
         result_file.parent.mkdir(parents=True, exist_ok=True)
-        argv = [*submit, "jobs/train.py", "--config", EXPERIMENT, *(a for k, v in pairs for a in ("--set", f"{k}={v}")),
-                "--result", str(result_file)]
-        run_job(argv, run_dir, carry)
+        run_job([*SUBMIT, "jobs/train.py", "--config", EXPERIMENT, *(a for k, v in pairs for a in ("--set", f"{k}={v}")),
+                 "--result", str(result_file)], run_dir, carry)
         rec = record_of(json.loads(result_file.read_text()), method, args, cfg)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, out)  # the record lands whole, the moment the run ends
+        write_record(out, rec)
         print(f"--- {method} seed {args.seed}: final top-1 {100 * rec['final_test_top1']:.1f}, record {out}", flush=True)
-        for folder in carry.glob(f"*-{method}-s{args.seed}-*") if carry else ():  # the record replaces it
-            shutil.rmtree(folder)
+        drop_carried(carry, Path(rec["checkpoint"]).parent.name)
     rows = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
     print(f"\nCIFAR-10-LT rho=100, ResNet-32 ({args.subset} images), records in {records}:")
     print(table(rows))

@@ -17,7 +17,14 @@ PY=$VENV/bin/python
 export SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON=$PY PYSPARK_DRIVER_PYTHON=$PY
 export MLFLOW_TRACKING_URI=http://127.0.0.1:5077 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 export SPARK_WORKER_DIR=$WORK/spark-work
-rm -rf "$WORK" && mkdir -p "$WORK/pids" "$SPARK_WORKER_DIR"
+MARK=$WORK/.made-by-bench-cluster  # what this script may delete: a folder an earlier run of it made
+if [ -f "$MARK" ]; then
+  rm -rf "$WORK"
+elif [ -e "$WORK" ] && [ -n "$(ls -A "$WORK")" ]; then
+  echo "bench/cluster.sh: $WORK exists and was not made by this script; nothing in it is touched. Give a new or empty folder." >&2
+  exit 2
+fi
+mkdir -p "$WORK/pids" "$SPARK_WORKER_DIR" && touch "$MARK"
 declare -A PID
 start() {  # start NAME COMMAND...: run in the background, log to WORK/NAME.log, remember the PID
   local name=$1; shift

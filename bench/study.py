@@ -1,113 +1,186 @@
 """The CIFAR-10-LT study (rho = 100, ResNet-32) through the real jobs (spark-submit on local[2],
-TorchDistributor, MLflow), at the reference schedule scaled to ``--epochs``:
+TorchDistributor, MLflow), at the reference schedule scaled to ``--epochs``, in parts (``--parts``):
 
-1. ingest the JPEG copy of CIFAR-10, make the standard split (n_max 5,000: 12,406 labeled images) and
-   train ``ce``, ``ldam_drw``, ``cb_focal`` and ``balanced_softmax`` on it (experiment
-   ``study-cifar10-lt100-e<epochs>``);
-2. the semi-supervised chain of Yang & Xu (2020) on the split of the semi-supervised benchmarks
-   (N1 = 1,500 labeled and M1 = 3,000 unlabeled at the head, both rho = 100: CIFAR-10 has no images
-   left for an unlabeled pool of the head class after the standard split): a ``ce`` base model, SSP
-   rotation pre-training then ``ce`` fine-tuning, streaming pseudo-labels of the pool by the base
-   model (policy ``all``, hidden-truth precision per class), and semi-supervised ``ce`` training on
-   labeled + pseudo-labeled images (experiment ``study-cifar10-lt100-ssl-e<epochs>``).
+1. ``supervised``: ingest the JPEG copy of CIFAR-10, make the standard split (n_max 5,000: 12,406
+   labeled images) and train ``ce``, ``ldam_drw``, ``cb_focal`` and ``balanced_softmax`` on it
+   (experiment ``study-cifar10-lt100-e<epochs>``);
+2. ``semi``: the semi-supervised chain of Yang & Xu (2020) on the split of the semi-supervised
+   benchmarks (N1 = 1,500 labeled and M1 = 3,000 unlabeled at the head, both rho = 100): a ``ce``
+   base model, SSP rotation pre-training then ``ce`` fine-tuning, streaming pseudo-labels of the pool
+   by the base model (policy ``all`` as the paper, and ``crest`` alpha 3 with the EM prior
+   correction, the best distribution-aware setting of bench/prior_study.py), semi-supervised ``ce``
+   on labeled + pseudo-labeled images for each, and semi + SSP (experiment
+   ``study-cifar10-lt100-ssl-e<epochs>``);
+3. ``reversed``: the same labeled split and base model with a reversed pool (gamma_u -100): a stream
+   with each policy and a semi-supervised run on each.
 
     .venv/bin/python bench/study.py --archive ../shared/data/cifar10-jpeg.tar.gz --epochs 15   # or: make study
+    .venv/bin/python bench/study.py --archive ... --epochs 200 --parts semi --carry bench/carry  # across sittings
 
-Each stage's result is kept under ``--work``/results, so a rerun skips finished stages (``--fresh``
-starts over). The end prints both tables (jobs/compare.py), the pseudo-labels' precision per class,
-and the minutes of every stage."""
+The state (data, splits, results, checkpoints, the MLflow store) lives in ``--state`` (default
+``$LONGTAIL_STATE/study`` or ``~/.cache/longtail-lab/study``): a rerun skips finished stages and resumes
+an interrupted training from its checkpoint; ``--fresh`` starts over. Each stage's record is written
+into ``--records`` (default docs/records/study-cifar10-lt100-e<epochs>/) when it ends. ``--carry DIR``
+keeps the chain's checkpoints (finished ones too: the stages after them need their models) in DIR, so
+a sitting on a new machine re-finishes them from their checkpoints in seconds and goes on. The end
+prints the tables (jobs/compare.py), the pseudo-labels' precision per class and the minutes of every
+stage."""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-SUBMIT = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", "--driver-memory", "4g",
-          "--driver-java-options", "-Dlog4j.configurationFile=conf/log4j2.properties"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sittings import (ROOT, SUBMIT, drop_carried, prepare_environment, run_job, same_record, state_root,  # noqa: E402
+                      sync_carry, write_record)
+
+sys.path.insert(0, str(ROOT))
+
+from streaming.sinks import latest_balance  # noqa: E402
+
 METHODS = ("ce", "ldam_drw", "cb_focal", "balanced_softmax")
 STANDARD, SEMI = "conf/experiments/cifar10_lt100.yaml", "conf/experiments/cifar10_lt100_ssl.yaml"
+# (name, --select, pseudolabel settings): the streams of each pool; crest-em is prior_study's best
+POLICIES = (("all", "all", {}), ("crest-em", "crest", {"crest_alpha": 3.0, "adjust": "em"}))
 
 
 class Study:
-    def __init__(self, work: Path, epochs: int):
-        self.work, self.epochs, self.minutes = work, epochs, {}
-        (work / "results").mkdir(parents=True, exist_ok=True)
+    """Stages run once each (a result file per stage in the state); a training resumes from its checkpoint."""
 
-    def job(self, stage: str, script: str, *args: str) -> dict:
-        """Run ``spark-submit jobs/SCRIPT`` once; its --result JSON (kept for reruns) is returned."""
+    def __init__(self, work: Path, epochs: int, records: Optional[Path] = None, carry: Optional[Path] = None,
+                 eval_every: int = 1):
+        self.work, self.epochs, self.records, self.eval_every, self.minutes = work, epochs, records, eval_every, {}
+        self.run_dir, self.carry = work / "runs" / f"e{epochs}", carry
+        (work / "results").mkdir(parents=True, exist_ok=True)
+        if carry:
+            sync_carry(self.run_dir, carry, restore=True)
+
+    def job(self, stage: str, script: str, *args: str, keep: bool = False) -> dict:
+        """Run ``spark-submit jobs/SCRIPT`` once; its --result JSON (kept for reruns) is returned and, the
+        first time, recorded. A finished training's carried checkpoint is dropped unless ``keep``."""
         result = self.work / "results" / f"{stage}.json"
         if result.exists():
             return json.loads(result.read_text())
         print(f"--- {stage}: jobs/{script} {' '.join(args)}", flush=True)
         started = time.time()
-        subprocess.run([*SUBMIT, f"jobs/{script}", *args, "--result", str(result)], cwd=ROOT, check=True)
+        run_job([*SUBMIT, f"jobs/{script}", *args, "--result", str(result)], self.run_dir, self.carry)
         self.minutes[stage] = (time.time() - started) / 60
-        return json.loads(result.read_text())
+        out = json.loads(result.read_text())
+        record = self.records / f"{stage}.json" if self.records else None
+        if record and not same_record(record, out.get("config_sha256"), out.get("manifest_sha256")):
+            write_record(record, {"stage": stage, "study_epochs": self.epochs, "minutes": self.minutes[stage], **out})
+        if "checkpoint" in out and not keep:
+            drop_carried(self.carry, Path(out["checkpoint"]).parent.name)
+        return out
 
-    def train(self, stage: str, config: str, splits: Path, method: str, experiment: str, *extra: str) -> dict:
-        return self.job(stage, "train.py", "--config", config, "--splits", str(splits), "--method", method,
-                        "--epochs", str(self.epochs), "--experiment", experiment, *extra)
+    def train(self, stage: str, config: str, splits: Path, method: str, experiment: str, *extra: str,
+              script: str = "train.py", keep: bool = False) -> dict:
+        return self.job(stage, script, "--config", config, "--splits", str(splits), "--method", method,
+                        "--epochs", str(self.epochs), "--experiment", experiment, "--resume",
+                        "--set", f"train.runtime.run_dir={self.run_dir}", "--set", f"train.eval_every={self.eval_every}",
+                        *extra, keep=keep)
+
+    def stream(self, stage: str, model: dict, pool: Path, out: Path, select: str, settings: dict, experiment: str) -> dict:
+        """Pseudo-labels of ``pool`` by ``model``; an output without its stage's result (a kill, another
+        machine's model) is made anew."""
+        if not (self.work / "results" / f"{stage}.json").exists() and out.exists():
+            shutil.rmtree(out)
+        sets = [a for k, v in settings.items() for a in ("--set", f"pseudolabel.{k}={v}")]
+        return self.job(stage, "pseudolabel.py", "--config", SEMI, "--model", model["run_id"], "--input", str(pool),
+                        "--out", str(out), "--select", select, *sets, "--max-files-per-trigger", "1",
+                        "--experiment", experiment)
+
+
+def semi_chain(study: Study, ssl: Path, rev: Optional[Path], experiment: str) -> dict:
+    """Base, SSP, and per pool and policy: the stream and its semi-supervised run (+ SSP on the paper's)."""
+    keep = study.carry is not None  # the chain's later stages read these models
+    base = study.train("ssl-base", SEMI, ssl, "ce", experiment, keep=keep)
+    pre = study.job("ssl-pretrain", "pretrain.py", "--config", SEMI, "--splits", str(ssl), "--epochs", str(study.epochs),
+                    "--experiment", experiment, "--resume", "--set", f"train.runtime.run_dir={study.run_dir}",
+                    "--set", f"train.eval_every={study.eval_every}", keep=keep)
+    ssp = ("--pretrained", pre["checkpoint"])  # a path: the same key on another machine, where the run id is new
+    study.train("ssl-ssp", SEMI, ssl, "ce", experiment, *ssp)
+    labels = {}
+    order = [("ssl", "all"), "ssp", ("ssl", "crest-em"), *([("rev", "all"), ("rev", "crest-em")] if rev else [])]
+    for step in order:  # the paper's chain (base, SSP, semi, semi + SSP) first, then the distribution-aware runs
+        if step == "ssp":
+            study.train("ssl-semi-all-ssp", SEMI, ssl, "ce", experiment, "--pseudo-labels",
+                        str(study.work / "pseudo-labels-ssl-all"), *ssp, script="train_semi.py")
+            continue
+        pool, name = step
+        splits, (select, settings) = {"ssl": ssl, "rev": rev}[pool], {n: (s, kv) for n, s, kv in POLICIES}[name]
+        out = study.work / f"pseudo-labels-{pool}-{name}"
+        labels[pool, name] = study.stream(f"{pool}-pseudolabel-{name}", base, splits / "unlabeled", out, select,
+                                          settings, experiment)
+        study.train(f"{pool}-semi-{name}", SEMI, splits, "ce", experiment, "--pseudo-labels", str(out),
+                    script="train_semi.py")
+    return labels
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archive", required=True)
-    ap.add_argument("--work", default="runs/study")
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--parts", default="supervised,semi", help="of supervised, semi, reversed")
+    ap.add_argument("--methods", default=",".join(METHODS), help="the supervised part's recipes")
+    ap.add_argument("--eval-every", type=int, default=1, help="train.eval_every (the last epoch is always evaluated)")
+    ap.add_argument("--state", help="default: $LONGTAIL_STATE/study, else ~/.cache/longtail-lab/study")
+    ap.add_argument("--records", help="default: docs/records/study-cifar10-lt100-e<epochs>")
+    ap.add_argument("--carry", help="a folder of the repository that keeps the chain's checkpoints across machines")
     ap.add_argument("--fresh", action="store_true", help="forget finished stages and start over")
     args = ap.parse_args()
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    for key in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):
-        os.environ.setdefault(key, sys.executable)
-    work = Path(args.work).resolve()
+    parts = set(args.parts.split(","))
+    if parts - {"supervised", "semi", "reversed"} or ("reversed" in parts and "semi" not in parts):
+        ap.error(f"--parts: of supervised, semi, reversed (reversed needs semi's base), got {args.parts}")
+    work = state_root(args.state) / "study"
     if args.fresh and work.exists():
         shutil.rmtree(work)
-    study, started = Study(work, args.epochs), time.time()
-    data, std, ssl = work / "cifar10", work / "cifar10-lt100", work / "cifar10-lt100-ssl"
-    archive = os.path.abspath(args.archive)
+    prepare_environment(work)
+    records = Path(args.records or ROOT / f"docs/records/study-cifar10-lt100-e{args.epochs}").resolve()
+    carry = Path(args.carry).resolve() / f"study-e{args.epochs}" if args.carry else None
+    study, started = Study(work, args.epochs, records, carry, args.eval_every), time.time()
+    data, std, ssl, rev = (work / "cifar10", work / "cifar10-lt100", work / "cifar10-lt100-ssl",
+                           work / "cifar10-lt100-ssl-reversed")
+    study.job("ingest", "ingest.py", "--config", STANDARD, "--source", str(Path(args.archive).resolve()), "--out",
+              str(data), "--overwrite")
+    experiments = []
+    if "supervised" in parts:
+        study.job("splits", "longtail.py", "--config", STANDARD, "--data", str(data), "--out", str(std), "--overwrite")
+        experiments.append(f"study-cifar10-lt100-e{args.epochs}")  # one experiment per budget: tables never mix
+        for method in args.methods.split(","):
+            study.train(f"train-{method}", STANDARD, std, method, experiments[-1])
+    labels = {}
+    if "semi" in parts:
+        study.job("splits-ssl", "longtail.py", "--config", SEMI, "--data", str(data), "--out", str(ssl), "--overwrite")
+        if "reversed" in parts:
+            study.job("splits-ssl-reversed", "longtail.py", "--config", SEMI, "--data", str(data), "--out", str(rev),
+                      "--unlabeled-ratio", "-100", "--overwrite")
+            same = {json.loads((s / "manifest.json").read_text())["ids_sha256"]["labeled"] for s in (ssl, rev)}
+            assert len(same) == 1, "the two pools must share one labeled split (and so one base model)"
+        experiments.append(f"study-cifar10-lt100-ssl-e{args.epochs}")
+        labels = semi_chain(study, ssl, rev if "reversed" in parts else None, experiments[-1])
+    report(study, experiments, labels, started)
 
-    study.job("ingest", "ingest.py", "--config", STANDARD, "--source", archive, "--out", str(data), "--overwrite")
-    study.job("splits", "longtail.py", "--config", STANDARD, "--data", str(data), "--out", str(std), "--overwrite")
-    study.job("splits-ssl", "longtail.py", "--config", SEMI, "--data", str(data), "--out", str(ssl), "--overwrite")
 
-    supervised = f"study-cifar10-lt100-e{args.epochs}"  # one experiment per budget: tables never mix budgets
-    for method in args.methods.split(","):
-        study.train(f"train-{method}", STANDARD, std, method, supervised)
-
-    semi = f"study-cifar10-lt100-ssl-e{args.epochs}"
-    base = study.train("ssl-base", SEMI, ssl, "ce", semi)
-    pre = study.job("ssl-pretrain", "pretrain.py", "--config", SEMI, "--splits", str(ssl), "--epochs",
-                    str(args.epochs), "--experiment", semi)
-    study.train("ssl-ssp", SEMI, ssl, "ce", semi, "--pretrained", pre["run_id"])
-    pseudo = work / "pseudo-labels"
-    labels = study.job("ssl-pseudolabel", "pseudolabel.py", "--config", SEMI, "--model", base["run_id"],
-                       "--input", str(ssl / "unlabeled"), "--out", str(pseudo), "--select", "all",
-                       "--max-files-per-trigger", "1")
-    study.job("ssl-semi", "train_semi.py", "--config", SEMI, "--splits", str(ssl), "--method", "ce",
-              "--pseudo-labels", str(pseudo), "--epochs", str(args.epochs), "--experiment", semi)
-
-    for experiment in (supervised, semi):
-        print(f"\n{experiment}, {args.epochs} epochs (final epoch, %):")
+def report(study: Study, experiments: list[str], labels: dict, started: float) -> None:
+    for experiment in experiments:
+        print(f"\n{experiment}, {study.epochs} epochs (final epoch, %):")
         subprocess.run([sys.executable, "jobs/compare.py", "--experiment", experiment], cwd=ROOT, check=True)
-    sys.path.insert(0, str(ROOT))
-    from streaming.sinks import latest_balance
-
-    rows = latest_balance(str(pseudo)).to_pylist()
-    print(f"\npseudo-labels of the base model (policy all): {labels['selected']} kept, precision "
-          f"{labels.get('precision', float('nan')):.3f}; per class (class: kept, precision):")
-    print(", ".join(f"{r['class_name']}: {r['selected_count']}, "
-                    f"{'-' if r['precision'] is None else format(r['precision'], '.2f')}" for r in rows))
+    for (pool, name), result in labels.items():
+        rows = latest_balance(str(study.work / f"pseudo-labels-{pool}-{name}")).to_pylist()
+        print(f"\npseudo-labels of the {pool} pool by the base model (policy {name}): {result['selected']} kept, "
+              f"precision {result.get('precision', float('nan')):.3f}; per class (class: kept, precision):")
+        print(", ".join(f"{r['class_name']}: {r['selected_count']}, "
+                        f"{'-' if r['precision'] is None else format(r['precision'], '.2f')}" for r in rows))
     print("\nminutes per stage (this invocation):", ", ".join(f"{k} {v:.1f}" for k, v in study.minutes.items()))
     print(f"total {(time.time() - started) / 60:.1f} minutes")
-
 
 if __name__ == "__main__":
     main()

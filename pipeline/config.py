@@ -38,6 +38,10 @@ class SparkConfig:
     conf: dict[str, str] = field(default_factory=dict)  # extra spark.* settings
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"  # Spark's console log level (--verbose: INFO)
 
+    def validate(self) -> None:
+        if self.shuffle_partitions < 1:
+            raise ConfigError(f"spark.shuffle_partitions must be >= 1, got {self.shuffle_partitions}")
+
 
 @dataclass
 class IngestConfig:
@@ -66,6 +70,8 @@ class IngestConfig:
             raise ConfigError(f"ingest.test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.files_per_task < 1:
             raise ConfigError(f"ingest.files_per_task must be >= 1, got {self.files_per_task}")
+        if self.seed < 0:
+            raise ConfigError(f"ingest.seed must be >= 0 (numpy's seeds are), got {self.seed}")
 
 
 @dataclass
@@ -96,6 +102,8 @@ class LongTailConfig:
     def validate(self) -> None:
         if self.imbalance_ratio < 1:
             raise ConfigError(f"longtail.imbalance_ratio must be >= 1, got {self.imbalance_ratio}")
+        if self.seed < 0:
+            raise ConfigError(f"longtail.seed must be >= 0 (numpy's seeds are), got {self.seed}")
         if self.unlabeled_ratio == 0 or abs(self.unlabeled_ratio) < 1:
             raise ConfigError(
                 f"longtail.unlabeled_ratio must be >= 1 or <= -1 (negative reverses), got {self.unlabeled_ratio}")
@@ -262,6 +270,8 @@ class TrainConfig:
                            ("schedule.reference_epochs", s.reference_epochs), ("semi.rounds", semi.rounds)):
             if value < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {value}")
+        if self.seed < 0:
+            raise ConfigError(f"train.seed must be >= 0 (numpy's seeds are), got {self.seed}")
         if d.eval_batch_size < 0:
             raise ConfigError(f"train.data.eval_batch_size must be >= 0 (0: the device's default), got {d.eval_batch_size}")
         for key, beta in (("loss.cb_beta", self.loss.cb_beta), ("sampler.cb_beta", self.sampler.cb_beta)):
@@ -520,6 +530,8 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, di
     parents = data.pop("extends", []) or []
     if isinstance(parents, str):
         parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"config file {path}: extends must be a file name or a list of file names, got {parents!r}")
     layers: list[tuple[Path, dict]] = []
     for parent in parents:
         layers += _yaml_layers(path.parent / parent, seen + (path,))

@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline import fs, schema
-from pipeline.config import Config, LongTailConfig, to_dict
+from pipeline.config import Config, ConfigError, LongTailConfig, to_dict
 from pipeline.ingest import IMAGES, REPORT
 from pipeline.longtail import LongTailError, class_counts, ids_sha256, subsample
 from pipeline.output import staged
@@ -38,6 +38,11 @@ def plan_counts(available: list[int], cfg: LongTailConfig) -> tuple[list[int], l
     labeled = class_counts(cfg.imbalance_type, n_max, len(available), cfg.imbalance_ratio)
     unlabeled = (None if cfg.unlabeled_max is None
                  else class_counts("exp", cfg.unlabeled_max, len(available), cfg.unlabeled_ratio))
+    for key, ratio, head, counts in (("imbalance_ratio", cfg.imbalance_ratio, n_max, labeled),
+                                     ("unlabeled_ratio", cfg.unlabeled_ratio, cfg.unlabeled_max, unlabeled)):
+        if counts and head and min(counts) == 0:  # a ratio above the head count leaves the tail empty
+            raise ConfigError(f"longtail.{key}={ratio:g} with a head class of {head} images gives "
+                              f"{counts.count(0)} of {len(counts)} classes no image; it can be at most {head}")
     return labeled, unlabeled
 
 

@@ -520,7 +520,8 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
     summary["final_test_per_class_accuracy"] = final["per_class_accuracy"]
     summary.update(device=str(ctx.device), step=accel_for(cfg.train.runtime, ctx.device).describe(),  # where it ran
                    config_sha256=config_sha256(cfg), manifest_sha256=manifest["manifest_sha256"],
-                   git_commit=provenance["git_commit"], seed=cfg.train.seed, epochs=len(history))
+                   git_commit=provenance["git_commit"], seed=cfg.train.seed, epochs=len(history),
+                   checkpoint=str(ckpt_path))
     tracker.log_metrics({f"final_test_class_acc_{n}": a for n, a in zip(names, final["per_class_accuracy"])
                          if np.isfinite(a)})
     final = {"class_names": names, "train_counts": counts, **final}

@@ -1,4 +1,5 @@
 """The typed, layered config: defaults < YAML files (with extends) < flags and --set, in order."""
+import re
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,39 @@ def test_cross_field_checks_name_the_key():
         resolve([], [("longtail.unlabeled_ratio", "0")])
     with pytest.raises(ConfigError, match="train.eval_every must be >= 1, got 0"):
         resolve([], [("train.eval_every", "0")])
+
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("longtail.seed", "-1", "longtail.seed must be >= 0"),
+    ("train.seed", "-1", "train.seed must be >= 0"),
+    ("ingest.seed", "-3", "ingest.seed must be >= 0"),
+    ("spark.shuffle_partitions", "-2", "spark.shuffle_partitions must be >= 1, got -2"),
+])
+def test_out_of_range_values_fail_in_one_line_naming_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve([], [(key, value)])
+
+
+@pytest.mark.parametrize("extends", ["5", "[a.yaml, 7]", "{a: b}"])
+def test_an_extends_that_is_not_file_names_names_the_file(tmp_path, extends):
+    layer = tmp_path / "exp.yaml"
+    layer.write_text(f"extends: {extends}\n")
+    with pytest.raises(ConfigError, match=rf"config file {re.escape(str(layer))}: extends must be a file name"):
+        resolve([str(layer)])
+
+
+def test_a_ratio_above_the_head_count_names_the_key_and_its_bound():
+    from pipeline.splits import plan_counts
+
+    cfg = resolve([], [("longtail.imbalance_ratio", "1.0e+300"), ("longtail.labeled_max", "5000")]).longtail
+    with pytest.raises(ConfigError, match=r"longtail.imbalance_ratio=1e\+300 with a head class of 5000 images gives "
+                                          r"9 of 10 classes no image; it can be at most 5000"):
+        plan_counts([5000] * 10, cfg)
+    cfg = resolve([], [("longtail.unlabeled_ratio", "-400"), ("longtail.unlabeled_max", "300")]).longtail
+    with pytest.raises(ConfigError, match="longtail.unlabeled_ratio=-400 with a head class of 300 images"):
+        plan_counts([5000] * 10, cfg)
+    assert min(plan_counts([5000] * 10, resolve([], [("longtail.imbalance_ratio", "5000")]).longtail)[0]) == 1
 
 
 def test_job_flags_and_set_apply_in_command_line_order():

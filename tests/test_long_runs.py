@@ -17,7 +17,7 @@ def bench(name: str):
 
 
 def test_carry_restores_a_lost_state_and_keeps_the_newest_checkpoint(tmp_path):
-    sync = bench("cifar10_lt").sync_carry
+    sync = bench("sittings").sync_carry
     state, carry = tmp_path / "state", tmp_path / "carry"
     (state / "run-a").mkdir(parents=True)
     (state / "run-a" / "checkpoint.pt").write_bytes(b"epoch 7")

@@ -446,7 +446,8 @@ def test_crest_policy_is_recorded_with_its_counts_and_selects_by_rank():
     assert keep[:10].sum() == 2 and keep[10:].all() and keep[8] and keep[9]
 
 
-def test_a_prior_corrected_stream_records_em_and_bbse_and_the_trainer_keeps_what_it_counted(spark, base, tmp_path):
+def test_a_prior_corrected_stream_records_em_and_bbse_and_the_trainer_keeps_what_it_counted(spark, base, tmp_path,
+                                                                                             capsys):
     from pipeline.pseudo_labels import selected_pseudo_labels
 
     out = tmp_path / "pl-em"
@@ -469,10 +470,14 @@ def test_a_prior_corrected_stream_records_em_and_bbse_and_the_trainer_keeps_what
     assert {"pl_prior_l1_em", "pl_prior_l1_bbse", "pl_prior_l1_labeled", "pl_bbse_condition"} <= set(metrics)
 
     # a restart with another correction is another stream
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
         pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"),
                               "--out", str(out), "--select", "threshold", "--tau", "0.5", "--adjust", "em",
                               "--val", str(held_out)])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{out} holds pseudo-labels of another stream (policy:" in err and "'adjust': 'bbse'" in err
 
 
 def test_bbse_without_a_held_out_split_is_refused_before_any_work(spark, base, tmp_path, capsys):
@@ -482,7 +487,8 @@ def test_bbse_without_a_held_out_split_is_refused_before_any_work(spark, base, t
     assert "val_per_class" in capsys.readouterr().err and not (tmp_path / "pl").exists()
 
 
-def test_a_bf16_stream_is_checked_against_fp32_first_and_a_restart_cannot_change_precision(spark, base, tmp_path):
+def test_a_bf16_stream_is_checked_against_fp32_first_and_a_restart_cannot_change_precision(spark, base, tmp_path,
+                                                                                          capsys):
     from pipeline.data import read_table
 
     out = tmp_path / "pl-bf16"
@@ -504,8 +510,11 @@ def test_a_bf16_stream_is_checked_against_fp32_first_and_a_restart_cannot_change
 
     a, b = labels(out), labels(exact)
     assert a.keys() == b.keys() and np.mean([a[i] == b[i] for i in a]) >= 0.9
-    with pytest.raises(SystemExit):  # one output, one precision
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # one output, one precision
         pseudolabel_job.main([*args, "--precision", "fp32"])
+    assert e.value.code == 1
+    assert "holds pseudo-labels of another stream (scoring_precision: 'bf16', now 'fp32')" in capsys.readouterr().err
 
 
 def test_the_overall_precision_ignores_classes_with_nothing_kept_even_as_nan():

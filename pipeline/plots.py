@@ -10,6 +10,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def literal(names) -> list[str]:
+    """Class names as matplotlib prints them verbatim: a name with two $ would be parsed as TeX (and may
+    not parse, ending the run that draws it)."""
+    return [str(n).replace("$", r"\$") for n in names]
+
+
 def confusion_figure(cm, class_names):
     cm = np.asarray(cm, dtype=np.float64)
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -18,8 +24,8 @@ def confusion_figure(cm, class_names):
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (row-normalised)",
            xticks=range(len(class_names)), yticks=range(len(class_names)))
-    ax.set_xticklabels(class_names, rotation=90)
-    ax.set_yticklabels(class_names)
+    ax.set_xticklabels(literal(class_names), rotation=90)
+    ax.set_yticklabels(literal(class_names))
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     return fig
@@ -30,7 +36,7 @@ def per_class_figure(accuracy, train_counts, class_names):
     x = np.arange(len(class_names))
     ax.bar(x, np.nan_to_num(np.asarray(accuracy, dtype=float)) * 100, color="tab:blue")
     ax.set(ylabel="test accuracy (%)", ylim=(0, 100), xticks=x, title="per-class accuracy vs training images")
-    ax.set_xticklabels(class_names, rotation=90)
+    ax.set_xticklabels(literal(class_names), rotation=90)
     ax2 = ax.twinx()
     ax2.plot(x, train_counts, color="tab:red", marker="o")
     ax2.set_yscale("log")
@@ -97,7 +103,7 @@ def per_class_comparison_figure(accuracy: dict[str, np.ndarray], train_counts, c
         ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(np.asarray(accuracy[label], dtype=float)) * 100,
                width, label=label)
     ax.set(ylabel="test accuracy (%)", ylim=(0, 100), xticks=x, title=title)
-    ax.set_xticklabels(class_names, rotation=90)
+    ax.set_xticklabels(literal(class_names), rotation=90)
     ax2 = ax.twinx()
     ax2.plot(x, train_counts, color="black", marker="o", linestyle="--", label="training images")
     ax2.set_yscale("log")

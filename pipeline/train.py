@@ -522,8 +522,8 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
                    config_sha256=config_sha256(cfg), manifest_sha256=manifest["manifest_sha256"],
                    git_commit=provenance["git_commit"], seed=cfg.train.seed, epochs=len(history),
                    checkpoint=str(ckpt_path))
-    tracker.log_metrics({f"final_test_class_acc_{n}": a for n, a in zip(names, final["per_class_accuracy"])
-                         if np.isfinite(a)})
+    tracker.log_metrics({f"final_test_class_acc_{i}": a for i, a in enumerate(final["per_class_accuracy"])  # by index:
+                         if np.isfinite(a)})  # valid for any class name (final_test_metrics.json maps them)
     final = {"class_names": names, "train_counts": counts, **final}
     tracker.log_dict(final, "final_test_metrics.json")
     figures = run_report.figures(final, history)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import datetime as dt
-import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -88,11 +87,6 @@ def imbalance_ratio(counts: Sequence[int]) -> float:
     return float("inf") if counts.min() == 0 else float(counts.max() / counts.min())
 
 
-def metric_name(name: str) -> str:
-    """A class name as MLflow accepts it in a metric key."""
-    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)
-
-
 def overall_precision(rows: list[dict]) -> Optional[float]:
     """Share of all kept pseudo-labels that are right, from one micro-batch's balance rows; None
     without hidden truth."""
@@ -112,8 +106,8 @@ def balance_metrics(table: pa.Table) -> dict[str, float]:
                "pl_rows_per_s": first["rows_per_s"], "pl_latency_s": first["latency_s"],
                "pl_selected_total": sum(r["selected_count"] for r in rows),
                "pl_imbalance_ratio": imbalance_ratio([r["selected_count"] for r in rows])}
-    for r in rows:
-        name = metric_name(r["class_name"])
+    for r in rows:  # by class index: any class name is valid (stream.json maps indices to names)
+        name = r["class_index"]
         metrics[f"pl_count_{name}"] = r["cumulative_count"]
         metrics[f"pl_selected_{name}"] = r["selected_count"]
         for key in ("adjusted_count", "prior_em", "prior_bbse", "mean_confidence", "precision", "recall"):

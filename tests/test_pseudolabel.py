@@ -71,7 +71,7 @@ def test_balance_counts_and_hidden_truth_precision_recall_by_hand():
     assert rows[0]["rows_per_s"] == pytest.approx(3 / 0.5) and rows[0]["cumulative_rows"] == 7
     assert rows[1]["batch_mean_confidence"] == pytest.approx(0.65)
     metrics = balance_metrics(table)
-    assert metrics["pl_selected_total"] == 4 and metrics["pl_count_a"] == 4 and metrics["pl_precision"] == 0.75
+    assert metrics["pl_selected_total"] == 4 and metrics["pl_count_0"] == 4 and metrics["pl_precision"] == 0.75
     assert "pl_imbalance_ratio" not in metrics  # class c has no pseudo-label: infinite, not logged
 
 

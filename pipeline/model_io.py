@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, shown
 
 SPEC, WEIGHTS = "spec.json", "weights.pt"
 FORMAT = 1
@@ -44,17 +44,17 @@ def _check_values(spec: dict) -> None:
     for key, (low, high) in _BOUNDS.items():
         value = spec[key]
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ModelFormatError(f"model spec: {key}={value!r} is not an integer in [{low}, {high}]")
+            raise ModelFormatError(f"model spec: {key}={shown(value)} is not an integer in [{low}, {high}]")
     if spec["head"] not in ("linear", "normed") or not isinstance(spec["architecture"], str):
-        raise ModelFormatError(f"model spec: head {spec['head']!r} / architecture {spec['architecture']!r}")
+        raise ModelFormatError(f"model spec: head {shown(spec['head'])} / architecture {shown(spec['architecture'])}")
     for key in ("mean", "std"):
         values = spec[key]
         if (not isinstance(values, list) or len(values) != spec["in_channels"]
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-            raise ModelFormatError(f"model spec: {key} must be {spec['in_channels']} numbers, got {values!r}")
+            raise ModelFormatError(f"model spec: {key} must be {spec['in_channels']} numbers, got {shown(values)}")
     for key in ("head_scale", "posthoc_tau"):
         if not isinstance(spec[key], (int, float)) or isinstance(spec[key], bool):
-            raise ModelFormatError(f"model spec: {key}={spec[key]!r} is not a number")
+            raise ModelFormatError(f"model spec: {key}={shown(spec[key])} is not a number")
 
 
 def build(spec: dict) -> torch.nn.Module:
@@ -63,11 +63,11 @@ def build(spec: dict) -> torch.nn.Module:
 
     unknown, missing = set(spec) - _KEYS, _KEYS - set(spec)
     if spec.get("format") != FORMAT or unknown or missing:
-        raise ModelFormatError(f"model spec: format {spec.get('format')!r} (expected {FORMAT}), unknown keys "
-                               f"{sorted(unknown)}, missing {sorted(missing)}")
+        raise ModelFormatError(f"model spec: format {shown(spec.get('format'))} (expected {FORMAT}), unknown keys "
+                               f"{shown(sorted(unknown))}, missing {sorted(missing)}")
     _check_values(spec)
     if spec["architecture"] not in MODELS:
-        raise ModelFormatError(f"model spec: unknown architecture {spec['architecture']!r}; registered: "
+        raise ModelFormatError(f"model spec: unknown architecture {shown(spec['architecture'])}; registered: "
                                f"{', '.join(sorted(MODELS))}")
     model = create_model(spec["architecture"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                          image_size=spec["image_size"], head=spec["head"], head_scale=spec["head_scale"])

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import schema
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, shown
 from pipeline.images import decode
 
 RUN_ID_LENGTH = 32
@@ -51,12 +51,10 @@ def resolve(ref: str, device: str = "auto", batch_size: int = 0, threads: int = 
             precision: str = "fp32") -> ScoringModel:
     """Check on the driver that ``ref`` names a logged model and find the run that logged it."""
     import mlflow
-
-    from pipeline.tracking import tracking_uri
-
     import torch
 
     from pipeline.accel import warn_slow_bf16
+    from pipeline.tracking import load_model, tracking_uri
 
     on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())  # as the executors resolve it
     warn_slow_bf16(precision, "cuda" if on_gpu else "cpu", "pseudolabel.precision")
@@ -65,15 +63,36 @@ def resolve(ref: str, device: str = "auto", batch_size: int = 0, threads: int = 
     try:
         info = mlflow.models.get_model_info(uri)
     except Exception as e:  # MlflowException, OSError...: the message says which
-        raise ModelError(f"cannot find model {ref!r} ({uri}) in the MLflow store {tracking_uri()}: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"cannot find model {shown(ref)} in the MLflow store {tracking_uri()}: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
     if not info.run_id:
-        raise ModelError(f"model {uri} was not logged by an MLflow run; the pseudo-labels need its provenance")
+        raise ModelError(f"model {shown(uri)} was not logged by an MLflow run; the pseudo-labels need its provenance")
+    owner = owning_run(uri)
+    if owner and info.run_id != owner:  # an MLmodel copied or edited: it would score with another run's model
+        raise ModelError(f"model {shown(uri)} belongs to run {owner}, but its MLmodel names run {shown(info.run_id)}; "
+                         f"refusing to score with a model that is not the one asked for")
     # pinned here, once: a models:/name@alias (or latest) would be resolved again by every worker and
     # every restart, and could mix models in one output under one recorded run id
     pinned = f"runs:/{info.run_id}/{info.artifact_path or 'model'}"
+    try:  # on the driver, before the stream opens its run: not as a trace from every executor
+        load_model(pinned)
+    except Exception as e:
+        raise ModelError(f"model {shown(uri)} cannot be loaded: {type(e).__name__}: {str(e)[:500]}") from None
     return ScoringModel(pinned, info.run_id, tracking_uri(), device, batch_size, threads, registered_version(uri),
                         precision)
+
+
+def owning_run(uri: str) -> Optional[str]:
+    """The run a runs:/ or models:/ URI says the model belongs to (None for a path)."""
+    import mlflow
+
+    if uri.startswith("runs:/"):
+        return uri[len("runs:/"):].split("/", 1)[0]
+    version = registered_version(uri)
+    if version:
+        name, _, number = version.rpartition("/")
+        return mlflow.tracking.MlflowClient().get_model_version(name, number).run_id
+    return None
 
 
 def registered_version(uri: str) -> Optional[str]:

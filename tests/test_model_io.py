@@ -81,3 +81,11 @@ def test_a_spec_with_absurd_values_is_refused_before_anything_is_built(tmp_path,
     (tmp_path / "spec.json").write_text(json.dumps({**SPEC, **change}))
     with pytest.raises(ModelFormatError, match=message):
         model_io.load(tmp_path)
+
+
+def test_an_oversized_spec_value_is_echoed_cut_short(tmp_path):
+    model_io.save(tmp_path, SPEC, model_io.build(SPEC))
+    (tmp_path / "spec.json").write_text(json.dumps({**SPEC, "mean": ["9" * 1000] * 30_000}))
+    with pytest.raises(ModelFormatError, match=r"mean must be 1 numbers, got \['999") as e:
+        model_io.load(tmp_path)
+    assert len(str(e.value)) < 400 and "characters)" in str(e.value)

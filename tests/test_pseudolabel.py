@@ -17,7 +17,7 @@ import torch
 from jobs import pseudolabel as pseudolabel_job
 from streaming import sinks
 from streaming.balance import balance_metrics, balance_table
-from streaming.score import resolve as resolve_model, score
+from streaming.score import ModelError, resolve as resolve_model, score
 from streaming.select import POLICIES, Policy, class_thresholds
 from tests.helpers import POOL_FILES, submit_command
 
@@ -168,6 +168,34 @@ def test_a_registered_alias_is_pinned_to_its_run_on_the_driver(base):
     model = resolve_model(f"models:/{name}@candidate")
     assert model.uri == f"runs:/{base['run_id']}/model" and model.run_id == base["run_id"]
     assert model.version == f"{name}/{version.version}"  # the version it resolved, recorded with the labels
+
+
+def _run_with_model_copy(base, tmp_path, edit) -> str:
+    """A new run whose "model" artifact is a copy of the base run's, changed by ``edit(folder, run_id)``."""
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{base['run_id']}/model", dst_path=str(tmp_path / "copy")))
+    with mlflow.start_run(experiment_id=mlflow.get_run(base["run_id"]).info.experiment_id) as run:
+        edit(local, run.info.run_id)
+        mlflow.log_artifacts(str(local), "model")
+    return run.info.run_id
+
+
+def test_a_model_whose_mlmodel_names_another_run_is_refused(base, tmp_path):
+    other = _run_with_model_copy(base, tmp_path, lambda folder, run_id: None)  # MLmodel still says base's run
+    with pytest.raises(ModelError, match=rf"belongs to run {other}, but its MLmodel names run '{base['run_id']}'"):
+        resolve_model(other)
+
+
+def test_a_tampered_model_is_refused_on_the_driver_in_one_short_line(base, tmp_path):
+    def tamper(folder, run_id):
+        mlmodel = folder / "MLmodel"
+        mlmodel.write_text(mlmodel.read_text().replace(base["run_id"], run_id))  # its own run: only the spec lies
+        spec = json.loads((folder / "spec.json").read_text())
+        (folder / "spec.json").write_text(json.dumps({**spec, "architecture": "x" * 30_000_000}))
+
+    tampered = _run_with_model_copy(base, tmp_path, tamper)
+    with pytest.raises(ModelError, match="cannot be loaded: ModelFormatError: model spec: unknown architecture") as e:
+        resolve_model(tampered)
+    assert len(str(e.value)) < 1000 and "30,000,002 characters" in str(e.value)
 
 
 def test_unknown_policy_and_missing_model_fail_with_their_names(spark, base, tmp_path, capsys):

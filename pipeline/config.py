@@ -59,6 +59,7 @@ class IngestConfig:
     seed: int = 0  # digits: seed of that held-out split
     download_dir: str = "data/downloads"  # where torchvision downloads go when --source is absent
     files_per_task: int = 2000  # input files per Spark task
+    max_record_mb: float = 64.0  # an input record (image file, archive member) larger than this is rejected, unread
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -70,6 +71,8 @@ class IngestConfig:
             raise ConfigError(f"ingest.test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.files_per_task < 1:
             raise ConfigError(f"ingest.files_per_task must be >= 1, got {self.files_per_task}")
+        if not self.max_record_mb > 0:
+            raise ConfigError(f"ingest.max_record_mb must be > 0, got {self.max_record_mb}")
         if self.seed < 0:
             raise ConfigError(f"ingest.seed must be >= 0 (numpy's seeds are), got {self.seed}")
 

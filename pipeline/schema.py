@@ -70,6 +70,9 @@ REJECT_REASONS = {
     "duplicate": "the same path listed twice in one split",
     "outside_root": "a path that leaves the data root (absolute, .., URI, symlink elsewhere); no bytes read",
     "link_member": "an archive member that is a symlink or hard link (not followed)",
+    "unsupported_member": "an archive member that is neither a file nor a link (sparse, device, fifo); not read",
+    "bad_name": "a member or file name that is not valid UTF-8 (shown with replacement characters)",
+    "too_large": "a record larger than ingest.max_record_mb; not read",
 }
 
 # Pseudo-labels (jobs/pseudolabel.py, OUT/labels/batch_id=N/): every scored image once. The micro-batch

@@ -471,3 +471,98 @@ def test_every_registered_source_plans_and_reads_under_its_own_name(name):
     source = get_source(name)
     assert isinstance(source, Source) and source.name == name
     assert type(source).plan is not Source.plan and type(source).read is not Source.read  # both implemented
+
+
+def _plan(archive, **settings):
+    from pipeline.config import resolve
+    from pipeline.sources import get_source
+
+    sets = [("ingest.source", json.dumps([str(archive)]))] + [(f"ingest.{k}", str(v)) for k, v in settings.items()]
+    return get_source("imagefolder").plan(resolve([], sets).ingest, 2)
+
+
+def _tar_bytes(files: dict) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+SIXTY = {f"train/{'ab'[i % 2]}/{i:02d}.png": image_bytes(seed=i) for i in range(60)}
+
+
+def test_an_archive_whose_listing_stops_before_its_end_is_an_error_naming_where(tmp_path):
+    from pipeline.sources import SourceError
+
+    data = bytearray(_tar_bytes(SIXTY))
+    offsets = [m.offset for m in tarfile.open(fileobj=__import__("io").BytesIO(bytes(data))).getmembers()]
+    flipped = bytearray(data)
+    flipped[offsets[30] + 100] ^= 0xFF  # one byte of member #30's header: its checksum no longer matches
+    cut = data[:offsets[30]]  # cut at a header boundary, no end-of-archive blocks
+    for name, blob in (("flipped.tar", flipped), ("cut.tar", cut)):
+        (tmp_path / name).write_bytes(bytes(blob))
+        with pytest.raises(SourceError, match=rf"{name}: the listing stopped after 30 members at offset {offsets[30]}"):
+            _plan(tmp_path / name)
+    assert len(_plan(_archive(tmp_path / "whole.tar.gz", SIXTY)).units[0]["members"]) == 30  # 60 on 2 tasks
+
+
+def test_a_member_with_a_negative_size_is_refused_naming_it(tmp_path):
+    from pipeline.sources import SourceError
+
+    data = bytearray(_tar_bytes(SIXTY))
+    second = tarfile.open(fileobj=__import__("io").BytesIO(bytes(data))).getmembers()[1].offset
+    header = bytearray(data[second:second + 512])
+    header[124:136] = b"\xff" * 12  # base-256 size field: -1
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    data[second:second + 512] = header
+    (tmp_path / "neg.tar").write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=r"member #1 'train/b/01.png' at offset 1024: declared size -1"):
+        _plan(tmp_path / "neg.tar")
+
+
+def test_members_that_leave_the_tree_or_are_not_files_or_too_large_are_rejected_one_by_one(tmp_path):
+    import io
+
+    from pipeline.sources import TaskContext, get_source
+
+    archive = tmp_path / "odd.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in {"train/a/ok.png": image_bytes(seed=1), "../cat/x.png": image_bytes(seed=2),
+                           "train/a/big.png": b"\0" * 3_000_000}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        fifo = tarfile.TarInfo("train/a/pipe.png")
+        fifo.type = tarfile.FIFOTYPE
+        tar.addfile(fifo)
+        bad = tarfile.TarInfo("train/a/caf\udce9.png")  # a Latin-1 byte: not UTF-8
+        data = image_bytes(seed=3)
+        bad.size = len(data)
+        tar.addfile(bad, io.BytesIO(data))
+    plan = _plan(archive, max_record_mb=2)
+    assert plan.class_names == ["a"] and "labeled_splits" in plan.units[0]
+    assert all(u["labeled_splits"] == ["train"] for u in plan.units)  # no split named ".."
+    ctx = TaskContext(tuple(plan.class_names), None, None, plan.label_type)
+    rows = [r for unit in plan.units for r in get_source("imagefolder").read(unit, ctx)]
+    reasons = {r.get("source", r.get("id")).split("!")[-1]: r.get("reason") for r in rows}
+    assert reasons == {"train/a/ok.png": None, "../cat/x.png": "outside_root", "train/a/big.png": "too_large",
+                       "train/a/pipe.png": "unsupported_member", "train/a/caf\ufffd.png": "bad_name"}
+    big = next(r for r in rows if r.get("reason") == "too_large")
+    assert "3,000,000 bytes, over ingest.max_record_mb (2 MB)" in big["detail"] and big["image"] is None
+
+
+def test_a_file_over_the_record_cap_is_rejected_unread(tmp_path):
+    from pipeline.sources import TaskContext, get_source
+
+    write_tree(tmp_path / "tree", {"train/a/0.png": image_bytes(seed=0), "train/b/big.png": b"\0" * 1_200_000})
+    plan = get_source("imagefolder").plan(__import__("pipeline.config", fromlist=["resolve"]).resolve(
+        [], [("ingest.source", json.dumps([str(tmp_path / "tree")])), ("ingest.max_record_mb", "1")]).ingest, 2)
+    ctx = TaskContext(tuple(plan.class_names), None, None, plan.label_type)
+    rows = [r for unit in plan.units for r in get_source("imagefolder").read(unit, ctx)]
+    assert sorted(r.get("reason") or "ok" for r in rows) == ["ok", "too_large"]

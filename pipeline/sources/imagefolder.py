@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 
 from pipeline import fs
 from pipeline.config import IngestConfig
+from pipeline.errors import shown
 from pipeline.sources import (Plan, Source, SourceError, TaskContext, chunks, image_row, outside_root, register,
                               rejected_row)
 from pipeline.sources.cifar import ARCHIVE_SUFFIXES
@@ -16,22 +17,61 @@ from pipeline.sources.cifar import ARCHIVE_SUFFIXES
 
 def _archive_files(source: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
     """(member name, member) of each member but folders, in archive order: regular files and links
-    (a link is rejected, never followed, and so still counted)."""
+    (a link is rejected, never followed, and so still counted). A header that would send the listing
+    back or nowhere (a negative size, an offset that does not grow), or a listing that stops before the
+    archive's end (a corrupt header mid-archive, an archive cut short), is a SourceError naming where."""
     with fs.open_input(source) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
-        for m in tar:
+        last, count = -1, 0
+        while (m := tar.next()) is not None:
+            if m.size < 0 or m.offset <= last:
+                raise SourceError(f"member #{count} {shown(_printable(m.name))} at offset {m.offset}: declared size "
+                                  f"{m.size} after a header at {last} (a corrupt header); the archive is not read")
+            last, count = m.offset, count + 1
             if not m.isdir():
                 yield m.name.removeprefix("./"), m
+        stopped = _unread_tail(tar)
+        if stopped:
+            raise SourceError(f"the listing stopped after {count} members at offset {tar.offset}: {stopped}")
 
 
-def _listed(name: str, member: tarfile.TarInfo) -> list:
+def _unread_tail(tar: tarfile.TarFile) -> Optional[str]:
+    """Why the listing did not reach the archive's end, or None: after the last member header tarfile
+    read must come only the end-of-archive zero blocks (tarfile ends a listing silently at a bad header)."""
+    stream, seen = tar.fileobj, 0
+    stream.seek(tar.offset)
+    while chunk := stream.read(1 << 20):
+        if chunk.strip(b"\0"):
+            at = tar.offset + seen + len(chunk) - len(chunk.lstrip(b"\0"))
+            return f"data at offset {at} after it, where only end-of-archive zeros may be (a corrupt member header)"
+        seen += len(chunk)
+    if seen < tarfile.BLOCKSIZE:
+        return f"the archive ends at offset {tar.offset + seen} without its end-of-archive blocks (cut short)"
+    return None
+
+
+def _printable(name: str) -> str:
+    """A member name as text that can be stored: tarfile keeps undecodable bytes as surrogates."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _listed(name: str, member: tarfile.TarInfo, max_bytes: int) -> list:
     """A member as the plan hands it to a task: [name, data offset, size, header checksum] for a
-    regular file, else [name, None, why it is not read, None]. The task reads the bytes there without
-    parsing the headers, after checking that the header before them has the listed checksum."""
-    if member.isfile() and not member.issparse():
-        return [name, member.offset_data, member.size, member.chksum]
-    kind = ("symlink" if member.issym() else "hard link" if member.islnk() else "sparse file" if member.issparse()
-            else member.type)
-    return [name, None, f"a {kind} member (to {member.linkname!r}), not followed", None]
+    regular file, else [name, None, why it is not read, the reject reason]. The task reads the bytes
+    there without parsing the headers, after checking that the header before them has the listed checksum."""
+    printable = _printable(name)
+    if printable != name:
+        return [printable, None, "the member name is not valid UTF-8", "bad_name"]
+    if name.startswith("/") or any(part in ("..", ".") for part in name.split("/")):
+        return [name, None, f"member path {shown(name)} leaves the archive's tree", "outside_root"]
+    if member.issym() or member.islnk():
+        kind = "symlink" if member.issym() else "hard link"
+        return [name, None, f"a {kind} member (to {shown(member.linkname)}), not followed", "link_member"]
+    if not member.isfile() or member.issparse():
+        kind = "sparse file" if member.issparse() else f"type {member.type!r}"
+        return [name, None, f"a {kind} member, not read", "unsupported_member"]
+    if member.size > max_bytes:
+        return [name, None, f"{member.size:,} bytes, over ingest.max_record_mb ({max_bytes / 2**20:g} MB)", "too_large"]
+    return [name, member.offset_data, member.size, member.chksum]
 
 
 def _identity(source: str) -> list:
@@ -71,14 +111,19 @@ class ImageFolder(Source):
         source = fs.normalize(cfg.source[0])
         if not fs.exists(source):
             raise SourceError(f"imagefolder: source {source} does not exist")
-        archive = source.endswith(ARCHIVE_SUFFIXES)
+        archive, cap = source.endswith(ARCHIVE_SUFFIXES), int(cfg.max_record_mb * 2**20)
         try:
             identity = _identity(source) if archive else None
-            members = [_listed(name, m) for name, m in _archive_files(source)] if archive else []
-            paths = [m[0] for m in members] if archive else [p for p, _ in fs.list_files(source)]
+            members = [_listed(name, m, cap) for name, m in _archive_files(source)] if archive else []
+            listing = [] if archive else list(fs.list_files(source))
+            paths = [m[0] for m in members] if archive else [p for p, _ in listing]
         except (OSError, EOFError, tarfile.TarError) as e:
             raise SourceError(f"imagefolder: cannot list {source}: {type(e).__name__}: {e}") from None
-        inside = paths if archive else [p for p in paths if not outside_root(source, p)]  # links out: not layout
+        except SourceError as e:
+            raise SourceError(f"imagefolder: {source}: {e}") from None
+        # what the layout is read from: not the paths that leave the tree (links out, .. members, bad names)
+        inside = ([m[0] for m in members if m[3] not in ("outside_root", "bad_name")] if archive
+                  else [p for p in paths if not outside_root(source, p)])
         prefix = wrapper_prefix(inside)
         parts = [p[len(prefix):].split("/") for p in inside]
         class_names = sorted({q[1] for q in parts if len(q) == 3})
@@ -94,7 +139,9 @@ class ImageFolder(Source):
             units = [{**common, "identity": identity, "start": a, "members": members[a:a + size]}
                      for a in range(0, len(paths), size)]
         else:
-            units = [{**common, "paths": chunk} for chunk in chunks(paths, cfg.files_per_task)]
+            too_large = {p: n for p, n in listing if n > cap}  # rejected by their size, never read
+            units = [{**common, "paths": chunk, "too_large": {p: too_large[p] for p in chunk if p in too_large},
+                      "cap": cap} for chunk in chunks(paths, cfg.files_per_task)]
         return Plan(class_names, units, {"source": source, "files": len(paths), "wrapper": prefix or None},
                     label_type="name", expected_records=len(paths))
 
@@ -107,6 +154,10 @@ class ImageFolder(Source):
                 if escape:  # a symbolic link out of the tree: counted, not read
                     yield rejected_row(uri, None, "outside_root", escape)
                     continue
+                if path in unit["too_large"]:
+                    yield rejected_row(uri, None, "too_large", f"{unit['too_large'][path]:,} bytes, over "
+                                                               f"ingest.max_record_mb ({unit['cap'] / 2**20:g} MB)")
+                    continue
                 yield self._row(place(path, unit["prefix"], labeled), uri, lambda: fs.read_bytes(uri), ctx)
             return
         members, start = unit["members"], unit["start"]
@@ -117,8 +168,8 @@ class ImageFolder(Source):
                     raise SourceError(f"the archive changed since it was listed (size, mtime {unit['identity']} "
                                       f"-> {_identity(unit['source'])})")
                 for name, offset, size, chksum in members:
-                    if offset is None:  # a link or another member that is not a file: ``size`` says which
-                        yield rejected_row(f"{unit['source']}!{name}", None, "link_member", size)
+                    if offset is None:  # a member not read: ``size`` says why, ``chksum`` is the reason
+                        yield rejected_row(f"{unit['source']}!{name}", None, chksum, size)
                     else:
                         yield self._row(place(name, unit["prefix"], labeled), f"{unit['source']}!{name}",
                                         lambda: _read_at(tar, name, offset, size, chksum), ctx)

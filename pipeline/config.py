@@ -350,8 +350,11 @@ class PseudoLabelConfig:
     val: Optional[str] = None  # held-out labeled split for BBSE; None: INPUT/../val when it has images
     refine: Literal["none", "darp"] = "none"  # darp: refine the soft labels to the estimated counts (needs adjust)
     darp_alpha: float = 2.0  # darp's pre-step: the alpha * target_k rows most confident in class k
-    crest_align: bool = False  # CReST+: align predictions to the labeled distribution, t annealed over the rounds
-    crest_final_t: float = 0.5  # crest_align: the temperature of the last round's labels (the first: 1.0)
+    # this project's variant of CReST+'s distribution alignment: the predictions the policy selects from are
+    # aligned to the labeled distribution, t annealed over the rounds (the published CReST+ aligns only the
+    # consistency targets of a FixMatch-trained model and selects from raw predictions)
+    align_labels: bool = False
+    align_final_t: float = 0.5  # align_labels: the temperature of the last round's labels (the first: 1.0)
     # images per forward pass; 0: 128 on a CPU, 512 on a GPU (pipeline.accel.inference_batch). At 128
     # ResNet-32's activations stay in this CPU's cache (2 workers at once: fp32 615 vs 415 images/s each
     # at 512, bf16 1,400 vs 1,200)

@@ -58,7 +58,7 @@ def launch_semi(spark, cfg) -> dict:
             policy = info["policy"]
             relabel = dataclasses.replace(cfg.pseudolabel, model=step["run_id"], input=info["input"], out=out,
                                           checkpoint=None, truth=info["truth"], trigger="available-now",
-                                          select=policy["name"], crest_align=bool(policy.get("align_t")),
+                                          select=policy["name"], align_labels=bool(policy.get("align_t")),
                                           **{k: v for k, v in policy.items() if k in PSEUDOLABEL_KEYS})
             labeled = run_pseudolabel(spark, dataclasses.replace(cfg, pseudolabel=relabel))
             step["next_pseudolabel_run_id"] = labeled["run_id"]

@@ -106,14 +106,20 @@ def adjust(probs: np.ndarray, pool_prior: np.ndarray, train_prior: np.ndarray, t
 
 
 def crest_rates(labeled_counts, alpha: float = 3.0) -> np.ndarray:
-    """CReST: class c, r(c)-th most frequent in the labeled set (1 = the head), keeps the share
-    mu_c = (N_(K+1-r(c)) / N_1)^(1/alpha) of its pseudo-labels, N_1 >= ... >= N_K the sorted counts:
-    the head keeps the least, the rarest class all."""
+    """CReST (Wei et al. 2021) as google-research/crest computes it: class c, the r(c)-th most frequent
+    in the labeled set (1 = the head; ties by class index), keeps the share mu_c = (N_(K+1-r(c)) /
+    N_1)^(1/alpha) of its pseudo-labels, with N_j / N_1 = rho^(-(j-1)/(K-1)) of the nominal exponential
+    profile at the labeled set's ratio rho = N_1 / N_K (the published code draws the rates from its
+    imbalance ratio, not from the measured counts, which are that profile rounded down): the head keeps
+    the least, the rarest class all."""
     counts = np.asarray(labeled_counts, dtype=np.float64)
-    descending = np.sort(counts)[::-1]
-    rank = np.empty(len(counts), dtype=np.int64)  # 1-based rank by count, ties by class index
-    rank[np.argsort(-counts, kind="stable")] = np.arange(1, len(counts) + 1)
-    return (descending[len(counts) - rank] / descending[0]) ** (1.0 / alpha)
+    k = len(counts)
+    if k < 2 or counts.min() <= 0:
+        raise ValueError(f"crest needs at least 2 classes with labeled images, got counts {counts.tolist()}")
+    rank = np.empty(k, dtype=np.int64)  # 1-based rank by count, ties by class index
+    rank[np.argsort(-counts, kind="stable")] = np.arange(1, k + 1)
+    rho = counts.max() / counts.min()
+    return (rho ** (-(k - rank) / (k - 1))) ** (1.0 / alpha)
 
 
 def crest_keep(predicted: np.ndarray, confidence: np.ndarray, rates: np.ndarray) -> np.ndarray:
@@ -141,43 +147,47 @@ def align(probs: np.ndarray, labeled_counts, t: float) -> np.ndarray:
     return _normalise_rows(probs * (target / np.maximum(probs.mean(axis=0), EPS)))
 
 
-def darp(probs: np.ndarray, target_counts: np.ndarray, alpha: float = 2.0, iterations: int = 10) -> np.ndarray:
-    """DARP (Kim et al. 2020): soft pseudo-labels x_m refined to rows summing to 1 and columns summing
-    to ``target_counts``, minimising sum_m w_m KL(x_m || x^_m), w_m = 1 / H(x^_m). First the
-    published pre-step: per class k the alpha * target_k rows most confident in k are scaled up
-    towards the target; then dual coordinate ascent on the row (closed form) and column (a monotone
-    1-D root per class) multipliers of x_mk = x^_mk exp(-1 - (lambda_m + nu_k) / w_m)."""
-    from scipy.optimize import brentq
+def darp(probs: np.ndarray, target_counts: np.ndarray, alpha: float = 2.0, iterations: int = 10,
+         tol: float = 0.1, newton_steps: int = 30) -> np.ndarray:
+    """DARP as its authors publish it (Kim et al. 2020, bbuing9/DARP: ``estimate_pseudo`` then
+    ``opt_solver``): soft pseudo-labels whose rows sum to 1 and whose columns approach
+    ``target_counts`` (counts over this pool; DARP's own scripts use the labeled distribution or an
+    estimate), each row moved least where it was confident (weight w_m = 1 / H(x_m)).
 
-    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, None)
-    p = _normalise_rows(p)
-    n, k = p.shape
-    target = np.asarray(target_counts, dtype=np.float64)
-    target = target * n / max(target.sum(), EPS)  # the columns must add up to the rows
-    scale = np.ones_like(p)
+    1. Truncation: per class k only the int(alpha * q_k) rows most confident in k keep their entry,
+       scaled by (q_k + 1e-6) / (their sum + 1e-6); every other entry becomes 0, then each row is
+       (x + 1e-6) / its sum.
+    2. ``iterations`` rounds of: the row multipliers X_m = 1 / sum_k (x_mk / e) Y_mk; per class the root
+       nu_k of sum_m (x_mk / e) X_m exp(-nu_k / w_m) = q_k by the secant method (scipy's ``newton``
+       without a derivative) from the last round's root (0 at first), to ``tol``, in at most
+       ``newton_steps`` steps; Y_mk = exp(-nu_k / w_m). Entropies take log(x + 1e-6).
+    3. The result (x_mk / e) X_m Y_mk after a last row step.
+    A class with a target of 0 (an estimate can give one, DARP's labeled counts never do) gets no
+    mass: its root does not exist."""
+    from scipy.optimize import newton
+
+    x = np.asarray(probs, dtype=np.float64)
+    q = np.asarray(target_counts, dtype=np.float64)
+    n, k = x.shape
+    keep = np.zeros_like(x)
     for c in range(k):
-        top = np.argsort(-p[:, c], kind="stable")[:int(alpha * target[c])]
-        if len(top):
-            scale[top, c] = (target[c] + 1e-6) / (p[top, c].sum() + 1e-6)
-    p = _normalise_rows(p * scale)
-    w = 1.0 / np.maximum(-(p * np.log(p)).sum(axis=1), 1e-6)  # confident rows weigh more, so move less
-    a = p / np.e
-    nu = np.zeros(k)
+        top = np.argsort(-x[:, c], kind="stable")[:int(alpha * q[c])]
+        keep[top, c] = (q[c] + 1e-6) / (x[top, c].sum() + 1e-6)
+    x = (x * keep + 1e-6) / (x * keep + 1e-6).sum(axis=1, keepdims=True)
+    w = 1.0 / (-(x * np.log(x + 1e-6)).sum(axis=1))
+    a = x / np.e
+    nu, col = np.zeros(k), np.exp(-1.0 / w)[:, None] * np.ones((1, k))  # nu starts at 1 for the first row step
     for _ in range(iterations):
-        col = np.exp(-nu[None, :] / w[:, None])
-        row = 1.0 / np.maximum((a * col).sum(axis=1), EPS)  # exp(-lambda_m / w_m): rows sum to 1
+        row = 1.0 / (a * col).sum(axis=1)
         for c in range(k):
-            def excess(v, c=c):
-                return float((a[:, c] * row * np.exp(-v / w)).sum() - target[c])
-            if target[c] <= 0:
-                nu[c] = 1e6
+            if q[c] <= 0:
+                nu[c] = np.inf
                 continue
-            lo, hi = -1.0, 1.0
-            while excess(lo) < 0:
-                lo *= 2
-            while excess(hi) > 0:
-                hi *= 2
-            nu[c] = brentq(excess, lo, hi, xtol=1e-10)
-    col = np.exp(-nu[None, :] / w[:, None])
-    row = 1.0 / np.maximum((a * col).sum(axis=1), EPS)
+            try:
+                nu[c] = newton(lambda v, c=c: float((a[:, c] * row * np.exp(-v / w)).sum() - q[c]), nu[c],
+                               maxiter=newton_steps, tol=tol)
+            except RuntimeError as e:  # scipy's "failed to converge", as the published code fails
+                raise ValueError(f"darp: the root of class {c} (target {q[c]:.1f}) did not converge: {e}") from None
+        col = np.exp(-nu[None, :] / w[:, None])
+    row = 1.0 / (a * col).sum(axis=1)
     return a * row[:, None] * col

@@ -300,7 +300,7 @@ def _open_run(p, info: dict, policy: Policy, base: dict, model: ScoringModel, pr
     fs.write_json_atomic(fs.join(out, sinks.STREAM), info)
     if not previous:
         policy_keys = ("select", "tau", "alpha", "top_k", "crest_alpha", "adjust", "adjust_tau", "refine", "darp_alpha",
-                       "crest_align", "crest_final_t")
+                       "align_labels", "align_final_t")
         tracker.log_params({"pseudolabel": {k: v for k, v in vars(p).items() if k not in policy_keys},
                             "policy": {k: v for k, v in policy.params().items() if k != "confusion"},
                             "git_commit": git_commit(), "base_run_id": model.run_id})

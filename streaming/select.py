@@ -18,7 +18,9 @@ the policy keeps rows by the corrected class and confidence (``Policy.view``, fr
 vectors). ``refine = darp`` then refines those soft labels to the estimated class counts (DARP,
 Kim et al. 2020, over every row so far) before the policy selects; ``adjust_tau = 0`` uses the
 estimate for DARP alone. ``align_t`` > 0 first aligns the predictions to the labeled distribution
-at that temperature (CReST+; set per self-training round from ``crest_align``). The estimate is a pure function of every row scored so far, so a replay, a restart and
+at that temperature (``align_labels``, set per self-training round: this project's variant of
+CReST+'s alignment, which the published code applies to a FixMatch model's consistency targets, not
+to the predictions it selects from). The estimate is a pure function of every row scored so far, so a replay, a restart and
 the trainer reading the output all recompute the same one.
 """
 from __future__ import annotations
@@ -46,8 +48,8 @@ class Policy:
     confusion: tuple = ()  # bbse: the soft confusion matrix on the held-out labeled split (rows of tuples)
     refine: str = "none"  # darp: refine the (corrected) soft labels to the estimated class counts first
     darp_alpha: float = 2.0  # darp: its pre-step scales the alpha * target_k rows most confident in k
-    align_t: float = 0.0  # CReST+: align the predictions to the labeled distribution at temperature t (0: off)
-    crest_final_t: float = 0.5  # CReST+: the last round's temperature (recorded, so the rounds anneal to it)
+    align_t: float = 0.0  # align_labels: align the predictions to the labeled distribution at temperature t (0: off)
+    align_final_t: float = 0.5  # align_labels: the last round's temperature (recorded, so the rounds anneal to it)
 
     def params(self) -> dict:
         """The policy and only the parameters it uses: what is recorded with the output."""
@@ -58,7 +60,7 @@ class Policy:
         if self.refine != "none":
             used += ("refine", "darp_alpha")
         if self.align_t:
-            used += ("align_t", "crest_final_t", "labeled_counts")
+            used += ("align_t", "align_final_t", "labeled_counts")
         used = tuple(dict.fromkeys(used))
         out = {k: v for k, v in asdict(self).items() if k in used}
         return {"name": self.name, **{k: _lists(v) for k, v in out.items()}}
@@ -66,7 +68,8 @@ class Policy:
     @classmethod
     def from_params(cls, params: dict) -> "Policy":
         """The policy ``params()`` recorded (lists back to tuples)."""
-        return cls(**{k: _tuples(v) for k, v in params.items()})
+        renamed = {"crest_final_t": "align_final_t"}  # as outputs written before the rename recorded it
+        return cls(**{renamed.get(k, k): _tuples(v) for k, v in params.items()})
 
     def select(self, predicted: np.ndarray, confidence: np.ndarray, num_classes: int) -> np.ndarray:
         return POLICIES.get(self.name)(np.asarray(predicted), np.asarray(confidence), num_classes, self)
@@ -79,7 +82,7 @@ class Policy:
 
         probs = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
         prior = None
-        if self.align_t and len(probs):  # CReST+ distribution alignment, before anything else
+        if self.align_t and len(probs):  # align_labels, before anything else
             probs = align(probs, self.labeled_counts, self.align_t)
             estimates = None  # made of the raw rows: the estimate below must be of the aligned ones
         if self.refine != "none" and self.adjust == "none":
@@ -116,15 +119,15 @@ def _tuples(v):
 
 def from_config(cfg, labeled_counts=(), confusion=(), generation: int = 1, generations: int = 1) -> Policy:
     """The policy of ``pseudolabel`` settings ``cfg``; ``generation`` of ``generations``: which
-    labelling of the pool this is in the self-training rounds (CReST+'s alignment temperature
-    anneals from 1.0 at the first to ``crest_final_t`` at the last)."""
+    labelling of the pool this is in the self-training rounds (the alignment temperature of
+    ``align_labels`` anneals from 1.0 at the first to ``align_final_t`` at the last, as CReST+'s)."""
     from streaming.prior import crest_temperature
 
     POLICIES.get(cfg.select)  # an unknown name fails here, before any work
-    align_t = crest_temperature(generation, generations, cfg.crest_final_t) if cfg.crest_align else 0.0
+    align_t = crest_temperature(generation, generations, cfg.align_final_t) if cfg.align_labels else 0.0
     return Policy(cfg.select, cfg.tau, cfg.alpha, cfg.top_k, cfg.crest_alpha, tuple(labeled_counts), cfg.adjust,
                   cfg.adjust_tau, _tuples(confusion) if cfg.adjust == "bbse" else (), cfg.refine, cfg.darp_alpha,
-                  align_t, cfg.crest_final_t)
+                  align_t, cfg.align_final_t)
 
 
 @POLICIES.register("all")

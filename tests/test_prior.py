@@ -55,9 +55,8 @@ def test_adjusted_predictions_follow_the_pool_prior():
 def test_crest_rates_follow_the_formula_by_rank_not_by_class_index():
     counts = [50, 1500, 140, 500, 15]  # not sorted: ranks 4, 1, 3, 2, 5
     rates = crest_rates(counts, alpha=3)
-    n = sorted(counts, reverse=True)  # N_1 .. N_5 = 1500, 500, 140, 50, 15
-    rank = {1500: 1, 500: 2, 140: 3, 50: 4, 15: 5}
-    want = [(n[5 - rank[c]] / n[0]) ** (1 / 3) for c in counts]  # N_(K+1-r) / N_1
+    rank = {1500: 1, 500: 2, 140: 3, 50: 4, 15: 5}  # rho = 100: N_j / N_1 = 100^(-(j-1)/4) nominally
+    want = [(100 ** (-(5 - rank[c]) / 4)) ** (1 / 3) for c in counts]  # (N_(K+1-r) / N_1)^(1/alpha)
     assert rates == pytest.approx(want)
     assert rates[4] == pytest.approx(1.0) and rates[1] == pytest.approx((15 / 1500) ** (1 / 3))
 
@@ -80,6 +79,65 @@ def test_crest_plus_anneals_the_alignment_temperature():
     assert np.abs(flat.mean(0) - uniform).sum() < 0.7 * np.abs(pool.mean(0) - uniform).sum()
     same = align(pool, counts, t=1.0)  # t = 1: towards the labeled distribution, where the mean already is
     assert np.abs(same - pool).max() < 0.05
+
+
+def published_darp(probs, q, alpha=2.0, iter_t=10, th=0.1):
+    """bbuing9/DARP, transcribed in plain loops: estimate_pseudo's truncation and the scaling of
+    training_functions.py, then opt_solver (scipy's newton without a derivative: the secant method)."""
+    import math
+
+    from scipy import optimize
+
+    n, k = probs.shape
+    scale = np.zeros((n, k))
+    for i in range(k):
+        chosen = sorted(range(n), key=lambda m: -probs[m, i])[:int(alpha * q[i])]
+        total = sum(probs[m, i] for m in chosen)
+        for m in chosen:
+            scale[m, i] = (q[i] + 1e-6) / (total + 1e-6)
+    x = probs * scale + 1e-6
+    x = x / x.sum(axis=1, keepdims=True)
+    w = 1 / (-1 * x * np.log(x + 1e-6)).sum(axis=1)
+    a_e = x / math.e
+    y = np.exp(-1 * np.ones((1, k)) / w.reshape(-1, 1))
+    prev = np.zeros(k)
+    for _ in range(iter_t):
+        big_x = 1 / np.sum(a_e * y, axis=1)
+        roots = np.zeros(k)
+        for i in range(k):
+            roots[i] = optimize.newton(lambda v, i=i: np.sum(a_e[:, i] * big_x * np.exp(-1 * v / w)) - q[i],
+                                       prev[i], maxiter=30, tol=th)
+        prev = roots
+        y = np.exp(-1 * roots.reshape(1, -1) / w.reshape(-1, 1))
+    big_x = 1 / np.sum(a_e * y, axis=1)
+    return a_e * big_x.reshape(-1, 1) * y
+
+
+def test_crest_rates_follow_the_nominal_profile_of_the_labeled_ratio_as_published():
+    from streaming.prior import crest_rates
+
+    cifar = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # CIFAR-10-LT rho 100, rounded down
+    published = [(0.01 ** ((9 - c) / 9)) ** (1 / 3) for c in range(10)]  # google-research/crest's sample_rate
+    assert np.allclose(crest_rates(cifar, 3.0), published, rtol=0, atol=1e-15)
+    measured = (np.array(cifar[::-1]) / 5000) ** (1 / 3)  # the measured-counts rule differs in the last digits
+    assert not np.allclose(measured, published, rtol=0, atol=1e-6)
+    shuffled = [cifar[i] for i in (3, 0, 9, 1, 2, 4, 5, 6, 7, 8)]  # by rank, whatever the class index
+    assert np.allclose(crest_rates(shuffled, 3.0), [published[r] for r in (3, 0, 9, 1, 2, 4, 5, 6, 7, 8)])
+
+
+def test_darp_is_the_published_rule_number_for_number():
+    rng = np.random.default_rng(11)
+    pool, _ = draw(TRAIN_PRIOR[::-1], 600, rng)
+    for target, alpha in ((TRAIN_PRIOR[::-1] * len(pool), 2.0), (TRAIN_PRIOR * len(pool), 2.0),
+                          (np.full(K, len(pool) / K), 1.5)):
+        assert np.allclose(darp(pool, target, alpha=alpha), published_darp(pool, target, alpha=alpha), rtol=0,
+                           atol=1e-12)
+
+
+def test_darp_drops_a_class_entry_of_rows_outside_its_top_alpha_q():
+    pool = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
+    out = darp(pool, np.array([3.0, 1.0]), alpha=1.0)  # class 1 keeps its single most confident row (0.45)
+    assert out[3, 1] > 0.5 and (out[:3, 1] < 1e-3).all()  # 0.4, 0.2, 0.1 were set to ~0, not kept
 
 
 def test_darp_meets_its_constraints_and_moves_confident_rows_least():
@@ -167,16 +225,19 @@ def test_darp_in_a_policy_meets_the_estimated_counts_and_needs_an_estimate():
         Policy("all", refine="darp").view(pool)
 
 
-def test_crest_plus_alignment_anneals_over_the_rounds_and_is_recorded():
+def test_label_alignment_anneals_over_the_rounds_and_is_recorded():
     from pipeline.config import PseudoLabelConfig
-    from streaming.select import from_config
+    from streaming.select import Policy, from_config
 
     counts = (1000, 300, 100, 30, 10)
-    cfg = PseudoLabelConfig(select="crest", crest_align=True, crest_final_t=0.5)
+    cfg = PseudoLabelConfig(select="crest", align_labels=True, align_final_t=0.5)
     temperatures = [from_config(cfg, counts, generation=g, generations=3).align_t for g in (1, 2, 3)]
     assert temperatures == pytest.approx([1.0, 0.75, 0.5])
     policy = from_config(cfg, counts, generation=3, generations=3)
-    assert policy.params()["align_t"] == 0.5 and policy.params()["crest_final_t"] == 0.5
+    assert policy.params()["align_t"] == 0.5 and policy.params()["align_final_t"] == 0.5
+    old = {**policy.params(), "crest_final_t": 0.5}  # recorded before the rename
+    del old["align_final_t"]
+    assert Policy.from_params(old) == policy
     rng = np.random.default_rng(6)
     pool, _ = draw(np.full(K, 0.2), 3_000, rng)
     view = policy.view(pool)

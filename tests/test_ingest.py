@@ -566,3 +566,28 @@ def test_a_file_over_the_record_cap_is_rejected_unread(tmp_path):
     ctx = TaskContext(tuple(plan.class_names), None, None, plan.label_type)
     rows = [r for unit in plan.units for r in get_source("imagefolder").read(unit, ctx)]
     assert sorted(r.get("reason") or "ok" for r in rows) == ["ok", "too_large"]
+
+
+def test_a_cifar_batch_of_self_nesting_lists_is_refused_at_once(tmp_path):
+    import signal
+
+    from pipeline.config import resolve
+    from pipeline.sources import SourceError, TaskContext, get_source
+
+    nest = [0]
+    for _ in range(64):  # 2^64 leaves, a few hundred bytes pickled: the lists are shared
+        nest = [nest, nest]
+    bad = pickle.dumps({b"data": nest, b"labels": [0]}, protocol=2)
+    assert len(bad) < 1000
+    archive = write_cifar10(tmp_path / "cifar-10-python.tar.gz", bad={"data_batch_1": bad})
+    source = get_source("cifar10")
+    plan = source.plan(resolve([], [("ingest.dataset", "cifar10"), ("ingest.source", json.dumps([str(archive)]))]).ingest, 2)
+    unit = next(u for u in plan.units if u["member"].endswith("data_batch_1"))
+    signal.alarm(20)  # before the check, numpy never came back
+    try:
+        with pytest.raises(SourceError, match=r"data_batch_1: ValueError: data row 0 is a list of 2 items, not 3072"):
+            list(source.read(unit, TaskContext(tuple(plan.class_names), None, None, plan.label_type)))
+    finally:
+        signal.alarm(0)
+    good = next(u for u in plan.units if u["member"].endswith("data_batch_2"))
+    assert len(list(source.read(good, TaskContext(tuple(plan.class_names), None, None, plan.label_type)))) == 6

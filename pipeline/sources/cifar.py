@@ -72,7 +72,7 @@ class _Cifar(Source):
     def read(self, unit: dict, ctx: TaskContext):
         try:
             batch = safe_pickle.loads(_read(unit["source"], unit["member"]), unit["member"])
-            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            data = _pixel_rows(batch[b"data"])
             labels = list(batch[self.labels_key])
             images = data.reshape(len(data), 3, 32, 32).transpose(0, 2, 3, 1)  # planar RGB -> HWC
         except Exception as e:
@@ -83,6 +83,29 @@ class _Cifar(Source):
         for i, (pixels, label) in enumerate(zip(images, labels)):
             yield image_row(ctx, f"{stem}/{i:05d}", unit["split"], label, f"{unit['member']}[{i}]",
                             pixels=np.ascontiguousarray(pixels))
+
+
+ROW = 3 * 32 * 32  # one CIFAR image, planar RGB
+
+
+def _pixel_rows(data) -> np.ndarray:
+    """A batch's ``data`` as N x 3,072 uint8, from what CIFAR's batches hold (a uint8 array) or N rows of
+    3,072 integers or bytes; anything else is refused before numpy converts it (a list that nests
+    itself, 848 bytes pickled, would make numpy walk 2^depth elements)."""
+    if isinstance(data, np.ndarray):
+        if data.dtype == object or data.ndim != 2 or data.shape[1] != ROW:
+            raise ValueError(f"data is an array of {data.dtype} {data.shape}, not N x {ROW} pixel values")
+        return data.astype(np.uint8, copy=False)
+    if not isinstance(data, (list, tuple)):
+        raise ValueError(f"data is a {type(data).__name__}, not N rows of {ROW} pixel values")
+    for i, row in enumerate(data):
+        if isinstance(row, (bytes, bytearray)) and len(row) == ROW:
+            continue
+        if not (isinstance(row, (list, tuple)) and len(row) == ROW and all(type(v) is int for v in row)):
+            raise ValueError(f"data row {i} is a {type(row).__name__} of {len(row) if hasattr(row, '__len__') else '?'} "
+                             f"items, not {ROW} integers")
+    return np.array([np.frombuffer(r, np.uint8) if isinstance(r, (bytes, bytearray)) else r for r in data],
+                    dtype=np.uint8).reshape(len(data), ROW)
 
 
 def _read(source: str, member: str) -> bytes:

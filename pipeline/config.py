@@ -529,8 +529,8 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, di
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: invalid YAML: {e}") from None
+    except (yaml.YAMLError, RecursionError) as e:  # RecursionError: nested past the parser's depth
+        raise ConfigError(f"config file {path}: invalid YAML: {type(e).__name__}: {str(e)[:300]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     parents = data.pop("extends", []) or []

@@ -132,7 +132,8 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
     with staged(icfg.out, icfg.overwrite, "ingest", inputs=[*icfg.source, *([icfg.root] if icfg.root else [])]) as tmp:
         plan = source.plan(icfg, spark.sparkContext.defaultParallelism)
         size = tuple(icfg.image_size) if icfg.image_size else source.size
-        ctx = TaskContext(tuple(plan.class_names), size, icfg.channels or source.channels, plan.label_type)
+        ctx = TaskContext(tuple(plan.class_names), size, icfg.channels or source.channels, plan.label_type,
+                          int(icfg.max_record_mb * 2**20))
         units = broadcast_units(spark, plan)
         records = read_records(spark, source.name, plan, ctx, units).persist()
         try:

@@ -92,8 +92,8 @@ def load(folder: str | Path, map_location: Optional[str | torch.device] = "cpu")
     folder = Path(folder)
     try:
         spec = json.loads((folder / SPEC).read_text())
-    except (OSError, ValueError) as e:
-        raise ModelFormatError(f"{folder}: no readable {SPEC}: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested past the parser's depth
+        raise ModelFormatError(f"{folder}: no readable {SPEC}: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(spec, dict):
         raise ModelFormatError(f"{folder / SPEC}: expected a JSON object")
     module = build(spec)

@@ -184,3 +184,10 @@ def test_a_split_list_and_a_head_count_together_are_refused():
         resolve([], [("longtail.labeled_ids", "list.txt"), ("longtail.labeled_max", "100")])
     with pytest.raises(ConfigError, match="longtail.draw"):
         resolve([], [("longtail.draw", "legacy")])
+
+
+def test_a_yaml_nested_past_the_parser_names_the_file(tmp_path):
+    layer = tmp_path / "deep.yaml"
+    layer.write_text("train: " + "[" * 100_000)
+    with pytest.raises(ConfigError, match=rf"config file {re.escape(str(layer))}: invalid YAML: RecursionError"):
+        resolve([str(layer)])

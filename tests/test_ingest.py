@@ -591,3 +591,33 @@ def test_a_cifar_batch_of_self_nesting_lists_is_refused_at_once(tmp_path):
         signal.alarm(0)
     good = next(u for u in plan.units if u["member"].endswith("data_batch_2"))
     assert len(list(source.read(good, TaskContext(tuple(plan.class_names), None, None, plan.label_type)))) == 6
+
+
+def _manifest_rows(manifest, **settings):
+    from pipeline.config import resolve
+    from pipeline.sources import TaskContext, get_source
+
+    sets = [("ingest.dataset", "manifest"), ("ingest.source", json.dumps([str(manifest)])),
+            ("ingest.label_type", "name")] + [(f"ingest.{k}", str(v)) for k, v in settings.items()]
+    cfg = resolve([], sets).ingest
+    source = get_source("manifest")
+    plan = source.plan(cfg, 2)
+    ctx = TaskContext(tuple(plan.class_names), None, None, plan.label_type, int(cfg.max_record_mb * 2**20))
+    return [r for unit in plan.units for r in source.read(unit, ctx)]
+
+
+def test_manifests_that_are_binary_or_have_oversized_fields_fail_or_reject_naming_the_line(tmp_path):
+    from pipeline.sources import SourceError
+
+    (tmp_path / "bin.csv").write_bytes(b"path,label\n\xff\xfe\x00\x01,a\n")
+    with pytest.raises(SourceError, match=r"bin.csv: not UTF-8 text \(byte 11"):
+        _manifest_rows(tmp_path / "bin.csv")
+    (tmp_path / "huge.csv").write_text("path,label\n\"" + "x" * 200_000 + "\",a\n")
+    with pytest.raises(SourceError, match=r"huge.csv: line 2: field larger than field limit"):
+        _manifest_rows(tmp_path / "huge.csv")
+    write_tree(tmp_path, {"img/1.png": image_bytes(seed=1), "img/big.png": b"\0" * 1_100_000})
+    (tmp_path / "long.txt").write_text(f"img/1.png a\n{'y' * 50_000}.png a\nimg/big.png a\n")
+    rows = _manifest_rows(tmp_path / "long.txt", max_record_mb=1)
+    assert [r.get("reason") for r in rows] == [None, "too_large", "too_large"]
+    assert "long.txt:2: a field of 50,004 characters (at most 4096)" in rows[1]["detail"]
+    assert len(rows[1]["source"]) == 200 and "1,100,000 bytes, over ingest.max_record_mb (1 MB)" in rows[2]["detail"]

@@ -89,3 +89,10 @@ def test_an_oversized_spec_value_is_echoed_cut_short(tmp_path):
     with pytest.raises(ModelFormatError, match=r"mean must be 1 numbers, got \['999") as e:
         model_io.load(tmp_path)
     assert len(str(e.value)) < 400 and "characters)" in str(e.value)
+
+
+def test_a_spec_nested_past_the_json_parser_is_a_format_error(tmp_path):
+    model_io.save(tmp_path, SPEC, model_io.build(SPEC))
+    (tmp_path / "spec.json").write_text("[" * 200_000)
+    with pytest.raises(ModelFormatError, match="no readable spec.json: RecursionError"):
+        model_io.load(tmp_path)

@@ -40,6 +40,7 @@ class TaskContext:
     size: Optional[tuple[int, int]]  # declared (height, width), or None
     channels: Optional[int]
     label_type: str = "index"
+    max_record_bytes: int = 64 * 2**20  # ingest.max_record_mb: a larger record is rejected unread
 
     def label_index(self, raw) -> int:
         """The class index of a raw label, or Rejected naming what is wrong with it."""

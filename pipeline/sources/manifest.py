@@ -11,6 +11,7 @@ import io
 
 from pipeline import fs
 from pipeline.config import IngestConfig
+from pipeline.errors import shown
 from pipeline.sources import (Plan, Source, SourceError, TaskContext, chunks, image_row, outside_root, register,
                               rejected_row)
 
@@ -25,17 +26,23 @@ def _split_of(manifest: str, cfg: IngestConfig) -> str:
     return last if last in KNOWN_SPLITS else "train"
 
 
+FIELD_MAX = 4096  # characters of a path or a label: PATH_MAX; a longer field is rejected, not carried along
+
+
 def parse(manifest: str, text: str) -> list[tuple[int, str, str | None]]:
     """(line number, path, raw label or None) of each record; blank lines and # comments are skipped."""
     if manifest.lower().endswith(".csv"):
         reader = csv.reader(io.StringIO(text))
-        header = [h.strip().lower() for h in next(reader, [])]
-        if "path" not in header or "label" not in header:
-            raise SourceError(f"manifest {manifest}: a CSV manifest needs a header with 'path' and 'label' "
-                              f"columns, found {header}")
-        p, l = header.index("path"), header.index("label")
-        return [(n, row[p] if p < len(row) else "", row[l] if l < len(row) else None)
-                for n, row in enumerate(reader, start=2) if any(cell.strip() for cell in row)]
+        try:
+            header = [h.strip().lower() for h in next(reader, [])]
+            if "path" not in header or "label" not in header:
+                raise SourceError(f"manifest {manifest}: a CSV manifest needs a header with 'path' and 'label' "
+                                  f"columns, found {shown(header)}")
+            p, l = header.index("path"), header.index("label")
+            return [(n, row[p] if p < len(row) else "", row[l] if l < len(row) else None)
+                    for n, row in enumerate(reader, start=2) if any(cell.strip() for cell in row)]
+        except csv.Error as e:  # a field over csv's limit (128 KB), a NUL byte...
+            raise SourceError(f"manifest {manifest}: line {reader.line_num}: {e}") from None
     records = []
     for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -74,7 +81,12 @@ class Manifest(Source):
                 raise SourceError(f"manifest: {manifest} does not exist")
             root = fs.normalize(cfg.root) if cfg.root else fs.normalize(manifest).rsplit("/", 1)[0]
             split = _split_of(manifest, cfg)
-            for line, path, label in parse(manifest, fs.read_text(manifest)):
+            try:
+                text = fs.read_text(manifest)
+            except UnicodeDecodeError as e:
+                raise SourceError(f"manifest {manifest}: not UTF-8 text (byte {e.start}: {e.reason}); a binary "
+                                  f"file?") from None
+            for line, path, label in parse(manifest, text):
                 records.append((f"{manifest}:{line}", root, split, label, path))
         class_names = _class_names(records, cfg)
         if not class_names:
@@ -82,6 +94,10 @@ class Manifest(Source):
         seen: set[str] = set()
         entries = []
         for where, root, split, label, path in records:
+            if max(len(path), len(label or "")) > FIELD_MAX:  # kept as a reject: its length, not its content
+                entries.append({"where": where, "root": root, "path": path[:200], "split": split, "label": None,
+                                "id": None, "too_long": max(len(path), len(label or ""))})
+                continue
             image_id = f"{split}/{path}"
             entries.append({"where": where, "root": root, "path": path, "split": split, "label": label,
                             "id": image_id, "duplicate": image_id in seen})
@@ -92,12 +108,21 @@ class Manifest(Source):
 
     def read(self, unit: dict, ctx: TaskContext):
         for e in unit["entries"]:
+            if e.get("too_long"):
+                yield rejected_row(e["path"], e["split"], "too_large", f"{e['where']}: a field of {e['too_long']:,} "
+                                                                       f"characters (at most {FIELD_MAX})")
+                continue
             escape = outside_root(e["root"], e["path"])
             if escape:  # nothing is read: the bytes of /etc/passwd do not belong in _rejected/ either
                 yield rejected_row(e["path"], e["split"], "outside_root", f"{e['where']}: {escape}", e["label"])
                 continue
             e["uri"] = fs.join(e["root"], e["path"])
             try:
+                size = fs.info(e["uri"]).size
+                if size is not None and size > ctx.max_record_bytes:
+                    yield rejected_row(e["uri"], e["split"], "too_large", f"{e['where']}: {size:,} bytes, over "
+                                       f"ingest.max_record_mb ({ctx.max_record_bytes / 2**20:g} MB)", e["label"])
+                    continue
                 data = fs.read_bytes(e["uri"])
             except OSError as err:
                 yield rejected_row(e["uri"], e["split"], "missing_file", f"{e['where']}: cannot read: {err}",

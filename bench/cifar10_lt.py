@@ -72,6 +72,15 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def record_name(method: str, args) -> str:
+    """<method>-s<seed>[-ours][-set<sha>]: runs of other images or settings never share a record."""
+    import hashlib
+
+    extra = ("" if args.subset == "reference" else f"-{args.subset}") + (
+        f"-set{hashlib.sha256(' '.join(args.set).encode()).hexdigest()[:8]}" if args.set else "")
+    return f"{method}-s{args.seed}{extra}"
+
+
 def record_of(result: dict, method: str, args, cfg) -> dict:
     return {"method": method, "seed": args.seed, "epochs": args.epochs, "eval_every": args.eval_every,
             "subset": args.subset, "dataset": "cifar10-jpeg (../shared/data), rho 100, ResNet-32",
@@ -129,7 +138,7 @@ def main() -> None:
         sync_carry(run_dir, carry, restore=True)
     for method in args.methods.split(","):
         pairs = overrides(splits, method, args, run_dir)
-        cfg, out = resolved(pairs), records / f"{method}-s{args.seed}.json"
+        cfg, out = resolved(pairs), records / f"{record_name(method, args)}.json"
         if same_record(out, config_sha256(cfg), manifest):
             print(f"--- {method} seed {args.seed}: finished ({out}), skipped", flush=True)
             continue
@@ -142,7 +151,7 @@ def main() -> None:
         rec = record_of(json.loads(result_file.read_text()), method, args, cfg)
         write_record(out, rec)
         print(f"--- {method} seed {args.seed}: final top-1 {100 * rec['final_test_top1']:.1f}, record {out}", flush=True)
-        drop_carried(carry, Path(rec["checkpoint"]).parent.name)
+        drop_carried(carry, rec["checkpoint"])
     rows = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
     print(f"\nCIFAR-10-LT rho=100, ResNet-32 ({args.subset} images), records in {records}:")
     print(table(rows))

@@ -34,18 +34,37 @@ def prepare_environment(state: Path) -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow' / 'mlflow.db'}")
 
 
+FINISHED = "FINISHED"  # beside a finished run's checkpoint in the state: no longer carried
+
+
+def epoch_of(checkpoint: Path) -> int:
+    """The last epoch a checkpoint holds (-1 if it cannot be read): what "newer" means here; file times
+    do not survive git."""
+    import torch
+
+    try:
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:
+        return -1
+
+
 def sync_carry(run_dir: Path, carry: Path, restore: bool) -> None:
-    """Copy each run's checkpoint between the state and the carry folder (same layout), newest wins."""
+    """Copy each unfinished run's checkpoint between the state and the carry folder (same layout) where
+    the other side's is missing or holds fewer epochs."""
     src, dst = (carry, run_dir) if restore else (run_dir, carry)
     for ckpt in src.glob("*/checkpoint.pt"):
+        if not restore and (ckpt.parent / FINISHED).exists():
+            continue
         target = dst / ckpt.parent.name / "checkpoint.pt"
-        if not target.exists() or target.stat().st_mtime < ckpt.stat().st_mtime:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name("checkpoint.pt.tmp")
-            shutil.copy2(ckpt, tmp)
-            os.replace(tmp, target)
-            if restore:
-                print(f"carry: {ckpt} -> {target}", flush=True)
+        tmp = target.with_name("checkpoint.pt.tmp")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ckpt, tmp)  # a copy first: the source may be replaced by the next epoch meanwhile
+        if target.exists() and epoch_of(target) >= epoch_of(tmp):
+            tmp.unlink()
+            continue
+        os.replace(tmp, target)
+        if restore:
+            print(f"carry: {ckpt} (epoch {epoch_of(target) + 1}) -> {target}", flush=True)
 
 
 def run_job(argv: list[str], run_dir: Path, carry: Optional[Path]) -> None:
@@ -61,13 +80,17 @@ def run_job(argv: list[str], run_dir: Path, carry: Optional[Path]) -> None:
     if carry:
         sync_carry(run_dir, carry, restore=False)
     if rc:
-        raise SystemExit(f"{' '.join(argv[5:9])} ... failed with exit status {rc}")
+        raise SystemExit(f"{' '.join(argv[len(SUBMIT):len(SUBMIT) + 2])} ... failed with exit status {rc}")
 
 
-def drop_carried(carry: Optional[Path], run_folder: str) -> None:
-    """A finished run needs no carried checkpoint once its record is written (and nothing downstream reads it)."""
-    if carry and run_folder and (carry / run_folder).is_dir():
-        shutil.rmtree(carry / run_folder)
+def drop_carried(carry: Optional[Path], checkpoint: str) -> None:
+    """A finished run needs no carried checkpoint once its record is written (and nothing downstream
+    reads it): marked finished in the state, removed from the carry folder."""
+    folder = Path(checkpoint).parent
+    if folder.is_dir():
+        (folder / FINISHED).touch()
+    if carry and (carry / folder.name).is_dir():
+        shutil.rmtree(carry / folder.name)
 
 
 def same_record(path: Path, config_sha256: Optional[str], manifest_sha256: Optional[str]) -> bool:

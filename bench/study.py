@@ -77,7 +77,7 @@ class Study:
         if record and not same_record(record, out.get("config_sha256"), out.get("manifest_sha256")):
             write_record(record, {"stage": stage, "study_epochs": self.epochs, "minutes": self.minutes[stage], **out})
         if "checkpoint" in out and not keep:
-            drop_carried(self.carry, Path(out["checkpoint"]).parent.name)
+            drop_carried(self.carry, out["checkpoint"])
         return out
 
     def train(self, stage: str, config: str, splits: Path, method: str, experiment: str, *extra: str,

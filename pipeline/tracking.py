@@ -166,17 +166,17 @@ def search_runs(experiment: str, filter_string: str = ""):
 
 
 def run_exists(run_id: str) -> bool:
-    """Whether the tracking store has run ``run_id`` (a checkpoint may outlive its store)."""
+    """Whether the tracking store has run ``run_id``, not deleted (a checkpoint may outlive its store)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        mlflow.tracking.MlflowClient().get_run(run_id)
+        run = mlflow.tracking.MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException as e:
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False
         raise
-    return True
+    return run.info.lifecycle_stage == "active"  # a deleted run cannot be reopened
 
 
 def load_json_artifact(run_id: str, path: str) -> dict:

@@ -251,12 +251,12 @@ def config_sha256(cfg: Config) -> str:
 def _checkpoint(cfg: Config, name: str, manifest: dict, device,
                 semi: Optional[dict] = None) -> tuple[Path, Optional[dict]]:
     """(checkpoint path, state to resume from or None). The folder is keyed by the run's resolved
-    config (``name``-<sha256 prefix>), so runs that differ in any setting never share a checkpoint;
+    config (``name``-<config_sha256 prefix>), so runs that differ in any setting never share a checkpoint
+    (where the inputs lie is not a setting: the splits' manifest and the pseudo-labels' ids are checked);
     ``--resume`` with changed settings or re-made splits is refused naming what changed; a checkpoint
     made before a setting existed resumes when the run leaves that setting at its default."""
     key = config_key(cfg)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    path = Path(cfg.train.runtime.run_dir) / f"{name}-{digest}" / "checkpoint.pt"
+    path = Path(cfg.train.runtime.run_dir) / f"{name}-{config_sha256(cfg)[:10]}" / "checkpoint.pt"
     if not cfg.train.runtime.resume:
         return path, None
     if not path.exists():
@@ -276,8 +276,8 @@ def _checkpoint(cfg: Config, name: str, manifest: dict, device,
 def changed_settings(old: dict, new: dict) -> list[str]:
     """The settings in which checkpoint key ``old`` and run key ``new`` differ. A setting the checkpoint
     does not know (added to the code since) counts as changed only if the run sets it off its default."""
-    defaults = flatten(to_dict(TrainConfig()))
-    return sorted(k for k in set(old) | set(new) if k not in NOT_IN_KEY and old.get(k, defaults.get(k)) != new.get(k))
+    defaults, skip = flatten(to_dict(TrainConfig())), set(NOT_IN_KEY) | set(PATH_KEYS)  # data: by their sha256
+    return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k, defaults.get(k)) != new.get(k))
 
 
 def _resumed(path: Path, cfg: Config, manifest: dict, device, semi: Optional[dict]) -> tuple[Path, dict]:
@@ -512,10 +512,11 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
                "final_test_macro_f1": final["macro_f1"], "final_test_ece": final["ece"],
                # reported for comparison with papers only: picking an epoch on the test split is not model selection
                "best_on_test_epoch_top1": best["test_top1"], "best_on_test_epoch": best["epoch"] + 1,
-               "epochs_evaluated": sum(np.isfinite(h["test_top1"]) for h in history),
+               "epochs_evaluated": int(sum(np.isfinite(h["test_top1"]) for h in history)),
                "train_minutes": sum(h.get("epoch_seconds", 0.0) for h in history) / 60,
+               "epochs_timed": sum("epoch_seconds" in h for h in history),  # a checkpoint from before lacks them
                # robust to epochs slowed by other work on the machine: the run's pace, undisturbed
-               "median_epoch_seconds": float(np.median([h.get("epoch_seconds", np.nan) for h in history]))}
+               "median_epoch_seconds": float(np.nanmedian([h.get("epoch_seconds", np.nan) for h in history] or [np.nan]))}
     tracker.log_metrics({k: v for k, v in summary.items() if k != "run_id" and np.isfinite(v)})
     summary["final_test_per_class_accuracy"] = final["per_class_accuracy"]
     summary.update(device=str(ctx.device), step=accel_for(cfg.train.runtime, ctx.device).describe(),  # where it ran

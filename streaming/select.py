@@ -33,6 +33,7 @@ import numpy as np
 from pipeline.registry import Registry
 
 POLICIES: Registry = Registry("selection policy")
+RULES = 2  # the version of the crest and darp rules a policy records
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Policy:
     darp_alpha: float = 2.0  # darp: its pre-step scales the alpha * target_k rows most confident in k
     align_t: float = 0.0  # align_labels: align the predictions to the labeled distribution at temperature t (0: off)
     align_final_t: float = 0.5  # align_labels: the last round's temperature (recorded, so the rounds anneal to it)
+    # 2: crest's rates and darp's refinement as their papers' code has them (1: this project's earlier rules)
+    rules: int = RULES
 
     def params(self) -> dict:
         """The policy and only the parameters it uses: what is recorded with the output."""
@@ -61,6 +64,8 @@ class Policy:
             used += ("refine", "darp_alpha")
         if self.align_t:
             used += ("align_t", "align_final_t", "labeled_counts")
+        if self.name == "crest" or self.refine != "none":
+            used += ("rules",)
         used = tuple(dict.fromkeys(used))
         out = {k: v for k, v in asdict(self).items() if k in used}
         return {"name": self.name, **{k: _lists(v) for k, v in out.items()}}
@@ -69,7 +74,12 @@ class Policy:
     def from_params(cls, params: dict) -> "Policy":
         """The policy ``params()`` recorded (lists back to tuples)."""
         renamed = {"crest_final_t": "align_final_t"}  # as outputs written before the rename recorded it
-        return cls(**{renamed.get(k, k): _tuples(v) for k, v in params.items()})
+        policy = cls(**{renamed.get(k, k): _tuples(v) for k, v in params.items()})
+        if "rules" in policy.params() and params.get("rules", 1) != RULES:  # its rows would not be kept again
+            raise ValueError(f"pseudo-labels selected with this project's earlier {policy.name}/{policy.refine} "
+                             f"rules (rules {params.get('rules', 1)}); crest and darp are now their published rules: run the "
+                             f"stream again into a new output")
+        return policy
 
     def select(self, predicted: np.ndarray, confidence: np.ndarray, num_classes: int) -> np.ndarray:
         return POLICIES.get(self.name)(np.asarray(predicted), np.asarray(confidence), num_classes, self)

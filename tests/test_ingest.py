@@ -616,8 +616,8 @@ def test_manifests_that_are_binary_or_have_oversized_fields_fail_or_reject_namin
     with pytest.raises(SourceError, match=r"huge.csv: line 2: field larger than field limit"):
         _manifest_rows(tmp_path / "huge.csv")
     write_tree(tmp_path, {"img/1.png": image_bytes(seed=1), "img/big.png": b"\0" * 1_100_000})
-    (tmp_path / "long.txt").write_text(f"img/1.png a\n{'y' * 50_000}.png a\nimg/big.png a\n")
+    (tmp_path / "long.txt").write_text(f"img/1.png a\n{'y' * 50_000}.png a\nimg/big.png a\nimg/1.png {'z' * 5000}\n")
     rows = _manifest_rows(tmp_path / "long.txt", max_record_mb=1)
-    assert [r.get("reason") for r in rows] == [None, "too_large", "too_large"]
+    assert [r.get("reason") for r in rows] == [None, "too_large", "too_large", "too_large"]  # no class "zzz..."
     assert "long.txt:2: a field of 50,004 characters (at most 4096)" in rows[1]["detail"]
     assert len(rows[1]["source"]) == 200 and "1,100,000 bytes, over ingest.max_record_mb (1 MB)" in rows[2]["detail"]

@@ -16,23 +16,32 @@ def bench(name: str):
         sys.path.remove(str(ROOT / "bench"))
 
 
-def test_carry_restores_a_lost_state_and_keeps_the_newest_checkpoint(tmp_path):
-    sync = bench("sittings").sync_carry
+def test_carry_restores_a_lost_state_and_never_goes_back_an_epoch(tmp_path):
+    import torch
+
+    sittings = bench("sittings")
     state, carry = tmp_path / "state", tmp_path / "carry"
-    (state / "run-a").mkdir(parents=True)
-    (state / "run-a" / "checkpoint.pt").write_bytes(b"epoch 7")
-    sync(state, carry, restore=False)
-    assert (carry / "run-a" / "checkpoint.pt").read_bytes() == b"epoch 7"
+
+    def save(folder, epoch):
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"epoch": epoch, "model": {}}, folder / "checkpoint.pt")
+
+    save(state / "run-a", 7)
+    sittings.sync_carry(state, carry, restore=False)
+    assert sittings.epoch_of(carry / "run-a" / "checkpoint.pt") == 7
     new_state = tmp_path / "new-machine"
-    sync(new_state, carry, restore=True)  # a new machine: the state is gone, the carry brings the run back
-    assert (new_state / "run-a" / "checkpoint.pt").read_bytes() == b"epoch 7"
-    older = state / "run-a" / "checkpoint.pt"
-    os.utime(older, (1, 1))  # the carried copy is newer than this one: restoring must not go back
-    (carry / "run-a" / "checkpoint.pt").write_bytes(b"epoch 9")
-    sync(state, carry, restore=True)
-    assert older.read_bytes() == b"epoch 9"
-    sync(state, carry, restore=False)  # the same age both sides: nothing to copy, nothing lost
-    assert (carry / "run-a" / "checkpoint.pt").read_bytes() == b"epoch 9"
+    sittings.sync_carry(new_state, carry, restore=True)  # a new machine: the state is gone, the carry brings it back
+    assert sittings.epoch_of(new_state / "run-a" / "checkpoint.pt") == 7
+    save(state / "run-a", 9)
+    os.utime(carry / "run-a" / "checkpoint.pt")  # a git checkout makes the carried copy the newer file...
+    sittings.sync_carry(state, carry, restore=True)
+    assert sittings.epoch_of(state / "run-a" / "checkpoint.pt") == 9  # ...but not the further run: nothing lost
+    sittings.sync_carry(state, carry, restore=False)
+    assert sittings.epoch_of(carry / "run-a" / "checkpoint.pt") == 9
+    (state / "run-a" / sittings.FINISHED).touch()  # finished and dropped: never carried again
+    sittings.drop_carried(carry, str(state / "run-a" / "checkpoint.pt"))
+    sittings.sync_carry(state, carry, restore=False)
+    assert not (carry / "run-a").exists() and (state / "run-a" / "checkpoint.pt").exists()
     assert not list(carry.rglob("*.tmp")) and not list(state.rglob("*.tmp"))
 
 

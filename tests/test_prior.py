@@ -125,6 +125,18 @@ def test_crest_rates_follow_the_nominal_profile_of_the_labeled_ratio_as_publishe
     assert np.allclose(crest_rates(shuffled, 3.0), [published[r] for r in (3, 0, 9, 1, 2, 4, 5, 6, 7, 8)])
 
 
+def test_outputs_of_the_earlier_crest_and_darp_rules_are_refused_by_name():
+    from streaming.select import Policy
+
+    crest = Policy("crest", labeled_counts=(100, 10))
+    assert crest.params()["rules"] == 2 and Policy.from_params(crest.params()) == crest
+    old = {k: v for k, v in crest.params().items() if k != "rules"}  # recorded before the rules were versioned
+    with pytest.raises(ValueError, match="earlier crest/none rules .* run the stream again"):
+        Policy.from_params(old)
+    assert "rules" not in Policy("threshold").params()  # other policies did not change
+    assert Policy.from_params({"name": "threshold", "tau": 0.9}) == Policy("threshold", tau=0.9)
+
+
 def test_darp_is_the_published_rule_number_for_number():
     rng = np.random.default_rng(11)
     pool, _ = draw(TRAIN_PRIOR[::-1], 600, rng)

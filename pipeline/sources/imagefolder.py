@@ -3,6 +3,9 @@ folder names, sorted, over all splits. A split folder holding images but no clas
 unlabeled split (label null). Anything else outside the layout is rejected, not skipped."""
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import math
 import tarfile
 from typing import Iterator, Optional
@@ -20,32 +23,65 @@ def _archive_files(source: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
     (a link is rejected, never followed, and so still counted). A header that would send the listing
     back or nowhere (a negative size, an offset that does not grow), or a listing that stops before the
     archive's end (a corrupt header mid-archive, an archive cut short), is a SourceError naming where."""
-    with fs.open_input(source) as f, tarfile.open(fileobj=f, mode="r:*") as tar:
-        last, count = -1, 0
-        while (m := tar.next()) is not None:
-            if m.size < 0 or m.offset <= last:
-                raise SourceError(f"member #{count} {shown(_printable(m.name))} at offset {m.offset}: declared size "
-                                  f"{m.size} after a header at {last} (a corrupt header); the archive is not read")
-            last, count = m.offset, count + 1
-            if not m.isdir():
-                yield m.name.removeprefix("./"), m
-        stopped = _unread_tail(tar)
-        if stopped:
-            raise SourceError(f"the listing stopped after {count} members at offset {tar.offset}: {stopped}")
+    with fs.open_input(source) as f:
+        stream = _LastBlock(_decompressed(f))
+        with tarfile.open(fileobj=stream, mode="r:") as tar:
+            last, count = -1, 0
+            while (m := tar.next()) is not None:
+                if m.size < 0 or m.offset <= last:
+                    raise SourceError(f"member #{count} {shown(_printable(m.name))} at offset {m.offset}: declared "
+                                      f"size {m.size} after a header at {last} (a corrupt header); the archive is not read")
+                last, count = m.offset, count + 1
+                if not m.isdir():
+                    yield m.name.removeprefix("./"), m
+            stopped = _unread_tail(tar, stream)
+            if stopped:
+                raise SourceError(f"the listing stopped after {count} members at offset {tar.offset}: {stopped}")
 
 
-def _unread_tail(tar: tarfile.TarFile) -> Optional[str]:
-    """Why the listing did not reach the archive's end, or None: after the last member header tarfile
-    read must come only the end-of-archive zero blocks (tarfile ends a listing silently at a bad header)."""
-    stream, seen = tar.fileobj, 0
-    stream.seek(tar.offset)
-    while chunk := stream.read(1 << 20):
-        if chunk.strip(b"\0"):
-            at = tar.offset + seen + len(chunk) - len(chunk.lstrip(b"\0"))
-            return f"data at offset {at} after it, where only end-of-archive zeros may be (a corrupt member header)"
-        seen += len(chunk)
-    if seen < tarfile.BLOCKSIZE:
-        return f"the archive ends at offset {tar.offset + seen} without its end-of-archive blocks (cut short)"
+def _decompressed(f):
+    """The tar stream inside ``f`` (gzip, bzip2, xz or none, by its magic bytes), read forward only."""
+    magic = f.read(6)
+    f.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(f)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(f)
+    return f
+
+
+class _LastBlock:
+    """A file object that remembers the last header-sized block read from it: the one tarfile gave up
+    on when its listing ended (tarfile ends silently at a bad header after the first)."""
+
+    def __init__(self, raw):
+        self.raw, self.block, self.block_at = raw, None, -1
+
+    def read(self, size=-1):
+        at, data = self.raw.tell(), self.raw.read(size)
+        if size == tarfile.BLOCKSIZE:
+            self.block, self.block_at = data, at
+        return data
+
+    def seek(self, *args):
+        return self.raw.seek(*args)
+
+    def tell(self):
+        return self.raw.tell()
+
+
+def _unread_tail(tar: tarfile.TarFile, stream: _LastBlock) -> Optional[str]:
+    """Why the listing did not reach the archive's end, or None: it must have ended at a zero block
+    (the end-of-archive marker) with nothing but zeros (or the end) in the block after it."""
+    block = stream.block if stream.block_at == tar.offset else b""
+    if len(block) < tarfile.BLOCKSIZE:
+        return f"the archive ends at offset {tar.offset + len(block)} without its end-of-archive blocks (cut short)"
+    if block.strip(b"\0"):
+        return f"the block at offset {tar.offset} is not a member header (a corrupt header)"
+    if stream.read(tarfile.BLOCKSIZE).strip(b"\0"):
+        return f"a single zero block at offset {tar.offset} with data after it (a zeroed member header)"
     return None
 
 

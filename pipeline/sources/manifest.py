@@ -88,13 +88,14 @@ class Manifest(Source):
                                   f"file?") from None
             for line, path, label in parse(manifest, text):
                 records.append((f"{manifest}:{line}", root, split, label, path))
-        class_names = _class_names(records, cfg)
+        too_long = {i for i, (_, _, _, label, path) in enumerate(records) if max(len(path), len(label or "")) > FIELD_MAX}
+        class_names = _class_names([r for i, r in enumerate(records) if i not in too_long], cfg)
         if not class_names:
             raise SourceError(f"manifest: no usable {cfg.label_type} labels in {', '.join(cfg.source)}")
         seen: set[str] = set()
         entries = []
-        for where, root, split, label, path in records:
-            if max(len(path), len(label or "")) > FIELD_MAX:  # kept as a reject: its length, not its content
+        for i, (where, root, split, label, path) in enumerate(records):
+            if i in too_long:  # kept as a reject: its length, not its content
                 entries.append({"where": where, "root": root, "path": path[:200], "split": split, "label": None,
                                 "id": None, "too_long": max(len(path), len(label or ""))})
                 continue

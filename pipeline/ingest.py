@@ -131,9 +131,8 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
     source = get_source(icfg.dataset)
     with staged(icfg.out, icfg.overwrite, "ingest", inputs=[*icfg.source, *([icfg.root] if icfg.root else [])]) as tmp:
         plan = source.plan(icfg, spark.sparkContext.defaultParallelism)
-        size = tuple(icfg.image_size) if icfg.image_size else source.size
-        ctx = TaskContext(tuple(plan.class_names), size, icfg.channels or source.channels, plan.label_type,
-                          int(icfg.max_record_mb * 2**20))
+        ctx = TaskContext(tuple(plan.class_names), tuple(icfg.image_size) if icfg.image_size else source.size,
+                          icfg.channels or source.channels, plan.label_type, int(icfg.max_record_mb * 2**20))
         units = broadcast_units(spark, plan)
         records = read_records(spark, source.name, plan, ctx, units).persist()
         try:
@@ -168,7 +167,7 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
             "sources": icfg.source,
             "class_names": plan.class_names,
             "num_classes": len(plan.class_names),
-            "declared": {"image_size": list(size) if size else None, "channels": ctx.channels},
+            "declared": {"image_size": list(ctx.size) if ctx.size else None, "channels": ctx.channels},
             "splits": _split_counts([(g["split"], g["label"], g["count"]) for g in groups if g["reason"] is None],
                                     plan.class_names),
             "image_shapes": sorted(({k: r[k] for k in ("height", "width", "channels", "image_format", "count")}

@@ -214,7 +214,11 @@ def batch_files(checkpoint: str, batch_id: int) -> list[str]:
     for name in logs:
         if not fs.exists(fs.join(root, name)):
             continue
-        entries = [json.loads(line) for line in fs.read_text(fs.join(root, name)).splitlines()[1:] if line.strip()]
+        version, *lines = fs.read_text(fs.join(root, name)).splitlines()
+        if version != "v1":  # Spark's private format: pinned by tests/test_pseudolabel.py against the pinned Spark
+            raise StreamError(f"{fs.join(root, name)}: Spark's file-source log version {version!r} is not the one "
+                              f"this reader reads v1 (written by pyspark 4.0); check batch_files against this Spark")
+        entries = [json.loads(line) for line in lines if line.strip()]
         found = [e["path"] for e in entries if e.get("batchId", batch_id) == batch_id]
         if found:
             parsed = [urlparse(p) for p in found]

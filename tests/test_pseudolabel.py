@@ -465,9 +465,39 @@ def test_batch_files_come_from_the_source_log_or_its_compaction_decoded(tmp_path
     assert batch_files(str(tmp_path), 11) == []
 
 
+def test_batch_files_read_the_checkpoint_of_the_pinned_spark_and_refuse_another_log_version(spark, tmp_path):
+    """The one reader of Spark's private checkpoint files, against a real query of the pinned Spark: an
+    upgrade that changes the file source's log fails here, not silently in the stream."""
+    import pyspark
+
+    from streaming.pseudolabel import StreamError, batch_files
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pool = tmp_path / "pool dir"  # a space: Spark logs percent-encoded URIs
+    pool.mkdir()
+    for i in range(3):
+        pq.write_table(pa.table({"id": pa.array(range(i * 10, i * 10 + 10), pa.int64())}), pool / f"part-{i}.parquet")
+    seen = {}
+    query = (spark.readStream.schema("id long").option("maxFilesPerTrigger", 1).parquet(str(pool))
+             .writeStream.option("checkpointLocation", str(tmp_path / "ckpt"))
+             .foreachBatch(lambda df, batch_id: seen.__setitem__(batch_id, df.count()))
+             .trigger(availableNow=True).start())
+    query.awaitTermination(120)
+    assert sorted(seen) == [0, 1, 2] and pyspark.__version__.startswith("4.0")
+    logged = [batch_files(str(tmp_path / "ckpt"), b) for b in range(3)]
+    assert all(len(f) == 1 for f in logged)
+    assert sorted(f[0] for f in logged) == sorted(str(p) for p in pool.glob("*.parquet"))
+    log = tmp_path / "ckpt" / "sources" / "0" / "0"
+    log.write_text(log.read_text().replace("v1", "v9", 1))
+    with pytest.raises(StreamError, match=r"log version 'v9' .* reads v1"):
+        batch_files(str(tmp_path / "ckpt"), 0)
+
+
 def test_crest_policy_is_recorded_with_its_counts_and_selects_by_rank():
     policy = Policy("crest", crest_alpha=3.0, labeled_counts=(10, 1000, 100))
-    assert policy.params() == {"name": "crest", "crest_alpha": 3.0, "labeled_counts": [10, 1000, 100]}
+    assert policy.params() == {"name": "crest", "crest_alpha": 3.0, "labeled_counts": [10, 1000, 100], "rules": 2}
     predicted = np.array([1] * 10 + [0] * 10)
     keep = policy.select(predicted, np.linspace(0, 1, 20), 3)
     # class 1 is the head (rank 1): mu = (10 / 1000)^(1/3) ~ 0.215 -> 2 of 10; class 0 the rarest: all 10

@@ -250,27 +250,33 @@ def config_sha256(cfg: Config) -> str:
 
 def _checkpoint(cfg: Config, name: str, manifest: dict, device,
                 semi: Optional[dict] = None) -> tuple[Path, Optional[dict]]:
-    """(checkpoint path, state to resume from or None). The folder is keyed by the run's resolved
-    config (``name``-<config_sha256 prefix>), so runs that differ in any setting never share a checkpoint
-    (where the inputs lie is not a setting: the splits' manifest and the pseudo-labels' ids are checked);
-    ``--resume`` with changed settings or re-made splits is refused naming what changed; a checkpoint
-    made before a setting existed resumes when the run leaves that setting at its default."""
-    key = config_key(cfg)
-    path = Path(cfg.train.runtime.run_dir) / f"{name}-{config_sha256(cfg)[:10]}" / "checkpoint.pt"
+    """(checkpoint path, state to resume from or None). The folder is keyed by the run's settings and
+    data (``name``-<sha256 prefix of config_sha256, the manifest's and the pseudo-labels' sha256>), not
+    by where the inputs lie, so runs that differ in any setting or data never share a checkpoint;
+    ``--resume`` with changed settings is refused naming what changed; a checkpoint made before a
+    setting existed resumes when the run leaves that setting at its default."""
+    data = [manifest["manifest_sha256"], semi["pseudo_ids_sha256"] if semi else None]
+    digest = hashlib.sha256(json.dumps([config_sha256(cfg), *data]).encode()).hexdigest()[:10]
+    path = Path(cfg.train.runtime.run_dir) / f"{name}-{digest}" / "checkpoint.pt"
     if not cfg.train.runtime.resume:
         return path, None
-    if not path.exists():
-        others = sorted(Path(cfg.train.runtime.run_dir).glob(f"{name}-*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
-        if others:
-            old = torch.load(others[-1], map_location="cpu", weights_only=True)["config_key"]
-            changed = changed_settings(old, key)
-            if not changed:  # made before a setting existed, which is at its default: the same run
-                return _resumed(others[-1], cfg, manifest, device, semi)
-            raise ConfigError(f"--resume: the checkpoint of run {name} ({others[-1]}) was made with other settings: "
-                              + ", ".join(f"train.{k}={old.get(k)!r} (now {key.get(k)!r})" for k in changed[:8])
+    if path.exists():
+        return _resumed(path, cfg, manifest, device, semi)
+    key, others = config_key(cfg), 0
+    for other in sorted(Path(cfg.train.runtime.run_dir).glob(f"{name}-*/checkpoint.pt"), key=lambda p: -p.stat().st_mtime):
+        old = torch.load(other, map_location="cpu", weights_only=True)  # written by older code: other folder names
+        if [old["provenance"]["manifest_sha256"], old["provenance"].get("semi", {}).get("pseudo_ids_sha256")] != data:
+            others += 1  # a run of the same name on other data (re-made splits, another pool or stream)
+            continue
+        changed = changed_settings(old["config_key"], key)
+        if changed:
+            raise ConfigError(f"--resume: the checkpoint of run {name} ({other}) was made with other settings: "
+                              + ", ".join(f"train.{k}={old['config_key'].get(k)!r} (now {key.get(k)!r})" for k in changed[:8])
                               + "; resume with the same settings, or drop --resume to start a new run")
-        return path, None
-    return _resumed(path, cfg, manifest, device, semi)
+        return _resumed(other, cfg, manifest, device, semi)
+    print(f"resume: no checkpoint of run {name} on these data in {cfg.train.runtime.run_dir}"
+          + (f" ({others} on other splits or pseudo-labels, kept)" if others else "") + "; it starts at epoch 1", flush=True)
+    return path, None
 
 
 def changed_settings(old: dict, new: dict) -> list[str]:

@@ -145,6 +145,17 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default_only(
         fit(cfg_for(splits, tmp_path, "ce", epochs=2, resume="true", cutout=8))
 
 
+def test_runs_of_one_name_on_other_data_never_share_a_checkpoint(splits, tmp_path, spark):
+    first = fit(cfg_for(splits, tmp_path, "ce", epochs=1))
+    other = tmp_path / "other-splits"  # the same labeled images, another pool: another manifest
+    longtail_job.main(["--data", str(splits.parent / "digits"), "--out", str(other), "--imbalance-ratio", "10",
+                       "--labeled-max", "40", "--val-per-class", "2", "--unlabeled-max", "6"])
+    again = fit(cfg_for(other, tmp_path, "ce", epochs=1, resume="true"))  # a new run, not the first one resumed
+    assert again["run_id"] != first["run_id"]
+    assert len(list((tmp_path / "runs").glob("*/checkpoint.pt"))) == 2
+    assert fit(cfg_for(splits, tmp_path, "ce", epochs=1, resume="true"))["run_id"] == first["run_id"]
+
+
 def test_eval_every_evaluates_every_kth_and_the_last_epoch_without_changing_the_weights(splits, tmp_path):
     every = fit(cfg_for(splits, tmp_path / "a", "ce", epochs=5, eval_every=2))
     fit(cfg_for(splits, tmp_path / "b", "ce", epochs=5))

@@ -88,14 +88,27 @@ class Study:
                         *extra, keep=keep)
 
     def stream(self, stage: str, model: dict, pool: Path, out: Path, select: str, settings: dict, experiment: str) -> dict:
-        """Pseudo-labels of ``pool`` by ``model``; an output without its stage's result (a kill, another
-        machine's model) is made anew."""
-        if not (self.work / "results" / f"{stage}.json").exists() and out.exists():
-            shutil.rmtree(out)
+        """Pseudo-labels of ``pool`` by ``model``; an output without its stage's result (a kill) is made
+        anew. With a carry folder the output is carried too (~0.4 MB): scored again on another machine,
+        a policy that reads the predictions could keep other rows (float rounding), and the carried
+        semi-supervised checkpoint trained on these ones would have to start over."""
+        result = self.work / "results" / f"{stage}.json"
+        carried = self.carry / "streams" / stage if self.carry else None
+        if not result.exists():
+            if out.exists():
+                shutil.rmtree(out)
+            if carried and (carried / "result.json").exists():
+                shutil.copytree(carried / "out", out)
+                shutil.copyfile(carried / "result.json", result)
+                print(f"carry: the pseudo-labels of {stage} from {carried}", flush=True)
         sets = [a for k, v in settings.items() for a in ("--set", f"pseudolabel.{k}={v}")]
-        return self.job(stage, "pseudolabel.py", "--config", SEMI, "--model", model["run_id"], "--input", str(pool),
-                        "--out", str(out), "--select", select, *sets, "--max-files-per-trigger", "1",
-                        "--experiment", experiment)
+        labels = self.job(stage, "pseudolabel.py", "--config", SEMI, "--model", model["run_id"], "--input", str(pool),
+                          "--out", str(out), "--select", select, *sets, "--max-files-per-trigger", "1",
+                          "--experiment", experiment)
+        if carried and not (carried / "result.json").exists():
+            shutil.copytree(out, carried / "out")
+            shutil.copyfile(result, carried / "result.json")
+        return labels
 
 
 def semi_chain(study: Study, ssl: Path, rev: Optional[Path], experiment: str) -> dict:

@@ -53,3 +53,29 @@ def test_table_rows_carry_final_top1_minutes_step_and_the_reference_figures():
     row = bench("cifar10_lt").table([record]).splitlines()[-1]
     assert row.startswith("| ce | 0 | 200 | 65.1 | 90.0 | 50.0 | nan | 66.0 (epoch 195) | 270 (260) | fp32, cpu AVX2 |")
     assert "64.8 final" in row and "70.4" in row
+
+
+def test_a_carried_stream_output_is_restored_instead_of_scored_again(tmp_path):
+    study = bench("study")
+    carry = tmp_path / "carry"
+
+    def scored(stage, script, *args, keep=False):  # what the stream job leaves: its output and result
+        out = Path(args[args.index("--out") + 1])
+        (out / "labels").mkdir(parents=True)
+        (out / "labels" / "part.parquet").write_bytes(b"labels of machine 1")
+        (first.work / "results" / f"{stage}.json").write_text('{"selected": 7}')
+        return {"selected": 7}
+
+    first = study.Study(tmp_path / "machine-1", 1, carry=carry)
+    first.job = scored
+    first.stream("ssl-pseudolabel-all", {"run_id": "r1"}, tmp_path / "pool", first.work / "pl", "all", {}, "e")
+    second = study.Study(tmp_path / "machine-2", 1, carry=carry)  # another machine: no state, the same carry
+
+    def never(*args, **kw):
+        raise AssertionError("scored again")
+
+    second.job = lambda stage, *a, **kw: (__import__("json").loads((second.work / "results" / f"{stage}.json").read_text())
+                                          if (second.work / "results" / f"{stage}.json").exists() else never())
+    assert second.stream("ssl-pseudolabel-all", {"run_id": "r2"}, tmp_path / "pool", second.work / "pl", "all", {},
+                         "e") == {"selected": 7}
+    assert (second.work / "pl" / "labels" / "part.parquet").read_bytes() == b"labels of machine 1"

@@ -90,11 +90,11 @@ def test_asking_for_more_than_exists_fails_naming_the_class(digits, tmp_path, ca
 
 
 def test_existing_splits_are_refused_without_overwrite(digits, tmp_path, capsys):
-    make(digits, tmp_path / "s", "--labeled-max", 50)
+    make(digits, tmp_path / "s", "--labeled-max", 50, "--imbalance-ratio", 10)
     with pytest.raises(SystemExit):
-        make(digits, tmp_path / "s", "--labeled-max", 60)
+        make(digits, tmp_path / "s", "--labeled-max", 60, "--imbalance-ratio", 10)
     assert "already exists" in capsys.readouterr().err
-    make(digits, tmp_path / "s", "--labeled-max", 60, "--overwrite")
+    make(digits, tmp_path / "s", "--labeled-max", 60, "--imbalance-ratio", 10, "--overwrite")
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["class_counts"]["labeled"][0] == 60
 
 

@@ -261,7 +261,7 @@ def _checkpoint(cfg: Config, name: str, manifest: dict, device,
     if not cfg.train.runtime.resume:
         return path, None
     if path.exists():
-        return _resumed(path, cfg, manifest, device, semi)
+        return _resumed(path, device)
     key, others = config_key(cfg), 0
     for other in sorted(Path(cfg.train.runtime.run_dir).glob(f"{name}-*/checkpoint.pt"), key=lambda p: -p.stat().st_mtime):
         old = torch.load(other, map_location="cpu", weights_only=True)  # written by older code: other folder names
@@ -273,7 +273,7 @@ def _checkpoint(cfg: Config, name: str, manifest: dict, device,
             raise ConfigError(f"--resume: the checkpoint of run {name} ({other}) was made with other settings: "
                               + ", ".join(f"train.{k}={old['config_key'].get(k)!r} (now {key.get(k)!r})" for k in changed[:8])
                               + "; resume with the same settings, or drop --resume to start a new run")
-        return _resumed(other, cfg, manifest, device, semi)
+        return _resumed(other, device)
     print(f"resume: no checkpoint of run {name} on these data in {cfg.train.runtime.run_dir}"
           + (f" ({others} on other splits or pseudo-labels, kept)" if others else "") + "; it starts at epoch 1", flush=True)
     return path, None
@@ -286,17 +286,10 @@ def changed_settings(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(old) | set(new) if k not in skip and old.get(k, defaults.get(k)) != new.get(k))
 
 
-def _resumed(path: Path, cfg: Config, manifest: dict, device, semi: Optional[dict]) -> tuple[Path, dict]:
-    state = torch.load(path, map_location=device, weights_only=True)
-    if state["provenance"]["manifest_sha256"] != manifest["manifest_sha256"]:
-        raise ConfigError(f"--resume: {path} was trained on splits with manifest sha256 "
-                          f"{state['provenance']['manifest_sha256'][:12]}..., {cfg.train.splits} now has "
-                          f"{manifest['manifest_sha256'][:12]}... (re-made splits); drop --resume to start over")
-    was = state["provenance"].get("semi", {}).get("pseudo_ids_sha256")
-    if semi and was != semi["pseudo_ids_sha256"]:
-        raise ConfigError(f"--resume: {path} was trained on other pseudo-labels than {semi['pseudo_labels']} holds "
-                          f"now (a re-run stream); drop --resume to start over")
-    return path, state
+def _resumed(path: Path, device) -> tuple[Path, dict]:
+    """(path, its state): the data it was trained on are those of the run, by the folder's digest or
+    by the check of the fallback in ``_checkpoint``."""
+    return path, torch.load(path, map_location=device, weights_only=True)
 
 
 def _train_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> TrainData:

@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study study-e200 prior-study cluster-check gpu-check clean
+.PHONY: venv docs docs-serve demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study study-e200 prior-study cluster-check gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -67,6 +67,14 @@ mlflow-ui: venv  # then open http://127.0.0.1:5000/#/experiments?workflowType=ma
 	mkdir -p $(RUNS)/mlflow
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_DB) \
 	    --host 127.0.0.1 --port 5000 --workers 1
+
+# The reference pages (docs/, mkdocs.yml) as a site in site/; strict: a broken link, a missing page
+# or an unknown anchor fails the build (CI runs it).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: venv  # the site on http://127.0.0.1:8000, rebuilt as the pages change
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr 127.0.0.1:8000
 
 test: venv
 	$(PY) -m pytest -m "not slow" -q

@@ -88,9 +88,9 @@ def pool_table(out: Path, splits: Path) -> dict:
     import numpy as np
 
     from pipeline.data import read_table
-    from pipeline.pseudo_labels import probs_matrix, read_labels, read_stream_info
-    from streaming.prior import divergences, estimate_priors
-    from streaming.select import Policy
+    from pipeline.pseudolabel.store import probs_matrix, read_labels, read_stream_info
+    from pipeline.pseudolabel.prior import divergences, estimate_priors
+    from pipeline.pseudolabel.policies import Policy
 
     info = read_stream_info(str(out))
     labels = read_labels(str(out), columns=["id", "probs"])

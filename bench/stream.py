@@ -34,7 +34,7 @@ from pipeline.schema import TRUTH  # noqa: E402
 from pipeline.spark import session  # noqa: E402
 from pipeline.tracking import Tracker  # noqa: E402
 from streaming.pseudolabel import run_pseudolabel  # noqa: E402
-from streaming.sinks import read_balance  # noqa: E402
+from pipeline.pseudolabel.store import read_balance  # noqa: E402
 
 
 def log_model(splits: Path, name: str) -> str:

@@ -43,7 +43,7 @@ from sittings import (ROOT, SUBMIT, drop_carried, prepare_environment, run_job, 
 
 sys.path.insert(0, str(ROOT))
 
-from streaming.sinks import latest_balance  # noqa: E402
+from pipeline.pseudolabel.store import latest_balance  # noqa: E402
 
 METHODS = ("ce", "ldam_drw", "cb_focal", "balanced_softmax")
 STANDARD, SEMI = "conf/experiments/cifar10_lt100.yaml", "conf/experiments/cifar10_lt100_ssl.yaml"

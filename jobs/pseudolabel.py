@@ -11,8 +11,8 @@ estimate (and BBSE's, when a held-out split is there) is recorded with every mic
 ``--precision bf16`` scores in bf16 autocast (about 3x fp32 on a CPU with AVX512-BF16), after checking
 it against fp32 on the splits' test images (agreement and both top-1s, in stream.json and MLflow)."""
 from pipeline.cli import JobParser, run_spark_job
+from pipeline.pseudolabel.policies import POLICIES
 from streaming.pseudolabel import run_pseudolabel, summary
-from streaming.select import POLICIES
 
 
 def main(argv=None) -> dict:

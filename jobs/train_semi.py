@@ -12,7 +12,7 @@ for the pseudo-labeled images: --pseudo-loss logit_adjusted trains them with CE(
 (--pseudo-tau), --pseudo-augment randaugment adds RandAugment + Cutout to their crop and flip."""
 from pipeline.cli import JobParser, run_spark_job, semi_layers
 from pipeline.launch import result_summary
-from pipeline.rounds import launch_semi
+from pipeline.semi import launch_semi
 
 
 def main(argv=None) -> dict:

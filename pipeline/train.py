@@ -378,7 +378,7 @@ def _log_inputs(tracker, t: TrainConfig, manifest: dict, data: TrainData) -> Non
 
 def _pseudo_labeled(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> tuple[ImageSet, dict]:
     """The pseudo-labeled images the policy kept, and what the run records about them."""
-    from pipeline.pseudo_labels import selected_pseudo_labels
+    from pipeline.pseudolabel.store import selected_pseudo_labels
 
     ids, labels, info = selected_pseudo_labels(t.semi.pseudo_labels)
     if info["class_names"] != manifest["class_names"]:

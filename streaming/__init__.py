@@ -1,1 +1,3 @@
-"""Structured Streaming pseudo-labelling: scoring, selection policies, class balance, the sinks that write the output (its format and readers: pipeline.pseudo_labels), and the live dashboard."""
+"""The Structured Streaming side of pseudo-labelling: scoring a micro-batch with a model (``score``),
+the query that wires source -> score -> the pseudo-label output (``pseudolabel``, with its checks and
+checkpoint reader) and the live dashboard. The feature's math and format: ``pipeline.pseudolabel``."""

@@ -18,8 +18,8 @@ from typing import Optional
 import pandas as pd
 
 from pipeline import fs
-from streaming import sinks
-from streaming.balance import imbalance_ratio, overall_precision
+from pipeline.pseudolabel import store
+from pipeline.pseudolabel.balance import imbalance_ratio, overall_precision
 
 COLORS = {"predicted": "#4c78a8", "selected": "#f58518", "labeled": "#54a24b", "true": "#9d9d9d"}
 
@@ -27,13 +27,13 @@ COLORS = {"predicted": "#4c78a8", "selected": "#f58518", "labeled": "#54a24b", "
 def load(balance_dir: str) -> dict:
     """What the page shows, read fresh: {"state": waiting|ok|error, ...}. Never raises."""
     out = fs.normalize(balance_dir).rstrip("/")
-    out = out[: -len(sinks.BALANCE)].rstrip("/") if fs.name(out) == sinks.BALANCE else out
+    out = out[: -len(store.BALANCE)].rstrip("/") if fs.name(out) == store.BALANCE else out
     try:
-        info = sinks.read_stream_info(out) if fs.exists(fs.join(out, sinks.STREAM)) else {}
-        table = sinks.read_balance(out).to_pandas()
+        info = store.read_stream_info(out) if fs.exists(fs.join(out, store.STREAM)) else {}
+        table = store.read_balance(out).to_pandas()
         if table.empty:
             return {"state": "waiting", "info": info, "out": out}
-        labels = sinks.read_labels(out, columns=["confidence"])
+        labels = store.read_labels(out, columns=["confidence"])
         return {"state": "ok", "info": info, "out": out, "balance": table,
                 "confidence": labels.column("confidence").to_numpy()}
     except Exception as e:  # a half-copied or foreign file: show it, keep serving
@@ -126,7 +126,7 @@ def prior_figures(table: pd.DataFrame, last: pd.DataFrame, names: list[str]):
                         legend_orientation="h", yaxis_title="share")
     error = go.Figure()
     if last.true_count.notna().all():
-        from streaming.prior import divergences
+        from pipeline.pseudolabel.prior import divergences
 
         for name, column in (("EM", "prior_em"), ("BBSE", "prior_bbse"), ("assumed (labeled)", "labeled_count"),
                              ("kept labels", "selected_count")):
@@ -161,7 +161,7 @@ def headline(data: dict) -> dict[str, str]:
 def pool_prior_error(rows: list[dict]) -> dict[str, str]:
     """The header's estimate figure: the EM estimate's L1 distance to the hidden truth (and the
     assumed labeled distribution's, for scale), when both are known."""
-    from streaming.balance import prior_errors
+    from pipeline.pseudolabel.balance import prior_errors
 
     if not rows or pd.isna(rows[0].get("prior_em", float("nan"))) or pd.isna(rows[0]["true_count"]):
         return {}

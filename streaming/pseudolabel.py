@@ -1,13 +1,12 @@
 """The pseudo-labelling stream: a Structured Streaming query over the unlabeled Parquet pool that
 scores each micro-batch with a base classifier from MLflow (``streaming.score.score``) and writes
-the labels, the class balance and the "pseudolabel" MLflow run's step metrics (streaming.sinks).
+the labels, the class balance and the "pseudolabel" MLflow run's step metrics (pipeline.pseudolabel.store).
 
 Restarting with the same output and checkpoint continues where the last committed micro-batch
 ended; the output records the model and the policy, and a restart with others is refused."""
 from __future__ import annotations
 
 import contextlib
-import posixpath
 import signal
 import threading
 import time
@@ -18,18 +17,14 @@ import pyarrow.compute as pc
 
 from pipeline import fs, schema
 from pipeline.config import Config
-from pipeline.errors import PipelineError
 from pipeline.provenance import git_commit, stamp
-from pipeline.pseudo_labels import probs_matrix
-from streaming import sinks
-from streaming.balance import balance_metrics, balance_table, imbalance_ratio, overall_precision, prior_errors
-from streaming.score import ERROR, ScoringModel, resolve, score
-from streaming.select import Policy, from_config
-
-
-
-class StreamError(PipelineError):
-    pass
+from pipeline.pseudolabel import store
+from pipeline.pseudolabel.balance import balance_metrics, balance_table, imbalance_ratio, overall_precision, prior_errors
+from pipeline.pseudolabel.policies import Policy, from_config
+from pipeline.pseudolabel.store import probs_matrix
+from streaming.checkpoint import batch_files, claim_checkpoint, unreadable_files
+from streaming.checks import held_out_confusion, input_identity, load_truth, precision_check, truth_path, val_path
+from streaming.score import ERROR, ScoringModel, StreamError, resolve, score
 
 
 def base_run(model: ScoringModel) -> dict:
@@ -49,99 +44,16 @@ def base_run(model: ScoringModel) -> dict:
             "experiment_id": run.info.experiment_id, "manifest": manifest}
 
 
-def truth_path(cfg) -> Optional[str]:
-    if cfg.truth:
-        if not fs.exists(cfg.truth):
-            raise StreamError(f"pseudolabel.truth: {fs.normalize(cfg.truth)} does not exist")
-        return fs.normalize(cfg.truth)
-    sibling = fs.join(posixpath.dirname(fs.normalize(cfg.input).rstrip("/")), schema.TRUTH)
-    return sibling if fs.exists(sibling) else None
 
 
-def load_truth(path: Optional[str]) -> Optional[dict[str, int]]:
-    if path is None:
-        return None
-    from pipeline.data import read_table
-
-    table = read_table(path, columns=["id", "label"])
-    return dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist()))
 
 
-def val_path(cfg) -> Optional[str]:
-    """The held-out labeled split BBSE calibrates on: ``pseudolabel.val``, else the pool's sibling
-    ``val`` split of jobs/longtail.py when it holds images (longtail.val_per_class > 0), else None."""
-    if cfg.val:
-        if not fs.exists(cfg.val):
-            raise StreamError(f"pseudolabel.val: {fs.normalize(cfg.val)} does not exist")
-        return fs.normalize(cfg.val)
-    sibling = fs.join(posixpath.dirname(fs.normalize(cfg.input).rstrip("/")), "val")
-    if not fs.exists(sibling):
-        return None
-    files = [fs.join(sibling, p) for p, _ in fs.list_files(sibling) if p.endswith(".parquet")]
-    return sibling if unreadable_files(files)[1] > 0 else None  # jobs/longtail.py writes an empty one by default
 
 
-def held_out_confusion(spark, model: ScoringModel, path: str, num_classes: int) -> dict:
-    """BBSE's soft confusion matrix: the model's mean probabilities on the held-out labeled images
-    of each class (streaming.prior.confusion), scored once when the stream starts."""
-    from pyspark.sql import functions as F
-
-    from streaming.prior import confusion
-
-    images = spark.read.parquet(fs.spark_path(path))
-    rows = (score(images, model).filter(F.col(ERROR).isNull()).join(images.select("id", "label"), "id")
-            .select("id", "label", "probs").orderBy("id").collect())
-    if not rows:
-        raise StreamError(f"BBSE: no scorable labeled image in the held-out split {path}")
-    try:
-        c = confusion(np.array([r["probs"] for r in rows], dtype=np.float64), np.array([r["label"] for r in rows]),
-                      num_classes)
-    except ValueError as e:
-        raise StreamError(f"BBSE on the held-out split {path}: {e}") from None
-    return {"val": path, "val_rows": len(rows), "val_ids_sha256": input_identity(path),
-            "confusion": c.tolist(), "condition": float(np.linalg.cond(c))}
 
 
-def precision_check(spark, model: ScoringModel, input_dir: str, images: int) -> dict:
-    """A reduced-precision scoring path against fp32 on the first ``images`` test images (by id) of
-    the pool's splits: how often the two predict the same class, and each one's top-1."""
-    import dataclasses
-
-    from pyspark.sql import functions as F
-
-    test = fs.join(posixpath.dirname(fs.normalize(input_dir).rstrip("/")), "test")
-    check = {"precision": model.precision}
-    if not fs.exists(test):
-        return {**check, "test": None, "why": "no test split beside the input: agreement with fp32 not checked"}
-    rows = spark.read.parquet(fs.spark_path(test)).orderBy("id").limit(images).cache()
-    try:
-        def predicted(ref: ScoringModel) -> dict:
-            return {r["id"]: r["predicted"] for r in score(rows, ref).filter(F.col(ERROR).isNull())
-                    .select("id", "predicted").collect()}
-
-        fast, exact = predicted(model), predicted(dataclasses.replace(model, precision="fp32"))
-        labels = {r["id"]: r["label"] for r in rows.select("id", "label").collect()}
-    finally:
-        rows.unpersist()
-    ids = sorted(set(fast) & set(exact))
-    if not ids:
-        raise StreamError(f"pseudolabel.precision={model.precision}: no scorable image in {test} to check it on")
-    agree = float(np.mean([fast[i] == exact[i] for i in ids]))
-    return {**check, "test": test, "images": len(ids), "agreement": agree,
-            "top1": float(np.mean([fast[i] == labels[i] for i in ids])),
-            "fp32_top1": float(np.mean([exact[i] == labels[i] for i in ids]))}
 
 
-def input_identity(input_dir: str) -> Optional[str]:
-    """The sha256 of the pool's ids when the input is a split of jobs/longtail.py (its manifest is
-    beside it), else None (an inbox that grows)."""
-    import json
-
-    manifest = fs.join(posixpath.dirname(fs.normalize(input_dir).rstrip("/")), schema.MANIFEST)
-    if not fs.exists(manifest):
-        return None
-    hashes = json.loads(fs.read_text(manifest)).get("ids_sha256", {})
-    return hashes.get(fs.name(input_dir))
 
 
 def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, truth: Optional[str],
@@ -171,77 +83,18 @@ def _check_same_stream(old: dict, new: dict, out: str) -> None:
         if old.get(key, WAS.get(key)) != new[key]:
             raise StreamError(f"{out} holds pseudo-labels of another stream ({key}: {old.get(key, WAS.get(key))!r}, now "
                               f"{new[key]!r}); use a new --out (and --checkpoint), or delete the old output")
-    if sinks.committed_batches(out) and not fs.exists(fs.join(new["checkpoint"], "offsets")):
-        raise StreamError(f"{out} holds {len(sinks.committed_batches(out))} micro-batches but their checkpoint "
+    if store.committed_batches(out) and not fs.exists(fs.join(new["checkpoint"], "offsets")):
+        raise StreamError(f"{out} holds {len(store.committed_batches(out))} micro-batches but their checkpoint "
                           f"{new['checkpoint']} is gone: a new query would score from batch 0 again beside them; "
                           f"use a new --out, or delete the old output")
 
 
-CHECKPOINT_OWNER = "_longtail_lab_output.json"  # in the checkpoint: the output it belongs to
 
 
-def claim_checkpoint(checkpoint: str, out: str) -> None:
-    """A checkpoint serves one output: reused for another, the query would skip every file the
-    first stream consumed and the new output would silently lack them."""
-    import json
-
-    owner = fs.join(checkpoint, CHECKPOINT_OWNER)
-    if fs.exists(owner):
-        first = json.loads(fs.read_text(owner))["out"]
-        if first != out:
-            raise StreamError(f"checkpoint {checkpoint} belongs to the stream writing {first}; reusing it for {out} "
-                              f"would skip every file that stream consumed: give a new --checkpoint")
-    elif fs.exists(fs.join(checkpoint, "offsets")):
-        raise StreamError(f"checkpoint {checkpoint} holds a query of unknown origin (no {CHECKPOINT_OWNER}): "
-                          f"give a new --checkpoint")
-    else:
-        fs.write_json_atomic(owner, {"out": out})
 
 
-def batch_files(checkpoint: str, batch_id: int) -> list[str]:
-    """The input files of micro-batch ``batch_id`` (paths or URIs), from the file source's log in
-    the checkpoint: ``sources/0/<batch>``, or a later ``<n>.compact`` that folds it in (a
-    micro-batch DataFrame does not report them itself). Spark logs percent-encoded URIs."""
-    import json
-    from urllib.parse import unquote, urlparse
-
-    root = fs.join(checkpoint, "sources", "0")
-    if not fs.exists(root):
-        return []
-    logs = [str(batch_id)] + sorted((p for p, _ in fs.list_files(root)
-                                     if p.endswith(".compact") and int(p.split(".")[0]) >= batch_id),
-                                    key=lambda p: int(p.split(".")[0]))
-    for name in logs:
-        if not fs.exists(fs.join(root, name)):
-            continue
-        version, *lines = fs.read_text(fs.join(root, name)).splitlines()
-        if version != "v1":  # Spark's private format: pinned by tests/test_pseudolabel.py against the pinned Spark
-            raise StreamError(f"{fs.join(root, name)}: Spark's file-source log version {version!r} is not the one "
-                              f"this reader reads v1 (written by pyspark 4.0); check batch_files against this Spark")
-        entries = [json.loads(line) for line in lines if line.strip()]
-        found = [e["path"] for e in entries if e.get("batchId", batch_id) == batch_id]
-        if found:
-            parsed = [urlparse(p) for p in found]
-            return [unquote(u.path) if u.scheme == "file" else unquote(p) if not u.scheme else p
-                    for u, p in zip(parsed, found)]
-    return []
 
 
-def unreadable_files(files: list[str]) -> tuple[list[dict], int]:
-    """(rejected rows for the micro-batch's input files that are not readable Parquet, rows the
-    readable ones hold by their footers)."""
-    import pyarrow.parquet as pq
-
-    rows, expected = [], 0
-    for file in files:
-        try:
-            fsys, path = fs.filesystem(file)
-            with fsys.open_input_file(path) as f:
-                expected += pq.read_metadata(f).num_rows
-        except Exception as e:
-            rows.append({"id": None, "source": fs.normalize(file), "reason": "unreadable_file",
-                         "detail": f"{fs.normalize(file)}: {type(e).__name__}: {e}"})
-    return rows, expected
 
 
 def run_pseudolabel(spark, cfg: Config) -> dict:
@@ -253,7 +106,7 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
         raise StreamError(f"pseudolabel.input: {fs.normalize(p.input)} does not exist")
     out = fs.normalize(p.out)
     checkpoint = fs.normalize(p.checkpoint) if p.checkpoint else fs.join(out, "_checkpoint")
-    previous = sinks.read_stream_info(out) if fs.exists(fs.join(out, sinks.STREAM)) else None
+    previous = store.read_stream_info(out) if fs.exists(fs.join(out, store.STREAM)) else None
     info, policy = _plan(spark, cfg, model, base, previous, checkpoint)
     if previous:
         _check_same_stream(previous, info, out)
@@ -301,7 +154,7 @@ def _open_run(p, info: dict, policy: Policy, base: dict, model: ScoringModel, pr
     tracker = Tracker(p.experiment or base["experiment"], f"{base['name']}-pl-{policy.name}", tags,
                       run_id=previous["run_id"] if previous else None)
     info.update(run_id=tracker.run_id, **({"created_at": previous["created_at"]} if previous else stamp()))
-    fs.write_json_atomic(fs.join(out, sinks.STREAM), info)
+    fs.write_json_atomic(fs.join(out, store.STREAM), info)
     if not previous:
         policy_keys = ("select", "tau", "alpha", "top_k", "crest_alpha", "adjust", "adjust_tau", "refine", "darp_alpha",
                        "align_labels", "align_final_t")
@@ -323,10 +176,10 @@ def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: dict, po
 
     def process(batch_df, batch_id: int) -> None:
         started = time.time()
-        sinks.begin_labels(out, batch_id)
+        store.begin_labels(out, batch_id)
         scored = score(batch_df, model).toArrow()  # the one Spark job of the micro-batch
         failed = pc.is_valid(scored.column(ERROR))
-        sinks.write_labels(scored.filter(pc.invert(failed)), out, batch_id)
+        store.write_labels(scored.filter(pc.invert(failed)), out, batch_id)
         rejected = [{"id": i, "source": None, "reason": "not_scorable", "detail": why}
                     for i, why in zip(scored.column("id").filter(failed).to_pylist(),
                                       scored.column(ERROR).filter(failed).to_pylist())]
@@ -338,15 +191,15 @@ def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: dict, po
             rejected.append({"id": None, "source": None, "reason": "unreadable_rows",
                              "detail": f"{expected - read} of the {expected} rows the batch's readable files "
                                        f"declare could not be read: {', '.join(map(fs.normalize, files))}"})
-        sinks.write_rejected(out, batch_id, rejected)
+        store.write_rejected(out, batch_id, rejected)
         latency = time.time() - started
-        labels = sinks.read_labels(out, upto=batch_id, columns=["id", "predicted", "confidence", "probs"])
+        labels = store.read_labels(out, upto=batch_id, columns=["id", "predicted", "confidence", "probs"])
         in_batch = labels.column(schema.LABEL_BATCH).to_numpy() == batch_id
         hidden = None if truth is None else np.array([truth.get(i, -1) for i in labels.column("id").to_pylist()])
         table = balance_table(batch_id, labels.column("predicted").to_numpy(),
                               labels.column("confidence").to_numpy(), in_batch, names, labeled, policy,
                               latency, hidden, probs_matrix(labels), confusion)
-        sinks.write_balance(out, batch_id, table)
+        store.write_balance(out, batch_id, table)
         logged = tracker.last_step("pl_rows_total")
         if logged is None or batch_id > logged:  # a replayed batch is not logged twice
             tracker.log_metrics(balance_metrics(table), step=batch_id)
@@ -416,7 +269,7 @@ def _stop_on_signals(on_signal) -> Iterator[threading.Event]:
 
 
 def summary_of(out: str, info: dict) -> dict:
-    last = sinks.latest_balance(out)
+    last = store.latest_balance(out)
     result = {"run_id": info["run_id"], "out": out, "model_run_id": info["model_run_id"],
               "policy": info["policy"]["name"], "scoring_precision": info.get("scoring_precision", "fp32"),
               **({"scoring_check": info["scoring_check"]} if info.get("scoring_check") else {})}
@@ -424,8 +277,8 @@ def summary_of(out: str, info: dict) -> dict:
         return {**result, "batches": 0, "scored": 0}
     rows = last.to_pylist()
     selected = [r["selected_count"] for r in rows]
-    result.update(batches=len(sinks.committed_batches(out)), scored=rows[0]["cumulative_rows"],
-                  rejected=sinks.read_rejected(out).num_rows,
+    result.update(batches=len(store.committed_batches(out)), scored=rows[0]["cumulative_rows"],
+                  rejected=store.read_rejected(out).num_rows,
                   selected=sum(selected), selected_imbalance_ratio=imbalance_ratio(selected))
     precision = overall_precision(rows)
     if precision is not None:

@@ -22,6 +22,10 @@ SCORED = tuple(c for c in schema.LABEL_COLUMNS if c.name != "scored_at") + (
     schema.Column(ERROR, schema.pa.string(), True, "why the image could not be scored; null when it was"),)
 
 
+class StreamError(PipelineError):
+    pass
+
+
 class ModelError(PipelineError):
     pass
 

@@ -98,11 +98,11 @@ def test_dashboard_bars_follow_a_live_stream_in_headless_chromium(base, tmp_path
         quality = driver.find_element("id", "quality")  # the hidden truth is known: precision/recall shown
         assert quality.is_displayed()
         # the header's live figures are the balance table's
-        from streaming import sinks
-        from streaming.balance import overall_precision
+        from pipeline.pseudolabel import store
+        from pipeline.pseudolabel.balance import overall_precision
 
         wait(lambda: text(driver, "figure-scored") == "300", "the header to show 300 scored")
-        rows = sinks.latest_balance(str(out)).to_pylist()
+        rows = store.latest_balance(str(out)).to_pylist()
         assert text(driver, "figure-kept") == str(sum(r["selected_count"] for r in rows))
         assert text(driver, "figure-precision-of-kept") == f"{100 * overall_precision(rows):.1f}%"
         link = driver.find_element("id", "model-link").get_attribute("href")

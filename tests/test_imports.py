@@ -17,17 +17,18 @@ LAYERS = [
      "pipeline.petastorm_loader",
      "pipeline.loaders", "pipeline.objectives", "pipeline.model_io", "pipeline.plots", "pipeline.sources",
      "pipeline.sources.cifar", "pipeline.sources.digits", "pipeline.sources.download", "pipeline.sources.imagefolder",
-     "pipeline.sources.manifest", "pipeline.sources.svhn", "pipeline.pseudo_labels", "pipeline.recipes", "streaming",
-     "streaming.select", "streaming.balance", "streaming.prior"},
+     "pipeline.sources.manifest", "pipeline.sources.svhn", "pipeline.recipes", "streaming",
+     "pipeline.pseudolabel", "pipeline.pseudolabel.policies", "pipeline.pseudolabel.prior", "pipeline.pseudolabel.balance",
+     "pipeline.pseudolabel.store"},
     # 2 tracking and what reads runs back
     {"pipeline.tracking", "pipeline.pretrained", "pipeline.run_report", "pipeline.report"},
     # 3 the training loop | streaming | the Spark data jobs
-    {"pipeline.train", "pipeline.spark", "pipeline.ingest", "pipeline.splits", "streaming.score", "streaming.sinks",
-     "streaming.pseudolabel", "streaming.dashboard"},
+    {"pipeline.train", "pipeline.spark", "pipeline.ingest", "pipeline.splits", "streaming.score",
+     "streaming.checks", "streaming.checkpoint", "streaming.pseudolabel", "streaming.dashboard"},
     # 4 launch
     {"pipeline.launch"},
     # 5 orchestration
-    {"pipeline.rounds", "pipeline.sweep", "pipeline.cli"},
+    {"pipeline.semi", "pipeline.sweep", "pipeline.cli"},
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 

@@ -4,7 +4,7 @@ DARP meets its constraints and moves the confident rows least."""
 import numpy as np
 import pytest
 
-from streaming.prior import (PRIOR_ESTIMATORS, adjust, align, bbse_prior, crest_keep, crest_rates,
+from pipeline.pseudolabel.prior import (PRIOR_ESTIMATORS, adjust, align, bbse_prior, crest_keep, crest_rates,
                              crest_temperature, darp, em_prior)
 
 K = 5
@@ -114,7 +114,7 @@ def published_darp(probs, q, alpha=2.0, iter_t=10, th=0.1):
 
 
 def test_crest_rates_follow_the_nominal_profile_of_the_labeled_ratio_as_published():
-    from streaming.prior import crest_rates
+    from pipeline.pseudolabel.prior import crest_rates
 
     cifar = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # CIFAR-10-LT rho 100, rounded down
     published = [(0.01 ** ((9 - c) / 9)) ** (1 / 3) for c in range(10)]  # google-research/crest's sample_rate
@@ -126,7 +126,7 @@ def test_crest_rates_follow_the_nominal_profile_of_the_labeled_ratio_as_publishe
 
 
 def test_outputs_of_the_earlier_crest_and_darp_rules_are_refused_by_name():
-    from streaming.select import Policy
+    from pipeline.pseudolabel.policies import Policy
 
     crest = Policy("crest", labeled_counts=(100, 10))
     assert crest.params()["rules"] == 2 and Policy.from_params(crest.params()) == crest
@@ -168,8 +168,8 @@ def test_darp_meets_its_constraints_and_moves_confident_rows_least():
 # --- the correction inside the selection policies and the balance table ------------------------
 
 def test_a_policy_corrected_by_em_labels_a_reversed_pool_closer_to_its_truth():
-    from streaming.balance import balance_table, prior_errors
-    from streaming.select import Policy
+    from pipeline.pseudolabel.balance import balance_table, prior_errors
+    from pipeline.pseudolabel.policies import Policy
 
     rng = np.random.default_rng(3)
     reversed_prior = TRAIN_PRIOR[::-1]
@@ -199,8 +199,8 @@ def test_a_policy_corrected_by_em_labels_a_reversed_pool_closer_to_its_truth():
 
 
 def test_bbse_correction_is_recorded_with_its_matrix_and_replayed_from_the_record():
-    from streaming.prior import confusion
-    from streaming.select import Policy
+    from pipeline.pseudolabel.prior import confusion
+    from pipeline.pseudolabel.policies import Policy
 
     rng = np.random.default_rng(4)
     pool, _ = draw(np.full(K, 0.2), 5_000, rng)
@@ -220,7 +220,7 @@ def test_bbse_correction_is_recorded_with_its_matrix_and_replayed_from_the_recor
 
 
 def test_darp_in_a_policy_meets_the_estimated_counts_and_needs_an_estimate():
-    from streaming.select import Policy
+    from pipeline.pseudolabel.policies import Policy
 
     rng = np.random.default_rng(5)
     pool, y = draw(TRAIN_PRIOR[::-1], 4_000, rng)
@@ -239,7 +239,7 @@ def test_darp_in_a_policy_meets_the_estimated_counts_and_needs_an_estimate():
 
 def test_label_alignment_anneals_over_the_rounds_and_is_recorded():
     from pipeline.config import PseudoLabelConfig
-    from streaming.select import Policy, from_config
+    from pipeline.pseudolabel.policies import Policy, from_config
 
     counts = (1000, 300, 100, 30, 10)
     cfg = PseudoLabelConfig(select="crest", align_labels=True, align_final_t=0.5)

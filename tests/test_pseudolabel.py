@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from jobs import pseudolabel as pseudolabel_job
-from streaming import sinks
-from streaming.balance import balance_metrics, balance_table
+from pipeline.pseudolabel import store
+from pipeline.pseudolabel.balance import balance_metrics, balance_table
 from streaming.score import ModelError, resolve as resolve_model, score
-from streaming.select import POLICIES, Policy, class_thresholds
+from pipeline.pseudolabel.policies import POLICIES, Policy, class_thresholds
 from tests.helpers import POOL_FILES, submit_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ FILES = POOL_FILES  # one micro-batch each with --max-files-per-trigger 1
 
 
 def label_ids(out) -> list[str]:
-    return sinks.read_labels(str(out), columns=["id"]).column("id").to_pylist()
+    return store.read_labels(str(out), columns=["id"]).column("id").to_pylist()
 
 
 def pool_ids(splits) -> list[str]:
@@ -100,7 +100,7 @@ def test_available_now_labels_the_pool_once_like_batch_scoring(spark, base, tmp_
 
     # the stream and a batch read scored by the same function agree
     batch = score(spark.read.parquet(str(base["splits"] / "unlabeled")), resolve_model(base["run_id"])).toPandas()
-    streamed = sinks.read_labels(str(out)).to_pandas().set_index("id").loc[batch["id"]]
+    streamed = store.read_labels(str(out)).to_pandas().set_index("id").loc[batch["id"]]
     assert (streamed["predicted"].to_numpy() == batch["predicted"].to_numpy()).all()
     assert np.allclose(np.stack(streamed["probs"]), np.stack(batch["probs"]), atol=1e-6)
     assert (streamed["model_run_id"] == base["run_id"]).all()
@@ -110,7 +110,7 @@ def test_available_now_labels_the_pool_once_like_batch_scoring(spark, base, tmp_
     assert sorted(r[0] for r in spark.read.parquet(str(out / "labels")).select("batch_id").distinct().collect()) \
         == list(range(FILES))
 
-    balance = sinks.read_balance(str(out)).to_pandas()
+    balance = store.read_balance(str(out)).to_pandas()
     last = balance[balance.batch_id == FILES - 1]
     assert last.cumulative_rows.iloc[0] == 600 and last.cumulative_count.sum() == 600
     assert (balance.groupby("batch_id").batch_count.sum() == 100).all()
@@ -120,7 +120,7 @@ def test_available_now_labels_the_pool_once_like_batch_scoring(spark, base, tmp_
         "class_counts"]["labeled"]
     assert last.precision.notna().any() and last.recall.notna().all()
 
-    info = sinks.read_stream_info(str(out))
+    info = store.read_stream_info(str(out))
     assert info["policy"] == {"name": "class_threshold", "tau": 0.9, "alpha": 1.0}
     run = mlflow.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pseudolabel"
@@ -237,7 +237,7 @@ def test_continuous_mode_picks_up_a_file_added_while_running(base, tmp_path):
         os.replace(tmp_path / "staging.parquet", inbox / pool[2].name)
         wait_for(lambda: len(label_ids(out)) == 300, proc, log)
         # the balance of a micro-batch is written just after its labels
-        wait_for(lambda: sinks.latest_balance(str(out)).column("cumulative_rows")[0].as_py() == 300, proc, log,
+        wait_for(lambda: store.latest_balance(str(out)).column("cumulative_rows")[0].as_py() == 300, proc, log,
                  timeout=30)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # stops the query; the MLflow run is marked KILLED
@@ -246,7 +246,7 @@ def test_continuous_mode_picks_up_a_file_added_while_running(base, tmp_path):
 
     copied = [i for f in pool[:3] for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
     assert sorted(label_ids(out)) == sorted(copied)
-    run_id = sinks.read_stream_info(str(out))["run_id"]
+    run_id = store.read_stream_info(str(out))["run_id"]
     assert mlflow.get_run(run_id).info.status == "KILLED"
 
 
@@ -261,7 +261,7 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
     for kill_after in (1, 3):  # committed micro-batches before each SIGKILL
         proc = start(*args, log=log)
         # the kill lands inside a micro-batch (not between two), after kill_after have committed
-        wait_for(lambda: len(sinks.committed_batches(str(out))) >= kill_after and writing(), proc, log)
+        wait_for(lambda: len(store.committed_batches(str(out))) >= kill_after and writing(), proc, log)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         assert len(label_ids(out)) < 600, "killed too late to test the restart"
@@ -274,13 +274,13 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
     assert spark.read.parquet(str(out / "labels")).count() == 600  # Spark readers agree
     # A kill after Spark logged a batch's files but before it logged the batch's offsets makes the
     # restart plan that batch afresh, with the next file too: batches need not be one per file.
-    batches = list(sinks.committed_batches(str(out)))
+    batches = list(store.committed_batches(str(out)))
     assert batches == list(range(len(batches))) and len(batches) <= FILES
-    balance = sinks.read_balance(str(out)).to_pandas()
+    balance = store.read_balance(str(out)).to_pandas()
     assert sorted(balance.batch_id.unique()) == batches, final.stdout[-3000:]  # one per micro-batch, no gap
     last = balance[balance.batch_id == batches[-1]]
     assert last.cumulative_rows.iloc[0] == 600 and (last.selected_count <= 20).all()
-    run_id = sinks.read_stream_info(str(out))["run_id"]  # one MLflow run across the kills, every step once
+    run_id = store.read_stream_info(str(out))["run_id"]  # one MLflow run across the kills, every step once
     steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "pl_rows_total")]
     assert steps == batches
 
@@ -338,7 +338,7 @@ def test_train_semi_rounds_are_runs_linked_to_their_pseudo_labels(spark, base, t
     assert run2.data.tags["parent_run_id"] == relabel.info.run_id and run2.data.tags["round"] == "2"
     assert run1.info.run_name.endswith("-semi-threshold-s0") and run2.info.run_name.endswith("-semi2-threshold-s0")
     # the run trained on exactly the pseudo-labels the stream's balance counted as selected
-    selected = sinks.latest_balance(str(pl)).column("selected_count").to_pylist()
+    selected = store.latest_balance(str(pl)).column("selected_count").to_pylist()
     assert json.loads(run1.data.params["provenance.semi.pseudo_counts"]) == selected
     labeled_counts = json.loads((base["splits"] / "manifest.json").read_text())["class_counts"]["labeled"]
     trained = json.loads(run1.data.params["provenance.class_counts_trained"])  # what the loss saw: both sets
@@ -366,9 +366,9 @@ def test_labels_read_in_scoring_order_whatever_columns_are_asked(tmp_path):
     (tmp_path / "labels" / "batch_id=2").mkdir()  # being written: no _SUCCESS, not read
     pq.write_table(pa.table({"id": ["z"], "confidence": pa.array([0.1], pa.float32())}),
                    tmp_path / "labels" / "batch_id=2" / "part-0.parquet")
-    table = sinks.read_labels(str(tmp_path), columns=["confidence"])
+    table = store.read_labels(str(tmp_path), columns=["confidence"])
     assert table.column_names == ["confidence", "batch_id"] and table.column("batch_id").to_pylist() == [0, 1, 1]
-    assert sinks.read_labels(str(tmp_path), columns=["id"]).column("id").to_pylist() == ["c", "a", "b"]
+    assert store.read_labels(str(tmp_path), columns=["id"]).column("id").to_pylist() == ["c", "a", "b"]
 
 
 def test_a_replayed_batch_replaces_its_labels_and_spark_written_batches_read_alike(spark, tmp_path):
@@ -377,7 +377,7 @@ def test_a_replayed_batch_replaces_its_labels_and_spark_written_batches_read_ali
     import pyarrow as pa
 
     from pipeline import schema
-    from pipeline.pseudo_labels import batch_dir
+    from pipeline.pseudolabel.store import batch_dir
 
     out = str(tmp_path)
     when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
@@ -386,13 +386,13 @@ def test_a_replayed_batch_replaces_its_labels_and_spark_written_batches_read_ali
     # batch 0 as earlier versions wrote it: Spark's writer (list<element>, INT96 timestamps)
     spark.createDataFrame([row("a", 1)], schema.spark_schema(schema.LABEL_COLUMNS)).write.parquet(batch_dir(out, 0))
     declared = schema.arrow_schema(schema.LABEL_COLUMNS)
-    sinks.begin_labels(out, 1)
-    sinks.write_labels(pa.Table.from_pylist([row("b", 0), row("c", 1)], declared), out, 1)
-    assert list(sinks.committed_batches(out)) == [0, 1]
-    sinks.begin_labels(out, 1)  # the replay of batch 1: its first attempt is gone before it is scored again
-    assert list(sinks.committed_batches(out)) == [0] and not os.listdir(batch_dir(out, 1))
-    sinks.write_labels(pa.Table.from_pylist([row("c", 1), row("d", 0)], declared), out, 1)
-    table = sinks.read_labels(out)
+    store.begin_labels(out, 1)
+    store.write_labels(pa.Table.from_pylist([row("b", 0), row("c", 1)], declared), out, 1)
+    assert list(store.committed_batches(out)) == [0, 1]
+    store.begin_labels(out, 1)  # the replay of batch 1: its first attempt is gone before it is scored again
+    assert list(store.committed_batches(out)) == [0] and not os.listdir(batch_dir(out, 1))
+    store.write_labels(pa.Table.from_pylist([row("c", 1), row("d", 0)], declared), out, 1)
+    table = store.read_labels(out)
     assert table.column("id").to_pylist() == ["a", "c", "d"] and table.column("batch_id").to_pylist() == [0, 1, 1]
     assert table.schema.remove(table.schema.get_field_index("batch_id")) == declared
     assert set(table.column("scored_at").to_pylist()) == {when}
@@ -431,7 +431,7 @@ def test_a_corrupt_file_and_an_undecodable_image_are_rejected_and_the_stream_goe
     result = pseudolabel_job.main(["--model", base["run_id"], "--input", str(pool), "--out", str(out),
                                    "--truth", str(base["splits"] / "unlabeled_truth"), "--max-files-per-trigger", "2"])
     assert sorted(label_ids(out)) == sorted(pool_ids(base["splits"]))  # every good image labeled once
-    rejected = sinks.read_rejected(str(out)).to_pylist()
+    rejected = store.read_rejected(str(out)).to_pylist()
     assert result["rejected"] == len(rejected) == 3
     by_reason = {r["reason"]: r for r in rejected if r["reason"] == "unreadable_file"}
     assert by_reason["unreadable_file"]["source"].endswith("part-99998-garbage.parquet")
@@ -440,7 +440,7 @@ def test_a_corrupt_file_and_an_undecodable_image_are_rejected_and_the_stream_goe
 
 
 def test_a_checkpoint_serves_one_output(tmp_path):
-    from streaming.pseudolabel import StreamError, claim_checkpoint
+    from streaming.checkpoint import StreamError, claim_checkpoint
 
     ckpt = str(tmp_path / "ckpt")
     claim_checkpoint(ckpt, "/out/a")
@@ -453,7 +453,7 @@ def test_a_checkpoint_serves_one_output(tmp_path):
 
 
 def test_batch_files_come_from_the_source_log_or_its_compaction_decoded(tmp_path):
-    from streaming.pseudolabel import batch_files
+    from streaming.checkpoint import batch_files
 
     log = tmp_path / "sources" / "0"
     log.mkdir(parents=True)
@@ -470,7 +470,7 @@ def test_batch_files_read_the_checkpoint_of_the_pinned_spark_and_refuse_another_
     upgrade that changes the file source's log fails here, not silently in the stream."""
     import pyspark
 
-    from streaming.pseudolabel import StreamError, batch_files
+    from streaming.checkpoint import StreamError, batch_files
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -506,17 +506,17 @@ def test_crest_policy_is_recorded_with_its_counts_and_selects_by_rank():
 
 def test_a_prior_corrected_stream_records_em_and_bbse_and_the_trainer_keeps_what_it_counted(spark, base, tmp_path,
                                                                                              capsys):
-    from pipeline.pseudo_labels import selected_pseudo_labels
+    from pipeline.pseudolabel.store import selected_pseudo_labels
 
     out = tmp_path / "pl-em"
     held_out = base["splits"] / "test"  # labeled and not trained on: BBSE's held-out split here
     result = pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"),
                                    "--out", str(out), "--select", "threshold", "--tau", "0.5",
                                    "--adjust", "bbse", "--val", str(held_out)])
-    info = sinks.read_stream_info(str(out))
+    info = store.read_stream_info(str(out))
     assert info["bbse"]["val"] == str(held_out) and info["bbse"]["val_rows"] > 0
     assert info["policy"]["adjust"] == "bbse" and info["policy"]["confusion"] == info["bbse"]["confusion"]
-    balance = sinks.read_balance(str(out)).to_pandas()
+    balance = store.read_balance(str(out)).to_pandas()
     last = balance[balance.batch_id == balance.batch_id.max()]
     assert last.prior_em.sum() == pytest.approx(1.0) and last.prior_bbse.sum() == pytest.approx(1.0)
     assert (last.em_iterations >= 1).all() and (last.bbse_condition >= 1).all()
@@ -552,7 +552,7 @@ def test_a_bf16_stream_is_checked_against_fp32_first_and_a_restart_cannot_change
     out = tmp_path / "pl-bf16"
     args = ["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"), "--out", str(out)]
     result = pseudolabel_job.main([*args, "--precision", "bf16"])
-    check = sinks.read_stream_info(str(out))["scoring_check"]
+    check = store.read_stream_info(str(out))["scoring_check"]
     test_rows = read_table(str(base["splits"] / "test"), columns=["id"]).num_rows
     assert check["precision"] == "bf16" and check["images"] == min(2000, test_rows)
     assert check["agreement"] >= 0.9 and abs(check["top1"] - check["fp32_top1"]) <= 0.05
@@ -563,7 +563,7 @@ def test_a_bf16_stream_is_checked_against_fp32_first_and_a_restart_cannot_change
     exact = tmp_path / "pl-fp32"
     pseudolabel_job.main(["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"), "--out", str(exact)])
     def labels(path):
-        t = sinks.read_labels(str(path), columns=["id", "predicted"])
+        t = store.read_labels(str(path), columns=["id", "predicted"])
         return dict(zip(t.column("id").to_pylist(), t.column("predicted").to_pylist()))
 
     a, b = labels(out), labels(exact)
@@ -576,7 +576,7 @@ def test_a_bf16_stream_is_checked_against_fp32_first_and_a_restart_cannot_change
 
 
 def test_the_overall_precision_ignores_classes_with_nothing_kept_even_as_nan():
-    from streaming.balance import overall_precision
+    from pipeline.pseudolabel.balance import overall_precision
 
     rows = [{"true_count": 5, "selected_count": 4, "precision": 0.5},
             {"true_count": 3, "selected_count": 0, "precision": float("nan")},  # how pandas hands a null over

@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import schema
-from streaming.select import Policy
+from pipeline.pseudolabel.policies import Policy
+from pipeline.pseudolabel.prior import divergences, estimate_priors
 
 
 def _mean_by_class(values: np.ndarray, classes: np.ndarray, num_classes: int) -> list[Optional[float]]:
@@ -31,7 +32,6 @@ def balance_table(batch_id: int, predicted: np.ndarray, confidence: np.ndarray, 
     is None. With ``probs`` the pool prior is estimated (EM; BBSE given the held-out ``confusion``)
     and the policy's correction, if any, applied before it selects: precision and recall are those
     of the labels it keeps, by their corrected class."""
-    from streaming.prior import estimate_priors
 
     c = len(class_names)
     predicted = np.asarray(predicted, dtype=np.int64)
@@ -126,7 +126,6 @@ def prior_errors(rows: list[dict]) -> dict[str, float]:
     """How far the pool-prior estimates (EM, BBSE, and the labeled split's distribution that plain
     self-training assumes) are from the hidden truth (L1 and KL(truth || estimate)), and the KL of
     the kept labels' distribution from the EM estimate: {metric: value}, from one batch's rows."""
-    from streaming.prior import divergences
 
     out = {}
     kept = np.array([r["selected_count"] for r in rows], dtype=np.float64)

@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline import fs, schema
 from pipeline.config import PseudoLabelConfig, to_dict
 from pipeline.launch import launch_fit
-from pipeline.pseudo_labels import read_stream_info
+from pipeline.pseudolabel.store import read_stream_info
 from pipeline.train import config_key
 from streaming.pseudolabel import run_pseudolabel
 

@@ -10,10 +10,10 @@ balance and the semi-supervised trainer apply the very same rule to the very sam
 * ``top_k_per_class``: the k most confident predictions of each class (ties: earliest scored).
 * ``crest``: CReST (Wei et al. 2021): of the predictions of class c, the floor(|P_c| mu_c) most
   confident, mu_c = (N_(K+1-r(c)) / N_1)^(1/alpha) by the class's rank r(c) in the labeled counts
-  (streaming.prior.crest_rates; alpha = ``crest_alpha``, 3 by default).
+  (pipeline.pseudolabel.prior.crest_rates; alpha = ``crest_alpha``, 3 by default).
 
 Every policy can first correct the predictions for the pool's estimated class prior (``adjust``:
-``em`` or ``bbse``, see streaming.prior): p~ proportional to p (pi_u / pi_labeled)^adjust_tau, then
+``em`` or ``bbse``, see pipeline.pseudolabel.prior): p~ proportional to p (pi_u / pi_labeled)^adjust_tau, then
 the policy keeps rows by the corrected class and confidence (``Policy.view``, from the probability
 vectors). ``refine = darp`` then refines those soft labels to the estimated class counts (DARP,
 Kim et al. 2020, over every row so far) before the policy selects; ``adjust_tau = 0`` uses the
@@ -30,6 +30,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from pipeline.pseudolabel.prior import adjust, align, crest_keep, crest_rates, crest_temperature, darp, estimate_priors
 from pipeline.registry import Registry
 
 POLICIES: Registry = Registry("selection policy")
@@ -88,7 +89,6 @@ class Policy:
         """The pseudo-labels of rows with class probabilities ``probs`` (N x C, every row scored so
         far, in scoring order): corrected for the pool prior when ``adjust`` asks, then selected.
         ``estimates`` may hold the prior estimates already made of these very rows."""
-        from streaming.prior import adjust, align, darp, estimate_priors
 
         probs = np.asarray(probs, dtype=np.float64).reshape(len(probs), -1)
         prior = None
@@ -131,7 +131,6 @@ def from_config(cfg, labeled_counts=(), confusion=(), generation: int = 1, gener
     """The policy of ``pseudolabel`` settings ``cfg``; ``generation`` of ``generations``: which
     labelling of the pool this is in the self-training rounds (the alignment temperature of
     ``align_labels`` anneals from 1.0 at the first to ``align_final_t`` at the last, as CReST+'s)."""
-    from streaming.prior import crest_temperature
 
     POLICIES.get(cfg.select)  # an unknown name fails here, before any work
     align_t = crest_temperature(generation, generations, cfg.align_final_t) if cfg.align_labels else 0.0
@@ -173,7 +172,6 @@ def top_k_per_class(predicted, confidence, num_classes, p: Policy) -> np.ndarray
 
 @POLICIES.register("crest")
 def crest(predicted, confidence, num_classes, p: Policy) -> np.ndarray:
-    from streaming.prior import crest_keep, crest_rates
 
     if len(p.labeled_counts) != num_classes:
         raise ValueError(f"crest needs the labeled counts of all {num_classes} classes, got {list(p.labeled_counts)}")

@@ -41,6 +41,7 @@ from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits 
 from pipeline.config import resolve  # noqa: E402
 from pipeline.recipes import recipe_layers  # noqa: E402
 from pipeline.train import config_sha256  # noqa: E402
+from pipeline.records import Manifest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "conf/experiments/cifar10_lt100.yaml"  # CIFAR-10-LT: the reference normalisation constants
@@ -134,7 +135,7 @@ def main() -> None:
         splits = reference_subset(args.archive, state, ref, splits_root=state)
     else:
         splits = ensure_splits(args.archive, state)
-    manifest = json.loads((splits / "manifest.json").read_text())["manifest_sha256"]
+    manifest = Manifest.read(str(splits)).manifest_sha256
     if carry:
         sync_carry(run_dir, carry, restore=True)
     for method in args.methods.split(","):

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from pipeline.schema import TRUTH  # noqa: E402
+from pipeline.records import Manifest  # noqa: E402
 from study import SEMI, Study  # noqa: E402
 
 POOLS = {"100": "same as labeled (gamma_u 100)", "1": "uniform (gamma_u 1)", "-100": "reversed (gamma_u -100)"}
@@ -67,7 +68,7 @@ def shots(result: dict, labeled_counts: list[int]) -> dict:
 def semi_runs(study, gamma: str, splits: Path, base: dict, experiment: str) -> list[dict]:
     """Per ``SEMI_RUNS`` entry: its stream over the pool (shared by entries of one policy) and its
     semi-supervised run; the final-epoch test figures of each."""
-    counts = json.loads((splits / "manifest.json").read_text())["class_counts"]["labeled"]
+    counts = Manifest.read(str(splits)).labeled_counts
     rows = []
     for name, policy, settings, flags in SEMI_RUNS:
         tag = policy + "".join(f"-{k}{v}" for k, v in settings.items())
@@ -98,8 +99,8 @@ def pool_table(out: Path, splits: Path) -> dict:
     hidden = read_table(str(splits / TRUTH), columns=["id", "label"])
     truth = dict(zip(hidden.column("id").to_pylist(), hidden.column("label").to_pylist()))
     y = np.array([truth[i] for i in labels.column("id").to_pylist()])
-    k, counts = probs.shape[1], tuple(info["labeled_counts"])
-    confusion = info["bbse"]["confusion"]
+    k, counts = probs.shape[1], tuple(info.labeled_counts)
+    confusion = info.bbse["confusion"]
     estimates = estimate_priors(probs, counts, confusion)
     true_prior = np.bincount(y, minlength=k) / len(y)
     errors = {name: divergences(true_prior, prior) for name, prior in
@@ -193,7 +194,7 @@ def main() -> None:
         study.job(f"splits-u{gamma}", "longtail.py", "--config", SEMI, "--data", str(data), "--out",
                   str(splits[gamma]), "--unlabeled-ratio", gamma, "--val-per-class", str(args.val_per_class),
                   "--set", f"longtail.files_per_split={args.pool_files}", "--overwrite")
-    labeled = {json.loads((s / "manifest.json").read_text())["ids_sha256"]["labeled"] for s in splits.values()}
+    labeled = {Manifest.read(str(s)).ids_sha256["labeled"] for s in splits.values()}
     assert len(labeled) == 1, "the three pools must share one labeled split"
     experiment = f"prior-study-cifar10-lt100-e{args.epochs}"
     base = study.train("base", SEMI, splits["100"], "ce", experiment)
@@ -233,7 +234,7 @@ def main() -> None:
         print(f"\nsemi-supervised ce on labeled + kept pseudo-labels, {args.epochs} epochs (final test top-1 = "
               f"balanced accuracy / many / medium / few, %):\n")
         print("| run | " + " | ".join(POOLS[g] for g in semi) + " |\n|---|" + "---|" * len(semi))
-        counts = json.loads((splits["100"] / "manifest.json").read_text())["class_counts"]["labeled"]
+        counts = Manifest.read(str(splits["100"])).labeled_counts
         plain = shots(base, counts)
         print("| base model, no pseudo-labels | " + " | ".join("{:.2f} / {:.1f} / {:.1f} / {:.1f}".format(
             *(100 * plain[k] for k in ("top1", "many_accuracy", "medium_accuracy", "few_accuracy")))

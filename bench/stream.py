@@ -10,7 +10,6 @@ the model loads) is reported apart from the steady state."""
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -35,10 +34,11 @@ from pipeline.spark import session  # noqa: E402
 from pipeline.tracking import Tracker  # noqa: E402
 from streaming.pseudolabel import run_pseudolabel  # noqa: E402
 from pipeline.pseudolabel.store import read_balance  # noqa: E402
+from pipeline.records import Manifest  # noqa: E402
 
 
 def log_model(splits: Path, name: str) -> str:
-    manifest = json.loads((splits / "manifest.json").read_text())
+    manifest = Manifest.read(str(splits)).to_dict()
     tracker = Tracker("bench-stream", f"{name}-untrained", {"stage": "base", "model": name, "dataset": "cifar10"})
     tracker.log_dict(manifest, "manifest.json")
     spec = model_io.spec_of(name, num_classes=10, in_channels=3, image_size=32, head="linear", head_scale=30.0,

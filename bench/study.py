@@ -44,6 +44,7 @@ from sittings import (ROOT, SUBMIT, drop_carried, prepare_environment, run_job, 
 sys.path.insert(0, str(ROOT))
 
 from pipeline.pseudolabel.store import latest_balance  # noqa: E402
+from pipeline.records import Manifest  # noqa: E402
 
 METHODS = ("ce", "ldam_drw", "cb_focal", "balanced_softmax")
 STANDARD, SEMI = "conf/experiments/cifar10_lt100.yaml", "conf/experiments/cifar10_lt100_ssl.yaml"
@@ -175,7 +176,7 @@ def main() -> None:
         if "reversed" in parts:
             study.job("splits-ssl-reversed", "longtail.py", "--config", SEMI, "--data", str(data), "--out", str(rev),
                       "--unlabeled-ratio", "-100", "--overwrite")
-            same = {json.loads((s / "manifest.json").read_text())["ids_sha256"]["labeled"] for s in (ssl, rev)}
+            same = {Manifest.read(str(s)).ids_sha256["labeled"] for s in (ssl, rev)}
             assert len(same) == 1, "the two pools must share one labeled split (and so one base model)"
         experiments.append(f"study-cifar10-lt100-ssl-e{args.epochs}")
         labels = semi_chain(study, ssl, rev if "reversed" in parts else None, experiments[-1])

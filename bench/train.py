@@ -32,6 +32,7 @@ from pipeline.losses import create_loss  # noqa: E402
 from pipeline.petastorm_loader import PetastormLoader  # noqa: E402
 from pipeline.objectives import Classify  # noqa: E402
 from pipeline.train import predict, train_one_epoch  # noqa: E402
+from pipeline.records import Manifest  # noqa: E402
 
 STEPS = {"fp32": Accel(), "channels_last": Accel(channels_last=True), "bf16": Accel(precision="bf16"),
          "bf16_channels_last": Accel(precision="bf16", channels_last=True), "compile": Accel(compile=True)}
@@ -85,7 +86,7 @@ def main() -> None:
     t_decode = time.time() - t0
     test = load_split(str(splits / "test")).to(device)
     mean, std = channel_stats(labeled.images)
-    counts = json.loads((splits / "manifest.json").read_text())["class_counts"]["labeled"]
+    counts = Manifest.read(str(splits)).labeled_counts
     loss_fn = create_loss(counts, cfg.loss).to(device)
     augment = Augment(mean, std, "crop_flip", 4)
 

@@ -3,6 +3,7 @@
 Ingest a data set into Parquet: DIR/images, DIR/_rejected (with reasons) and DIR/ingest.json."""
 from pipeline.cli import JobParser, run_spark_job
 from pipeline.ingest import run_ingest, summary
+from pipeline.recipes import dataset_layers
 
 
 def main(argv=None) -> dict:
@@ -16,7 +17,7 @@ def main(argv=None) -> dict:
     parser.flag("--split", key="ingest.split", help="manifest: the split its rows belong to")
     parser.flag("--root", key="ingest.root", help="manifest: base of relative paths")
     parser.flag("--overwrite", key="ingest.overwrite", switch=True, help="replace DIR atomically")
-    args, cfg = parser.resolve(argv, required={"ingest.out": "--out DIR"})
+    args, cfg = parser.resolve(argv, required={"ingest.out": "--out DIR"}, layers=dataset_layers)
     return run_spark_job(cfg, run_ingest, summary, args.result)
 
 

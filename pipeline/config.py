@@ -22,7 +22,9 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from pipeline import fs
 from pipeline.errors import PipelineError
+from pipeline.records import Manifest
 
 
 class ConfigError(PipelineError, ValueError):
@@ -60,6 +62,10 @@ class IngestConfig:
     download_dir: str = "data/downloads"  # where torchvision downloads go when --source is absent
     files_per_task: int = 2000  # input files per Spark task
     max_record_mb: float = 64.0  # an input record (image file, archive member) larger than this is rejected, unread
+    # What training on this data set needs (``train`` keys, e.g. {batch_size: 32, data: {augment: none}}), set
+    # by the data set's config (conf/datasets/): recorded with the data, every training on its splits starts
+    # from it (above the defaults, below the run's own config files and flags)
+    train_settings: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.image_size is not None:
@@ -75,6 +81,7 @@ class IngestConfig:
             raise ConfigError(f"ingest.max_record_mb must be > 0, got {self.max_record_mb}")
         if self.seed < 0:
             raise ConfigError(f"ingest.seed must be >= 0 (numpy's seeds are), got {self.seed}")
+        apply_mapping(TrainConfig(), self.train_settings, "ingest.train_settings.")  # known train keys, right types
 
 
 @dataclass
@@ -545,15 +552,33 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, di
 
 
 def resolve(config_files: list[str] = (), overrides: list[tuple[str, str]] = ()) -> Config:
-    """Build the resolved config from the layers; raises ConfigError naming the key at fault."""
+    """Build the resolved config from the layers; raises ConfigError naming the key at fault. When
+    ``train.splits`` names splits whose data set recorded train settings (``ingest.train_settings``),
+    they are the layer right above the defaults."""
+    layers = [(path, data) for file in config_files for path, data in _yaml_layers(Path(file))]
+    cfg = _layered(layers, overrides)
+    settings = data_train_settings(cfg.train.splits)
+    if settings:
+        cfg = _layered([(f"{cfg.train.splits} (the data set's ingest.train_settings)", {"train": settings})] + layers,
+                       overrides)
+    return cfg
+
+
+def _layered(layers: list[tuple[Any, dict]], overrides: list[tuple[str, str]]) -> Config:
     cfg = Config()
-    for file in config_files:
-        for path, data in _yaml_layers(Path(file)):
-            apply_mapping(cfg, data, origin=str(path))
+    for path, data in layers:
+        apply_mapping(cfg, data, origin=str(path))
     for key, raw in overrides:
         set_key(cfg, key, raw)
     cfg.validate()
     return cfg
+
+
+def data_train_settings(splits: Optional[str]) -> dict:
+    """The train settings the data set of ``splits`` recorded ({} for none, or no splits yet)."""
+    if not splits or not fs.exists(fs.join(splits, Manifest.FILE)):
+        return {}
+    return Manifest.read(splits).train_settings
 
 
 def to_dict(cfg: Any) -> dict:

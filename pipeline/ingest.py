@@ -20,10 +20,11 @@ from pipeline.config import Config, to_dict
 from pipeline.errors import PipelineError
 from pipeline.output import staged
 from pipeline.provenance import stamp
+from pipeline.records import Ingest
 from pipeline.sources import Plan, TaskContext, get_source, rejected_row
 from pipeline.tables import read_table
 
-IMAGES, REJECTED, REPORT = "images", "_rejected", "ingest.json"
+IMAGES, REJECTED, REPORT = "images", "_rejected", Ingest.FILE
 ROWS_PER_BATCH = 256  # Arrow batch size of task output: bounded memory for large images
 
 
@@ -162,29 +163,29 @@ def run_ingest(spark: SparkSession, cfg: Config) -> dict:
         for g in groups:
             if g["reason"]:
                 rejected_by_split[str(g["split"])] += g["count"]
-        report = {
-            "dataset": icfg.dataset,
-            "sources": icfg.source,
-            "class_names": plan.class_names,
-            "num_classes": len(plan.class_names),
-            "declared": {"image_size": list(ctx.size) if ctx.size else None, "channels": ctx.channels},
-            "splits": _split_counts([(g["split"], g["label"], g["count"]) for g in groups if g["reason"] is None],
-                                    plan.class_names),
-            "image_shapes": sorted(({k: r[k] for k in ("height", "width", "channels", "image_format", "count")}
-                                    for r in shapes), key=lambda s: -s["count"]),
-            "rejected": {"total": n_rejected, "by_reason": dict(sorted(by_reason.items())),
-                         "by_split": dict(sorted(rejected_by_split.items()))},
-            "input_records": n_input,
-            "planned_records": plan.expected_records,
-            "written": written,
-            "plan": plan.info,
-            "normalization": normalization(cfg, source),
-            "config": to_dict(icfg),
+        report = Ingest(
+            dataset=icfg.dataset,
+            sources=icfg.source,
+            class_names=plan.class_names,
+            num_classes=len(plan.class_names),
+            declared={"image_size": list(ctx.size) if ctx.size else None, "channels": ctx.channels},
+            splits=_split_counts([(g["split"], g["label"], g["count"]) for g in groups if g["reason"] is None],
+                                 plan.class_names),
+            image_shapes=sorted(({k: r[k] for k in ("height", "width", "channels", "image_format", "count")}
+                                 for r in shapes), key=lambda s: -s["count"]),
+            rejected={"total": n_rejected, "by_reason": dict(sorted(by_reason.items())),
+                      "by_split": dict(sorted(rejected_by_split.items()))},
+            input_records=n_input,
+            planned_records=plan.expected_records,
+            written=written,
+            plan=plan.info,
+            normalization=normalization(cfg, source),
+            config=to_dict(icfg), train_settings=icfg.train_settings,
             **stamp(),
-            "duration_s": round(time.time() - started, 2),
-        }
-        fs.write_json(fs.join(tmp, REPORT), report)
-    return report
+            duration_s=round(time.time() - started, 2),
+        )
+        report.write(tmp)
+    return report.to_dict()
 
 
 def normalization(cfg: Config, source) -> Optional[dict]:

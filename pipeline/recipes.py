@@ -1,5 +1,5 @@
-"""Where the training recipes and stage settings live (conf/methods/, conf/stages/) and the YAML
-layers they add to a job's config."""
+"""Where the training recipes, stage settings and data set configs live (conf/methods/, conf/stages/,
+conf/datasets/) and the YAML layers they add to a job's config."""
 from __future__ import annotations
 
 from pipeline.config import Config, ConfigError
@@ -7,6 +7,7 @@ from pipeline.provenance import PROJECT_ROOT
 
 RECIPES = PROJECT_ROOT / "conf" / "methods"  # conf/methods/<name>.yaml: the training recipes
 SEMI_STAGE = PROJECT_ROOT / "conf" / "stages" / "semi.yaml"  # semi-supervised defaults of the reference
+DATASETS = PROJECT_ROOT / "conf" / "datasets"  # conf/datasets/<name>.yaml: a built-in data set's own config
 
 
 def check_recipes(names: list[str], where: str = "") -> None:
@@ -25,3 +26,11 @@ def recipe_layers(cfg: Config) -> list[str]:
 def semi_layers(cfg: Config) -> list[str]:
     """The recipe, then the semi-supervised stage's settings (batch 256, union batches)."""
     return recipe_layers(cfg) + [str(SEMI_STAGE)]
+
+
+def dataset_layers(cfg: Config) -> list[str]:
+    """The built-in data set's own config (conf/datasets/<ingest.dataset>.yaml: its normalisation, the
+    train settings its data records), below the user's --config files: ``--dataset digits`` alone
+    ingests digits with what training on them needs. None for imagefolder or manifest data."""
+    own = DATASETS / f"{cfg.ingest.dataset}.yaml"
+    return [str(own)] if own.is_file() else []

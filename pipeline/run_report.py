@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from pipeline.metrics import shot_groups
+from pipeline.records import Manifest
 
 HEADLINE = (("final_test_top1", "top-1"), ("final_test_top5", "top-5"), ("final_test_many_accuracy", "many-shot"),
             ("final_test_medium_accuracy", "medium-shot"), ("final_test_few_accuracy", "few-shot"),
@@ -90,7 +91,8 @@ def rebuild(run_id: str) -> str:
     page = render({"run_id": run_id, "run_name": run.info.run_name, "tags": run.data.tags,
                    "experiment": client.get_experiment(run.info.experiment_id).name,
                    "summary": dict(run.data.metrics), "provenance": state["provenance"], "config": state["config"],
-                   "manifest": load_json_artifact(run_id, "manifest.json"), "final": final, "figures": pngs,
+                   "manifest": Manifest.from_dict(load_json_artifact(run_id, Manifest.FILE),
+                                                  f"runs:/{run_id}/{Manifest.FILE}"), "final": final, "figures": pngs,
                    "history": state["history"], "model_uri": f"runs:/{run_id}/model", "checkpoint": checkpoint})
     client.log_text(run_id, page, "report.html")
     return page
@@ -141,13 +143,12 @@ def render(record: dict) -> str:
     return "\n".join(parts)
 
 
-def _manifest(m: dict) -> str:
-    splits = [k for k in ("labeled", "val", "unlabeled", "test") if k in m["class_counts"]]
-    rows = [[n, *[m["class_counts"][k][i] for k in splits]] for i, n in enumerate(m["class_names"])]
-    rows.append(["total", *[m["totals"][k] for k in splits]])
-    params = m.get("params", {})
-    return (f"<p>Splits carved from <code>{_e(m['source']['data'])}</code> ({_e(m['source']['dataset'])}), "
-            f"imbalance ratio {_e(params.get('imbalance_ratio'))} ({_e(params.get('imbalance_type'))}), "
-            f"measured {m['imbalance']['ratio_measured']:.1f}; manifest sha256 <code>{_e(m['manifest_sha256'])}</code>, "
-            f"created {_e(m.get('created_at'))} at commit <code>{_e(m.get('git_commit'))}</code>.</p>"
+def _manifest(m: Manifest) -> str:
+    splits = [k for k in ("labeled", "val", "unlabeled", "test") if k in m.class_counts]
+    rows = [[n, *[m.class_counts[k][i] for k in splits]] for i, n in enumerate(m.class_names)]
+    rows.append(["total", *[m.totals[k] for k in splits]])
+    return (f"<p>Splits carved from <code>{_e(m.source['data'])}</code> ({_e(m.dataset)}), "
+            f"imbalance ratio {_e(m.params.get('imbalance_ratio'))} ({_e(m.params.get('imbalance_type'))}), "
+            f"measured {m.imbalance['ratio_measured']:.1f}; manifest sha256 <code>{_e(m.manifest_sha256)}</code>, "
+            f"created {_e(m.created_at)} at commit <code>{_e(m.git_commit)}</code>.</p>"
             + _table(["class", *splits], rows))

@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-from pathlib import Path
 
-from pipeline import fs, schema
+from pipeline import fs
 from pipeline.config import PseudoLabelConfig, to_dict
 from pipeline.launch import launch_fit
 from pipeline.pseudolabel.store import read_stream_info
+from pipeline.records import Manifest, Rounds
 from pipeline.train import config_key
 from streaming.pseudolabel import run_pseudolabel
 
@@ -25,20 +24,17 @@ def launch_semi(spark, cfg) -> dict:
     next round trains on those labels. Every round is its own MLflow run, tagged with its parent.
     Finished steps are recorded (``run_dir/semi-rounds-<config sha>.json``), so the same command
     run again continues where it stopped instead of paying for finished rounds again."""
-    manifest = json.loads(fs.read_text(fs.join(cfg.train.splits, schema.MANIFEST)))
+    manifest = Manifest.read(cfg.train.splits)
     first = read_stream_info(cfg.train.semi.pseudo_labels)
-    key = {"train": config_key(cfg), "pseudolabel": to_dict(cfg.pseudolabel),  # and the data: re-made splits or a
-           "splits_sha256": manifest["manifest_sha256"], "pseudolabel_run_id": first["run_id"]}  # re-run stream
-
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    record = Path(fs.normalize(cfg.train.runtime.run_dir)) / f"semi-rounds-{digest}.json"
-    done = json.loads(record.read_text())["rounds"] if record.exists() else []
+    key = json.loads(json.dumps({"train": config_key(cfg), "pseudolabel": to_dict(cfg.pseudolabel),  # and the data:
+                                 "splits_sha256": manifest.manifest_sha256,  # re-made splits or a re-run stream
+                                 "pseudolabel_run_id": first.run_id}, default=str))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    folder, name = fs.normalize(cfg.train.runtime.run_dir), f"semi-rounds-{digest}.json"
+    done = Rounds.read(folder, name).rounds if fs.exists(fs.join(folder, name)) else []
 
     def save(rounds):
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"config": key, "rounds": rounds}, indent=2, default=str))
-        os.replace(tmp, record)
+        Rounds(config=key, rounds=json.loads(json.dumps(rounds, default=str))).write(folder, atomic=True, name=name)
 
     rounds, result = [], {}
     for round_ in range(1, cfg.train.semi.rounds + 1):
@@ -55,9 +51,9 @@ def launch_semi(spark, cfg) -> dict:
         out = f"{cfg.train.semi.pseudo_labels.rstrip('/')}-round{round_ + 1}"
         if "next_pseudolabel_run_id" not in step:  # the re-labelling resumes from its own stream checkpoint
             info = read_stream_info(cfg.train.semi.pseudo_labels)
-            policy = info["policy"]
-            relabel = dataclasses.replace(cfg.pseudolabel, model=step["run_id"], input=info["input"], out=out,
-                                          checkpoint=None, truth=info["truth"], trigger="available-now",
+            policy = info.policy
+            relabel = dataclasses.replace(cfg.pseudolabel, model=step["run_id"], input=info.input, out=out,
+                                          checkpoint=None, truth=info.truth, trigger="available-now",
                                           select=policy["name"], align_labels=bool(policy.get("align_t")),
                                           **{k: v for k, v in policy.items() if k in PSEUDOLABEL_KEYS})
             labeled = run_pseudolabel(spark, dataclasses.replace(cfg, pseudolabel=relabel))

@@ -16,13 +16,14 @@ from pyspark.sql import functions as F
 
 from pipeline import fs, schema
 from pipeline.config import Config, ConfigError, LongTailConfig, to_dict
-from pipeline.ingest import IMAGES, REPORT
+from pipeline.ingest import IMAGES
 from pipeline.longtail import LongTailError, class_counts, ids_sha256, subsample
 from pipeline.output import staged
 from pipeline.provenance import stamp
+from pipeline.records import Ingest, Manifest
 from pipeline.tables import read_table
 
-MANIFEST, TRUTH = schema.MANIFEST, schema.TRUTH
+MANIFEST, TRUTH = Manifest.FILE, schema.TRUTH
 CARVED = ("labeled", "val", "unlabeled")
 
 
@@ -150,14 +151,18 @@ def carve(spark: SparkSession, images: DataFrame, chosen: dict[str, list[list[st
     return rows.select(*schema.names(schema.IMAGE_COLUMNS))
 
 
+def _read_ingest(data: str) -> tuple[Ingest, str]:
+    """The ingest's record and the sha256 of its file (the splits' provenance names the very ingest)."""
+    if not fs.exists(fs.join(data, Ingest.FILE)):
+        raise LongTailError(f"{fs.normalize(data)} is not an ingest output (no {Ingest.FILE}); make one with jobs/ingest.py")
+    text = fs.read_text(fs.join(data, Ingest.FILE))
+    return Ingest.parse(text, fs.normalize(fs.join(data, Ingest.FILE))), hashlib.sha256(text.encode()).hexdigest()
+
+
 def run_longtail(spark: SparkSession, cfg: Config) -> dict:
     lcfg, started = cfg.longtail, time.time()
-    if not fs.exists(fs.join(lcfg.data, REPORT)):
-        raise LongTailError(f"{fs.normalize(lcfg.data)} is not an ingest output (no {REPORT}); "
-                            f"make one with jobs/ingest.py")
-    report_text = fs.read_text(fs.join(lcfg.data, REPORT))
-    ingest = json.loads(report_text)
-    class_names = ingest["class_names"]
+    ingest, ingest_sha256 = _read_ingest(lcfg.data)
+    class_names = ingest.class_names
     images = spark.read.parquet(fs.spark_path(fs.join(lcfg.data, IMAGES)))
     with staged(lcfg.out, lcfg.overwrite, "splits", inputs=[lcfg.data]) as tmp:
         listed, list_sha256 = _split_list(lcfg, class_names)
@@ -186,30 +191,31 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
                 raise LongTailError(f"{name}: the written ids differ from the chosen ones")
         counts["unlabeled"] = [len(ids) for ids in chosen["unlabeled"]]  # hidden truth, for the record
         labeled = counts["labeled"]
-        manifest = {
-            "class_names": class_names,
-            "num_classes": len(class_names),
-            "class_counts": counts,
-            "totals": {name: sum(c) for name, c in counts.items()},
-            "imbalance": {"ratio_measured": max(labeled) / max(1, min(labeled)),
-                          "many_medium_few": _shot_groups(labeled)},
-            "params": split_params(lcfg, list_sha256),
-            "source": {"data": fs.normalize(lcfg.data), "dataset": ingest["dataset"],
-                       "ingest_sha256": hashlib.sha256(report_text.encode()).hexdigest(),
-                       "ingest_created_at": ingest.get("created_at"), "ingest_git_commit": ingest.get("git_commit")},
-            "image_shapes": ingest["image_shapes"],
-            "normalization": ingest.get("normalization"),  # what trainings on these splits normalise with
-            "ids_sha256": hashes,
-        }
-        # One fingerprint of the split contents (not of where they were written), for the provenance
-        # of every run trained on them.
-        manifest["manifest_sha256"] = hashlib.sha256(json.dumps(
-            {"class_names": class_names, "selection": selection(manifest["params"]), "ids_sha256": hashes},
-            sort_keys=True).encode()
-        ).hexdigest()
-        manifest.update(stamp(), duration_s=round(time.time() - started, 2))
-        fs.write_json(fs.join(tmp, MANIFEST), manifest)
-    return manifest
+        params = split_params(lcfg, list_sha256)
+        manifest = Manifest(
+            class_names=class_names,
+            num_classes=len(class_names),
+            class_counts=counts,
+            totals={name: sum(c) for name, c in counts.items()},
+            imbalance={"ratio_measured": max(labeled) / max(1, min(labeled)), "many_medium_few": _shot_groups(labeled)},
+            params=params,
+            source={"data": fs.normalize(lcfg.data), "dataset": ingest.dataset,
+                    "ingest_sha256": ingest_sha256,
+                    "ingest_created_at": ingest.created_at, "ingest_git_commit": ingest.git_commit},
+            image_shapes=ingest.image_shapes,
+            normalization=ingest.normalization,  # what trainings on these splits normalise with
+            train_settings=ingest.train_settings,  # and start from (the data set's ingest.train_settings)
+            ids_sha256=hashes,
+            # One fingerprint of the split contents (not of where they were written), for the
+            # provenance of every run trained on them.
+            manifest_sha256=hashlib.sha256(json.dumps(
+                {"class_names": class_names, "selection": selection(params), "ids_sha256": hashes},
+                sort_keys=True).encode()).hexdigest(),
+            **stamp(),
+            duration_s=round(time.time() - started, 2),
+        )
+        manifest.write(tmp)
+    return manifest.to_dict()
 
 
 def selection(params: dict) -> dict:

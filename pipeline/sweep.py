@@ -24,6 +24,7 @@ from pipeline import fs
 from pipeline.recipes import RECIPES, check_recipes
 from pipeline.config import Config, ConfigError, apply_mapping, resolve, to_dict
 from pipeline.provenance import PROJECT_ROOT
+from pipeline.records import Manifest
 
 MATCH_KEYS = ("method", "imbalance_ratio", "seed")
 
@@ -154,10 +155,8 @@ def children(grid: Grid, extra_layers: list[str] = (), cli: list[tuple[str, str]
 def data_identity(child: Child) -> Child:
     """The child with its config sha extended by its splits' and their ingest's sha256: after new
     splits (other long-tail settings, a new ingest) a finished child no longer counts as done."""
-    from pipeline.splits import MANIFEST
-
-    manifest = json.loads(fs.read_text(fs.join(child.cfg.train.splits, MANIFEST)))
-    data = {"manifest_sha256": manifest["manifest_sha256"], "ingest_sha256": manifest["source"].get("ingest_sha256")}
+    manifest = Manifest.read(child.cfg.train.splits)
+    data = {"manifest_sha256": manifest.manifest_sha256, "ingest_sha256": manifest.source.get("ingest_sha256")}
     sha = hashlib.sha256(json.dumps({"train": to_dict(child.cfg.train), "data": data},
                                     sort_keys=True).encode()).hexdigest()[:16]
     return dataclasses.replace(child, config_sha=sha)
@@ -165,18 +164,17 @@ def data_identity(child: Child) -> Child:
 
 def ensure_splits(spark, grid: Grid, extra_layers: list[str], cli: list[tuple[str, str]]) -> None:
     """Carve each ratio's splits, unless a previous run of the sweep already did with the same settings."""
-    from pipeline.splits import MANIFEST, run_longtail, selection, split_params
+    from pipeline.splits import run_longtail, selection, split_params
 
     for ratio in grid.imbalance_ratios:
         cfg = base_config(grid, extra_layers, cli, ratio)
         if cfg.longtail.labeled_ids is not None and len(grid.imbalance_ratios) > 1:
             raise ConfigError(f"longtail.labeled_ids fixes the labeled split, so the {len(grid.imbalance_ratios)} "
                               f"imbalance_ratios of the grid would all train on the same images: give one ratio")
-        manifest = fs.join(split_dir(grid, ratio), MANIFEST)
-        if fs.exists(manifest):
-            have = json.loads(fs.read_text(manifest))
-            if (selection(have["params"]) == selection(split_params(cfg.longtail))
-                    and have["source"]["data"] == fs.normalize(grid.data)):
+        if fs.exists(fs.join(split_dir(grid, ratio), Manifest.FILE)):
+            have = Manifest.read(split_dir(grid, ratio))
+            if (selection(have.params) == selection(split_params(cfg.longtail))
+                    and have.source["data"] == fs.normalize(grid.data)):
                 continue
         run_longtail(spark, dataclasses.replace(cfg, longtail=dataclasses.replace(cfg.longtail, overwrite=True)))
 
@@ -187,11 +185,9 @@ def is_small(child: Child, grid: Grid) -> bool:
     t = child.cfg.train
     if t.runtime.num_processes > 1:
         return False
-    from pipeline.splits import MANIFEST
-
-    manifest = json.loads(fs.read_text(fs.join(t.splits, MANIFEST)))
-    shape = manifest["image_shapes"][0]
-    decoded = manifest["totals"]["labeled"] * shape["height"] * shape["width"] * shape["channels"]
+    manifest = Manifest.read(t.splits)
+    shape = manifest.image_shapes[0]
+    decoded = manifest.totals["labeled"] * shape["height"] * shape["width"] * shape["channels"]
     return decoded <= grid.small_mb * 2 ** 20
 
 
@@ -325,7 +321,8 @@ def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[s
         raise ConfigError(f"sweep {grid.name}: every child must log to one experiment (train.tracking.experiment)")
     share = gpu_share(spark, grid.runs_per_gpu) if grid.runs_per_gpu else None  # refused before any work
     ensure_splits(spark, grid, extra_layers, cli)
-    todo = [data_identity(c) for c in todo]
+    # resolved again now that the splits exist: their data set's train settings are a layer of each child
+    todo = [data_identity(c) for c in children(grid, extra_layers, cli)]
 
     parents = search_runs(experiment, f"tags.stage = 'sweep' and tags.sweep = '{grid.name}'")
     parent = Tracker(experiment, grid.name, {"stage": "sweep", "sweep": grid.name},

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models import Classifier, create_model
-from pipeline import distributed, fs, schema
+from pipeline import distributed, fs
 from pipeline.accel import Accel, accel_for, inference_batch
 from pipeline.config import Config, ConfigError, TrainConfig, flatten, to_dict
 from pipeline.data import (ROTATIONS, Augment, ImageSet, concat, eval_batches, load_split, random_rotations,
@@ -30,6 +30,7 @@ from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
 from pipeline.metrics import evaluate_logits
 from pipeline.objectives import OBJECTIVES, Objective, Phase, phases
 from pipeline.provenance import git_commit
+from pipeline.records import Manifest
 from pipeline.schedule import drw_epoch, lr_at
 
 
@@ -83,11 +84,11 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)  # a kill never leaves a half-written checkpoint
 
 
-def run_name(cfg: Config, manifest: dict, semi: Optional[dict] = None) -> str:
+def run_name(cfg: Config, manifest: Manifest, semi: Optional[dict] = None) -> str:
     """dataset-r<ratio>-<method>[-ssp][-semi<round>-<policy>[-la][-ra]]-s<seed>: also the checkpoint folder
     (la: logit-adjusted pseudo loss, ra: RandAugment on the pseudo-labeled images)."""
     t = cfg.train
-    parts = [manifest["source"]["dataset"], f"r{imbalance_ratio(manifest):g}", t.method or t.loss.name]
+    parts = [manifest.dataset, f"r{manifest.imbalance_ratio:g}", t.method or t.loss.name]
     if t.pretrained and t.objective != "rotation":
         parts.append("ssp")
     if semi:
@@ -96,21 +97,15 @@ def run_name(cfg: Config, manifest: dict, semi: Optional[dict] = None) -> str:
     return "-".join(parts + [f"s{t.seed}"])
 
 
-def imbalance_ratio(manifest: dict) -> float:
-    """The ratio the splits were carved at; that of the labeled set itself when a split list gave it."""
-    params = manifest["params"]
-    return manifest["imbalance"]["ratio_measured"] if params.get("labeled_ids") else params["imbalance_ratio"]
-
-
 def stage_of(cfg: Config) -> str:
     t = cfg.train
     return ("pretrain" if t.objective == "rotation" else "semi" if t.semi.pseudo_labels
             else "ssp" if t.pretrained else "base")
 
 
-def run_tags(cfg: Config, manifest: dict) -> dict[str, str]:
+def run_tags(cfg: Config, manifest: Manifest) -> dict[str, str]:
     stage = stage_of(cfg)
-    return {"dataset": manifest["source"]["dataset"], "imbalance_ratio": f"{imbalance_ratio(manifest):g}",
+    return {"dataset": manifest.dataset, "imbalance_ratio": f"{manifest.imbalance_ratio:g}",
             "method": cfg.train.method or cfg.train.loss.name, "stage": stage, "seed": str(cfg.train.seed),
             "model": cfg.train.model}
 
@@ -164,7 +159,7 @@ class TrainData(NamedTuple):
 
 def _fit(cfg: Config, ctx: distributed.Context) -> dict:
     t = cfg.train
-    manifest = json.loads(fs.read_text(fs.join(t.splits, schema.MANIFEST)))
+    manifest = Manifest.read(t.splits)
     data = _train_data(t, manifest, ctx)
     loss_fn = create_loss(data.loss_counts, t.loss).to(ctx.device)
     model = _model(t, data, loss_fn, ctx.device)
@@ -248,14 +243,14 @@ def config_sha256(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _checkpoint(cfg: Config, name: str, manifest: dict, device,
+def _checkpoint(cfg: Config, name: str, manifest: Manifest, device,
                 semi: Optional[dict] = None) -> tuple[Path, Optional[dict]]:
     """(checkpoint path, state to resume from or None). The folder is keyed by the run's settings and
     data (``name``-<sha256 prefix of config_sha256, the manifest's and the pseudo-labels' sha256>), not
     by where the inputs lie, so runs that differ in any setting or data never share a checkpoint;
     ``--resume`` with changed settings is refused naming what changed; a checkpoint made before a
     setting existed resumes when the run leaves that setting at its default."""
-    data = [manifest["manifest_sha256"], semi["pseudo_ids_sha256"] if semi else None]
+    data = [manifest.manifest_sha256, semi["pseudo_ids_sha256"] if semi else None]
     digest = hashlib.sha256(json.dumps([config_sha256(cfg), *data]).encode()).hexdigest()[:10]
     path = Path(cfg.train.runtime.run_dir) / f"{name}-{digest}" / "checkpoint.pt"
     if not cfg.train.runtime.resume:
@@ -292,16 +287,20 @@ def _resumed(path: Path, device) -> tuple[Path, dict]:
     return path, torch.load(path, map_location=device, weights_only=True)
 
 
-def _train_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> TrainData:
+def _train_data(t: TrainConfig, manifest: Manifest, ctx: distributed.Context) -> TrainData:
+    if manifest.train_settings and ctx.is_main:  # said, not silent: they shape the run (config.resolve's data layer)
+        print(f"train settings of the data set (ingest.train_settings of {t.splits}): "
+              + ", ".join(f"{k}={v}" for k, v in flatten(manifest.train_settings).items())
+              + "; a --config file or --set overrides them", flush=True)
     if t.objective == "rotation":
         return _rotation_data(t, manifest, ctx)
-    counts, names = manifest["class_counts"]["labeled"], manifest["class_names"]
+    counts, names = manifest.labeled_counts, manifest.class_names
     labeled_dir = fs.join(t.splits, "labeled")
     kind = choose_loader(labeled_dir, t)
     loader, sample = make_loader(kind, labeled_dir, counts, t, ctx.rank, ctx.world, ctx.device,
-                                 normalization=manifest.get("normalization"))
+                                 normalization=manifest.normalization)
     test = load_split(fs.join(t.splits, "test"))
-    val = load_split(fs.join(t.splits, "val")) if manifest["totals"].get("val") else None
+    val = load_split(fs.join(t.splits, "val")) if manifest.totals.get("val") else None
     if not t.semi.pseudo_labels:
         return TrainData(names, counts, counts, kind, loader, sample, test, val, None)
     if kind != "memory":
@@ -324,9 +323,9 @@ def _model(t: TrainConfig, data: TrainData, loss_fn, device) -> Classifier:
     return accel_for(t.runtime, device).model(model.to(device))
 
 
-def _provenance(t: TrainConfig, manifest: dict, data: TrainData, ctx: distributed.Context, model, state) -> dict:
+def _provenance(t: TrainConfig, manifest: Manifest, data: TrainData, ctx: distributed.Context, model, state) -> dict:
     provenance = {**(state["provenance"] if state else {}),  # a resumed run keeps what it started from
-                  "git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest["manifest_sha256"],
+                  "git_commit": git_commit(), "seed": t.seed, "manifest_sha256": manifest.manifest_sha256,
                   "splits": fs.normalize(t.splits), "world_size": ctx.world, "device": str(ctx.device),
                   "loader": data.loader_kind, "class_counts_trained": data.loss_counts,
                   "step": accel_for(t.runtime, ctx.device).describe(),  # the resolved precision, memory format, compile
@@ -362,35 +361,35 @@ def _evaluation_keys(data: TrainData) -> list[str]:
     return [f"{split}_{k}" for split in ("test", "val") if split == "test" or data.val is not None for k in METRIC_KEYS]
 
 
-def _log_inputs(tracker, t: TrainConfig, manifest: dict, data: TrainData) -> None:
+def _log_inputs(tracker, t: TrainConfig, manifest: Manifest, data: TrainData) -> None:
     """Lineage in MLflow: which split (and which pseudo-labels) trained the model, which evaluated it."""
-    hashes = manifest.get("ids_sha256", {})
+    hashes = manifest.ids_sha256
     parts = ["labeled"] + (["unlabeled"] if t.objective == "rotation" and t.ssp.unlabeled else [])
     for part in parts:
-        tracker.log_dataset(part, fs.join(fs.normalize(t.splits), part), hashes.get(part, manifest["manifest_sha256"]),
-                            "training", manifest["totals"].get(part))
+        tracker.log_dataset(part, fs.join(fs.normalize(t.splits), part), hashes.get(part, manifest.manifest_sha256),
+                            "training", manifest.totals.get(part))
     if data.semi:
         tracker.log_dataset("pseudo_labels", data.semi["pseudo_labels"], data.semi["pseudo_ids_sha256"], "training",
                             data.semi["pseudo_total"])
-    tracker.log_dataset("test", fs.join(fs.normalize(t.splits), "test"), hashes.get("test", manifest["manifest_sha256"]),
-                        "evaluation", manifest["totals"].get("test"))
+    tracker.log_dataset("test", fs.join(fs.normalize(t.splits), "test"), hashes.get("test", manifest.manifest_sha256),
+                        "evaluation", manifest.totals.get("test"))
 
 
-def _pseudo_labeled(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> tuple[ImageSet, dict]:
+def _pseudo_labeled(t: TrainConfig, manifest: Manifest, ctx: distributed.Context) -> tuple[ImageSet, dict]:
     """The pseudo-labeled images the policy kept, and what the run records about them."""
     from pipeline.pseudolabel.store import selected_pseudo_labels
 
     ids, labels, info = selected_pseudo_labels(t.semi.pseudo_labels)
-    if info["class_names"] != manifest["class_names"]:
-        raise ConfigError(f"train.semi.pseudo_labels: {t.semi.pseudo_labels} labels classes {info['class_names'][:5]}..., "
-                          f"the splits have {manifest['class_names'][:5]}...")
-    pool = load_split(info["input"])
-    rows, ids, labels = in_pool_order(ids, labels, pool.ids, info["input"])
+    if info.class_names != manifest.class_names:
+        raise ConfigError(f"train.semi.pseudo_labels: {t.semi.pseudo_labels} labels classes {info.class_names[:5]}..., "
+                          f"the splits have {manifest.class_names[:5]}...")
+    pool = load_split(info.input)
+    rows, ids, labels = in_pool_order(ids, labels, pool.ids, info.input)
     pseudo = ImageSet(pool.images[rows], torch.from_numpy(labels), ids).to(ctx.device)
-    pseudo_counts = np.bincount(labels, minlength=len(manifest["class_names"])).tolist()
-    return pseudo, {"pseudo_labels": fs.normalize(t.semi.pseudo_labels), "pseudolabel_run_id": info["run_id"],
-                    "base_run_id": info["model_run_id"], "policy": info["policy"], "pseudo_counts": pseudo_counts,
-                    "pseudo_total": len(ids), "semi_batches": t.semi.batches, "round": info.get("round", 0) + 1,
+    pseudo_counts = np.bincount(labels, minlength=len(manifest.class_names)).tolist()
+    return pseudo, {"pseudo_labels": fs.normalize(t.semi.pseudo_labels), "pseudolabel_run_id": info.run_id,
+                    "base_run_id": info.model_run_id, "policy": info.policy, "pseudo_counts": pseudo_counts,
+                    "pseudo_total": len(ids), "semi_batches": t.semi.batches, "round": info.round + 1,
                     "pseudo_ids_sha256": ids_sha256(ids)}
 
 
@@ -413,7 +412,7 @@ def in_pool_order(ids: list[str], labels: np.ndarray, pool_ids: list[str], pool:
     return torch.from_numpy(rows[order]), [ids[k] for k in order], np.asarray(labels)[order]
 
 
-def _rotation_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> TrainData:
+def _rotation_data(t: TrainConfig, manifest: Manifest, ctx: distributed.Context) -> TrainData:
     """SSP data: the labeled split's images (and the pool's, if asked) without their labels; the
     test images rotated as in training (each once at a seeded random rotation, or all four), to
     measure rotation accuracy."""
@@ -421,7 +420,7 @@ def _rotation_data(t: TrainConfig, manifest: dict, ctx: distributed.Context) -> 
     images = concat([load_split(fs.join(t.splits, p)) for p in parts])
     unlabeled = ImageSet(images.images, torch.zeros(len(images), dtype=torch.int64), images.ids)
     loader, sample = make_loader("memory", None, [len(unlabeled)], t, ctx.rank, ctx.world, ctx.device,
-                                 data=unlabeled, normalization=manifest.get("normalization"))  # one pseudo-class
+                                 data=unlabeled, normalization=manifest.normalization)  # one pseudo-class
     test = load_split(fs.join(t.splits, "test"))
     if t.ssp.rotations == "random":
         x, y = random_rotations(test.images, torch.Generator().manual_seed(t.seed))
@@ -456,7 +455,7 @@ def _log_epochs(tracker, history: list[dict]) -> None:
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=row["epoch"])
 
 
-def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], data: TrainData, provenance: dict):
+def _tracker(cfg: Config, manifest: Manifest, name: str, state: Optional[dict], data: TrainData, provenance: dict):
     """The run's MLflow run: opened with its parameters and inputs, or reopened by a resumed run."""
     from pipeline.tracking import Tracker, run_exists, tracking_uri
 
@@ -476,7 +475,7 @@ def _tracker(cfg: Config, manifest: dict, name: str, state: Optional[dict], data
     if not run_id:
         tracker.log_params({**to_dict(cfg.train), "provenance": provenance})
         tracker.log_dict(to_dict(cfg), "config.json")
-        tracker.log_dict(manifest, "manifest.json")
+        tracker.log_dict(manifest.to_dict(), Manifest.FILE)
         _log_inputs(tracker, cfg.train, manifest, data)
     if state:  # what the checkpoint holds and the run does not (a kill, a new tracking store)
         _log_epochs(tracker, state["history"])
@@ -519,7 +518,7 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
     tracker.log_metrics({k: v for k, v in summary.items() if k != "run_id" and np.isfinite(v)})
     summary["final_test_per_class_accuracy"] = final["per_class_accuracy"]
     summary.update(device=str(ctx.device), step=accel_for(cfg.train.runtime, ctx.device).describe(),  # where it ran
-                   config_sha256=config_sha256(cfg), manifest_sha256=manifest["manifest_sha256"],
+                   config_sha256=config_sha256(cfg), manifest_sha256=manifest.manifest_sha256,
                    git_commit=provenance["git_commit"], seed=cfg.train.seed, epochs=len(history),
                    checkpoint=str(ckpt_path))
     tracker.log_metrics({f"final_test_class_acc_{i}": a for i, a in enumerate(final["per_class_accuracy"])  # by index:

@@ -5,7 +5,6 @@ the identity of the pool (the sha256 of its ids from the splits' manifest)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import posixpath
 from typing import Optional
 
@@ -15,6 +14,7 @@ from pyspark.sql import functions as F
 from pipeline import fs, schema
 from pipeline.data import read_table
 from pipeline.pseudolabel.prior import confusion
+from pipeline.records import Manifest
 from streaming.checkpoint import unreadable_files
 from streaming.score import ERROR, ScoringModel, StreamError, score
 
@@ -100,8 +100,7 @@ def precision_check(spark, model: ScoringModel, input_dir: str, images: int) -> 
 def input_identity(input_dir: str) -> Optional[str]:
     """The sha256 of the pool's ids when the input is a split of jobs/longtail.py (its manifest is
     beside it), else None (an inbox that grows)."""
-    manifest = fs.join(posixpath.dirname(fs.normalize(input_dir).rstrip("/")), schema.MANIFEST)
-    if not fs.exists(manifest):
+    splits = posixpath.dirname(fs.normalize(input_dir).rstrip("/"))
+    if not fs.exists(fs.join(splits, Manifest.FILE)):
         return None
-    hashes = json.loads(fs.read_text(manifest)).get("ids_sha256", {})
-    return hashes.get(fs.name(input_dir))
+    return Manifest.read(splits).ids_sha256.get(fs.name(input_dir))

@@ -20,6 +20,7 @@ import pandas as pd
 from pipeline import fs
 from pipeline.pseudolabel import store
 from pipeline.pseudolabel.balance import imbalance_ratio, overall_precision
+from pipeline.records import Stream
 
 COLORS = {"predicted": "#4c78a8", "selected": "#f58518", "labeled": "#54a24b", "true": "#9d9d9d"}
 
@@ -29,7 +30,7 @@ def load(balance_dir: str) -> dict:
     out = fs.normalize(balance_dir).rstrip("/")
     out = out[: -len(store.BALANCE)].rstrip("/") if fs.name(out) == store.BALANCE else out
     try:
-        info = store.read_stream_info(out) if fs.exists(fs.join(out, store.STREAM)) else {}
+        info = store.read_stream_info(out) if fs.exists(fs.join(out, store.STREAM)) else None
         table = store.read_balance(out).to_pandas()
         if table.empty:
             return {"state": "waiting", "info": info, "out": out}
@@ -171,14 +172,14 @@ def pool_prior_error(rows: list[dict]) -> dict[str, str]:
 
 def describe(data: dict) -> list[str]:
     """The header lines: what the stream is and how far it got."""
-    info = data.get("info") or {}
+    info = data.get("info")
     lines = [f"output: {data['out']}"]
-    if info:
-        policy = ", ".join(f"{k}={v}" for k, v in info["policy"].items() if k != "name")
-        lines += [f"model: {info['model_uri']} (run {info['model_run_id']}, {info['base_run'].get('method')} "
-                  f"{info['base_run'].get('stage')})",
-                  f"policy: {info['policy']['name']}" + (f" ({policy})" if policy else ""),
-                  f"input: {info['input']}", f"pseudolabel run: {info.get('run_id')}"]
+    if info is not None:
+        policy = ", ".join(f"{k}={v}" for k, v in info.policy.items() if k != "name")
+        lines += [f"model: {info.model_uri} (run {info.model_run_id}, {info.base_run.get('method')} "
+                  f"{info.base_run.get('stage')})",
+                  f"policy: {info.policy['name']}" + (f" ({policy})" if policy else ""),
+                  f"input: {info.input}", f"pseudolabel run: {info.run_id}"]
     if data["state"] == "ok":
         last = data["balance"][data["balance"].batch_id == data["balance"].batch_id.max()]
         lines.append(f"scored: {int(last.cumulative_rows.iloc[0])} images in "
@@ -186,11 +187,10 @@ def describe(data: dict) -> list[str]:
     return lines
 
 
-def run_page(mlflow_ui: str, info: dict) -> str:
+def run_page(mlflow_ui: str, info: Stream) -> str:
     """The MLflow UI's page of the scoring model's run, in its model-training view (MLflow 3's UI
     opens on its GenAI view unless the URL asks: the experiment kind tag alone does not switch it)."""
-    experiment = info.get("base_run", {}).get("experiment_id")
-    run = info["model_run_id"]
+    experiment, run = info.base_run.get("experiment_id"), info.model_run_id
     path = f"experiments/{experiment}/runs/{run}" if experiment else f"runs/{run}"
     return f"{mlflow_ui}/#/{path}?workflowType=machine_learning"
 
@@ -229,9 +229,9 @@ def create_app(balance_dir: str, interval_s: float = 2.0, mlflow_ui: str = "http
             return ([], [html.Div(data["out"])], f"Error reading the balance table: {data['error']}",
                     {"color": "white", "background": "#c0392b", "padding": "8px"}, *empty, *[hidden] * len(graph_ids))
         header = [html.Div(line) for line in describe(data)]
-        info = data.get("info") or {}
-        if info.get("model_run_id"):  # the scoring model's MLflow page
-            header.append(html.A(f"model run {info['model_run_id']} in the MLflow UI", id="model-link",
+        info = data.get("info")
+        if info is not None:  # the scoring model's MLflow page
+            header.append(html.A(f"model run {info.model_run_id} in the MLflow UI", id="model-link",
                                  href=run_page(mlflow_ui, info), target="_blank"))
         if data["state"] == "waiting":
             return ([], header, "Waiting for data: no micro-batch has been committed yet.",

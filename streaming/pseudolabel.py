@@ -22,6 +22,7 @@ from pipeline.pseudolabel import store
 from pipeline.pseudolabel.balance import balance_metrics, balance_table, imbalance_ratio, overall_precision, prior_errors
 from pipeline.pseudolabel.policies import Policy, from_config
 from pipeline.pseudolabel.store import probs_matrix
+from pipeline.records import Manifest, Stream
 from streaming.checkpoint import batch_files, claim_checkpoint, unreadable_files
 from streaming.checks import held_out_confusion, input_identity, load_truth, precision_check, truth_path, val_path
 from streaming.score import ERROR, ScoringModel, StreamError, resolve, score
@@ -35,10 +36,12 @@ def base_run(model: ScoringModel) -> dict:
     if run.data.tags.get("stage") == "pretrain":
         raise StreamError(f"run {model.run_id} is a rotation pre-training (it predicts rotations, not classes); "
                           f"pseudo-label with a classifier")
+    uri = f"runs:/{model.run_id}/{Manifest.FILE}"
     try:
-        manifest = mlflow.artifacts.load_dict(f"runs:/{model.run_id}/manifest.json")
+        logged = mlflow.artifacts.load_dict(uri)
     except Exception as e:
-        raise StreamError(f"run {model.run_id} has no manifest.json artifact (not a jobs/train.py run?): {e}") from None
+        raise StreamError(f"run {model.run_id} has no {Manifest.FILE} artifact (not a jobs/train.py run?): {e}") from None
+    manifest = Manifest.from_dict(logged, uri)
     experiment = mlflow.tracking.MlflowClient(model.tracking_uri).get_experiment(run.info.experiment_id).name
     return {"tags": run.data.tags, "name": run.info.run_name, "experiment": experiment,
             "experiment_id": run.info.experiment_id, "manifest": manifest}
@@ -57,35 +60,30 @@ def base_run(model: ScoringModel) -> dict:
 
 
 def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, truth: Optional[str],
-                 checkpoint: str) -> dict:
-    p = cfg.pseudolabel
-    manifest = base["manifest"]
-    return {"model_uri": model.uri, "model_run_id": model.run_id, "model_ref": p.model, "model_version": model.version,
-            "tracking_uri": model.tracking_uri, "policy": policy.params(), "input": fs.normalize(p.input),
-            "input_ids_sha256": input_identity(p.input), "truth": truth, "checkpoint": checkpoint,
-            "trigger": {"trigger": p.trigger, "max_files_per_trigger": p.max_files_per_trigger},
-            "class_names": manifest["class_names"], "labeled_counts": manifest["class_counts"]["labeled"],
-            "splits_manifest_sha256": manifest.get("manifest_sha256"),
-            "round": int(base["tags"].get("round", 0)),  # the self-training round of the scoring model
-            "base_run": {"name": base["name"], "experiment": base["experiment"], "experiment_id": base["experiment_id"],
-                         **{k: base["tags"].get(k) for k in ("dataset", "imbalance_ratio", "method", "seed", "stage")}}}
+                 checkpoint: str) -> Stream:
+    p, manifest = cfg.pseudolabel, base["manifest"]
+    return Stream(model_uri=model.uri, model_run_id=model.run_id, model_ref=p.model, model_version=model.version,
+                  tracking_uri=model.tracking_uri, policy=policy.params(), input=fs.normalize(p.input),
+                  input_ids_sha256=input_identity(p.input), truth=truth, checkpoint=checkpoint,
+                  trigger={"trigger": p.trigger, "max_files_per_trigger": p.max_files_per_trigger},
+                  class_names=manifest.class_names, labeled_counts=manifest.labeled_counts,
+                  splits_manifest_sha256=manifest.manifest_sha256,
+                  round=int(base["tags"].get("round", 0)),  # the self-training round of the scoring model
+                  base_run={"name": base["name"], "experiment": base["experiment"],
+                            "experiment_id": base["experiment_id"],
+                            **{k: base["tags"].get(k) for k in ("dataset", "imbalance_ratio", "method", "seed", "stage")}})
 
 
-RESTART_KEYS = ("model_run_id", "model_uri", "policy", "input", "input_ids_sha256", "checkpoint", "trigger",
-                "scoring_precision")
-WAS = {"scoring_precision": "fp32"}  # what an output written before a key existed did
-
-
-def _check_same_stream(old: dict, new: dict, out: str) -> None:
+def _check_same_stream(old: Stream, new: Stream, out: str) -> None:
     """A restart continues the same stream or is refused: another model (run id), policy, input (or
     input contents), checkpoint or trigger would mix two streams in one output."""
-    for key in RESTART_KEYS:
-        if old.get(key, WAS.get(key)) != new[key]:
-            raise StreamError(f"{out} holds pseudo-labels of another stream ({key}: {old.get(key, WAS.get(key))!r}, now "
-                              f"{new[key]!r}); use a new --out (and --checkpoint), or delete the old output")
-    if store.committed_batches(out) and not fs.exists(fs.join(new["checkpoint"], "offsets")):
+    for key in Stream.RESTART_KEYS:
+        if getattr(old, key) != getattr(new, key):
+            raise StreamError(f"{out} holds pseudo-labels of another stream ({key}: {getattr(old, key)!r}, now "
+                              f"{getattr(new, key)!r}); use a new --out (and --checkpoint), or delete the old output")
+    if store.committed_batches(out) and not fs.exists(fs.join(new.checkpoint, "offsets")):
         raise StreamError(f"{out} holds {len(store.committed_batches(out))} micro-batches but their checkpoint "
-                          f"{new['checkpoint']} is gone: a new query would score from batch 0 again beside them; "
+                          f"{new.checkpoint} is gone: a new query would score from batch 0 again beside them; "
                           f"use a new --out, or delete the old output")
 
 
@@ -106,7 +104,7 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
         raise StreamError(f"pseudolabel.input: {fs.normalize(p.input)} does not exist")
     out = fs.normalize(p.out)
     checkpoint = fs.normalize(p.checkpoint) if p.checkpoint else fs.join(out, "_checkpoint")
-    previous = store.read_stream_info(out) if fs.exists(fs.join(out, store.STREAM)) else None
+    previous = Stream.read(out) if fs.exists(fs.join(out, Stream.FILE)) else None
     info, policy = _plan(spark, cfg, model, base, previous, checkpoint)
     if previous:
         _check_same_stream(previous, info, out)
@@ -116,8 +114,8 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
     return summary_of(out, info)
 
 
-def _plan(spark, cfg: Config, model: ScoringModel, base: dict, previous: Optional[dict],
-          checkpoint: str) -> tuple[dict, Policy]:
+def _plan(spark, cfg: Config, model: ScoringModel, base: dict, previous: Optional[Stream],
+          checkpoint: str) -> tuple[Stream, Policy]:
     """The stream's record (stream.json) and its selection policy; a restart keeps the measurements
     it started with (the BBSE matrix, the bf16 check: a re-score could differ in the last bit)."""
     p = cfg.pseudolabel
@@ -125,54 +123,54 @@ def _plan(spark, cfg: Config, model: ScoringModel, base: dict, previous: Optiona
     if p.adjust == "bbse" and held_out is None:
         raise StreamError("pseudolabel.adjust=bbse needs a held-out labeled split: make the splits with "
                           "longtail.val_per_class > 0, or give pseudolabel.val")
-    same_model = bool(previous) and previous.get("model_run_id") == model.run_id
+    same_model = bool(previous) and previous.model_run_id == model.run_id
     bbse = None
     if held_out is not None:
-        same = same_model and (previous.get("bbse") or {}).get("val") == held_out
-        bbse = previous["bbse"] if same else held_out_confusion(spark, model, held_out, len(base["manifest"]["class_names"]))
+        same = same_model and (previous.bbse or {}).get("val") == held_out
+        bbse = previous.bbse if same else held_out_confusion(spark, model, held_out, len(base["manifest"].class_names))
     generation = int(base["tags"].get("round", 0)) + 1  # the base model's labels are the first generation
-    policy = from_config(p, base["manifest"]["class_counts"]["labeled"], bbse["confusion"] if bbse else (),
+    policy = from_config(p, base["manifest"].labeled_counts, bbse["confusion"] if bbse else (),
                          generation, max(cfg.train.semi.rounds, generation))
     info = _stream_info(cfg, model, policy, base, truth_path(p), checkpoint)
-    info["bbse"] = bbse
-    info["scoring_precision"] = p.precision
+    info.bbse, info.scoring_precision = bbse, p.precision
     if p.precision != "fp32":
-        kept = same_model and previous.get("scoring_precision") == p.precision
-        info["scoring_check"] = previous["scoring_check"] if kept else precision_check(spark, model, p.input,
-                                                                                     p.check_images)
+        kept = same_model and previous.scoring_precision == p.precision
+        info.scoring_check = previous.scoring_check if kept else precision_check(spark, model, p.input, p.check_images)
     return info, policy
 
 
-def _open_run(p, info: dict, policy: Policy, base: dict, model: ScoringModel, previous: Optional[dict], out: str):
+def _open_run(p, info: Stream, policy: Policy, base: dict, model: ScoringModel, previous: Optional[Stream], out: str):
     """The stream's "pseudolabel" MLflow run, a child of the base model's: opened, or reopened on a restart."""
     from pipeline.tracking import Tracker
 
-    tags = {**{k: v for k, v in info["base_run"].items() if k in ("dataset", "imbalance_ratio", "method", "seed")
+    tags = {**{k: v for k, v in info.base_run.items() if k in ("dataset", "imbalance_ratio", "method", "seed")
                and v is not None},
             "stage": "pseudolabel", "parent_run_id": model.run_id, "policy": policy.name,
             "model": base["tags"].get("model", ""), **({"model_version": model.version} if model.version else {})}
     tracker = Tracker(p.experiment or base["experiment"], f"{base['name']}-pl-{policy.name}", tags,
-                      run_id=previous["run_id"] if previous else None)
-    info.update(run_id=tracker.run_id, **({"created_at": previous["created_at"]} if previous else stamp()))
-    fs.write_json_atomic(fs.join(out, store.STREAM), info)
+                      run_id=previous.run_id if previous else None)
+    made = {k: getattr(previous, k) for k in ("created_at", "git_commit", "spark_version")} if previous else stamp()
+    info.run_id = tracker.run_id  # and when, by which commit and Spark the stream first started
+    info.created_at, info.git_commit, info.spark_version = made["created_at"], made["git_commit"], made["spark_version"]
+    info.write(out, atomic=True)
     if not previous:
         policy_keys = ("select", "tau", "alpha", "top_k", "crest_alpha", "adjust", "adjust_tau", "refine", "darp_alpha",
                        "align_labels", "align_final_t")
         tracker.log_params({"pseudolabel": {k: v for k, v in vars(p).items() if k not in policy_keys},
                             "policy": {k: v for k, v in policy.params().items() if k != "confusion"},
                             "git_commit": git_commit(), "base_run_id": model.run_id})
-        tracker.log_dict(info, "stream.json")
-        check = info.get("scoring_check") or {}
+        tracker.log_dict(info.to_dict(), Stream.FILE)
+        check = info.scoring_check or {}
         tracker.log_metrics({f"scoring_{k}": check[k] for k in ("agreement", "top1", "fp32_top1") if k in check})
     return tracker
 
 
-def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: dict, policy: Policy, tracker):
+def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: Stream, policy: Policy, tracker):
     """The query's foreachBatch function: score the micro-batch, write its labels, rejects and the
     class balance so far, and log the balance as the run's step metrics (once per batch id)."""
-    truth = load_truth(info["truth"])
-    names, labeled = info["class_names"], info["labeled_counts"]
-    confusion = info["bbse"]["confusion"] if info["bbse"] else ()
+    truth = load_truth(info.truth)
+    names, labeled = info.class_names, info.labeled_counts
+    confusion = info.bbse["confusion"] if info.bbse else ()
 
     def process(batch_df, batch_id: int) -> None:
         started = time.time()
@@ -268,11 +266,11 @@ def _stop_on_signals(on_signal) -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
-def summary_of(out: str, info: dict) -> dict:
+def summary_of(out: str, info: Stream) -> dict:
     last = store.latest_balance(out)
-    result = {"run_id": info["run_id"], "out": out, "model_run_id": info["model_run_id"],
-              "policy": info["policy"]["name"], "scoring_precision": info.get("scoring_precision", "fp32"),
-              **({"scoring_check": info["scoring_check"]} if info.get("scoring_check") else {})}
+    result = {"run_id": info.run_id, "out": out, "model_run_id": info.model_run_id,
+              "policy": info.policy["name"], "scoring_precision": info.scoring_precision,
+              **({"scoring_check": info.scoring_check} if info.scoring_check else {})}
     if last is None:
         return {**result, "batches": 0, "scored": 0}
     rows = last.to_pylist()

@@ -87,3 +87,14 @@ def submit_command(*args) -> tuple[list[str], dict]:
 
 
 POOL_FILES = 6  # Parquet files in the stream tests' unlabeled pool
+
+
+def manifest_record(**change) -> dict:
+    """A valid manifest.json record (pipeline.records.Manifest) with ``change`` applied."""
+    m = {"class_names": ["a", "b"], "num_classes": 2, "class_counts": {"labeled": [10, 1], "test": [5, 5]},
+         "totals": {"labeled": 11, "test": 10}, "imbalance": {"ratio_measured": 10.0, "many_medium_few": {}},
+         "params": {"imbalance_ratio": 10.0, "labeled_ids": None}, "source": {"data": "/d", "dataset": "digits"},
+         "image_shapes": [{"height": 8, "width": 8, "channels": 1, "image_format": "raw", "count": 21}],
+         "normalization": None, "ids_sha256": {"labeled": "x" * 64}, "manifest_sha256": "m" * 64,
+         "git_commit": "abc", "created_at": "2026-12-07T00:00:00+00:00", "spark_version": "4.0.5", "duration_s": 1.5}
+    return {**m, **change}

@@ -191,3 +191,36 @@ def test_a_yaml_nested_past_the_parser_names_the_file(tmp_path):
     layer.write_text("train: " + "[" * 100_000)
     with pytest.raises(ConfigError, match=rf"config file {re.escape(str(layer))}: invalid YAML: RecursionError"):
         resolve([str(layer)])
+
+
+def test_splits_whose_data_set_recorded_train_settings_start_from_them_and_the_run_still_wins(tmp_path):
+    """A plain ``jobs/train.py --splits`` on digits trains without crop and flip at batch 32 (8x8
+    digits cropped and flipped at batch 128 end at chance); a --config file or --set still wins."""
+    from pipeline.records import Manifest
+    from tests.helpers import manifest_record
+
+    splits = str(tmp_path / "splits")
+    Manifest.from_dict(manifest_record(train_settings={"batch_size": 32, "data": {"augment": "none"}}), "m").write(splits)
+    plain = resolve([], [("train.splits", splits)])
+    assert plain.train.batch_size == 32 and plain.train.data.augment == "none"
+    (tmp_path / "run.yaml").write_text("train:\n  batch_size: 64\n")
+    layered = resolve([str(tmp_path / "run.yaml")], [("train.splits", splits), ("train.data.augment", "crop_flip")])
+    assert layered.train.batch_size == 64 and layered.train.data.augment == "crop_flip"
+    assert resolve([], []).train.batch_size == 128  # no splits: the defaults
+
+
+def test_a_data_sets_train_settings_are_checked_where_it_declares_them(tmp_path):
+    (tmp_path / "data.yaml").write_text("ingest:\n  train_settings:\n    batch_sise: 32\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'ingest.train_settings.batch_sise'; did you mean batch_size"):
+        resolve([str(tmp_path / "data.yaml")])
+
+
+def test_dataset_flag_brings_in_the_built_in_data_sets_own_config():
+    from pipeline.recipes import dataset_layers
+
+    parser = JobParser("ingest")
+    parser.flag("--dataset", key="ingest.dataset")
+    _, cfg = parser.resolve(["--dataset", "digits"], layers=dataset_layers)
+    assert cfg.ingest.train_settings == {"batch_size": 32, "data": {"augment": "none"}}
+    _, cfg = parser.resolve(["--dataset", "imagefolder"], layers=dataset_layers)
+    assert cfg.ingest.train_settings == {}  # a folder of images has no config of its own

@@ -10,7 +10,7 @@ LAYERS = [
     {"pipeline", "pipeline.errors", "pipeline.registry", "pipeline.config", "pipeline.fs", "pipeline.schema",
      "pipeline.accel",
      "pipeline.provenance", "pipeline.images", "pipeline.longtail", "pipeline.safe_pickle", "pipeline.distributed",
-     "pipeline.output", "pipeline.tables"},
+     "pipeline.output", "pipeline.tables", "pipeline.records"},
     # 1 parts: architectures, losses, samplers, data, objectives, sources, formats, policies
     {"models", "models.base", "models.autoencoders", "models.resnet_cifar", "models.resnet_tv", "pipeline.losses",
      "pipeline.samplers", "pipeline.schedule", "pipeline.metrics", "pipeline.data", "pipeline.strong_augment",

@@ -114,9 +114,10 @@ def test_cifar10_archive_with_a_malicious_batch_and_a_bad_label(spark, tmp_path)
     assert "refused global" in reasons["unreadable_source"]["detail"]
     assert reasons["unreadable_source"]["source"].endswith("data_batch_3")
     assert reasons["bad_label"]["label_raw"] == "12" and len(reasons["bad_label"]["payload"]) == 32 * 32 * 3
-    # the reference code's normalisation travels with the data to every training on it
+    # the reference code's normalisation (conf/datasets/cifar10.yaml, the data set's own config, which
+    # --dataset cifar10 brings in) travels with the data to every training on it
     assert report["normalization"] == {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010],
-                                       "from": "cifar10 reference"}
+                                       "from": "config"}
 
 
 def test_cifar10_pixels_are_hwc_from_the_planar_batch(spark, tmp_path):

@@ -78,6 +78,9 @@ def test_manifest_records_parameters_source_identity_and_split_hashes(digits, tm
     assert m["params"]["imbalance_ratio"] == 10.0 and m["params"]["seed"] == 5
     assert m["source"]["dataset"] == "digits" and len(m["source"]["ingest_sha256"]) == 64
     assert set(m["ids_sha256"]) == {"labeled", "val", "unlabeled", "test"}
+    # `--dataset digits` alone brought in conf/datasets/digits.yaml: what training on digits needs
+    # travels with the splits, so a plain jobs/train.py --splits starts from it (tests/test_config.py)
+    assert m["train_settings"] == {"batch_size": 32, "data": {"augment": "none"}}
     assert m["git_commit"] and m["created_at"]
 
 

@@ -121,7 +121,7 @@ def test_available_now_labels_the_pool_once_like_batch_scoring(spark, base, tmp_
     assert last.precision.notna().any() and last.recall.notna().all()
 
     info = store.read_stream_info(str(out))
-    assert info["policy"] == {"name": "class_threshold", "tau": 0.9, "alpha": 1.0}
+    assert info.policy == {"name": "class_threshold", "tau": 0.9, "alpha": 1.0}
     run = mlflow.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "pseudolabel"
     assert run.data.tags["parent_run_id"] == base["run_id"] and run.data.params["policy.name"] == "class_threshold"
@@ -246,7 +246,7 @@ def test_continuous_mode_picks_up_a_file_added_while_running(base, tmp_path):
 
     copied = [i for f in pool[:3] for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
     assert sorted(label_ids(out)) == sorted(copied)
-    run_id = store.read_stream_info(str(out))["run_id"]
+    run_id = store.read_stream_info(str(out)).run_id
     assert mlflow.get_run(run_id).info.status == "KILLED"
 
 
@@ -280,7 +280,7 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
     assert sorted(balance.batch_id.unique()) == batches, final.stdout[-3000:]  # one per micro-batch, no gap
     last = balance[balance.batch_id == batches[-1]]
     assert last.cumulative_rows.iloc[0] == 600 and (last.selected_count <= 20).all()
-    run_id = store.read_stream_info(str(out))["run_id"]  # one MLflow run across the kills, every step once
+    run_id = store.read_stream_info(str(out)).run_id  # one MLflow run across the kills, every step once
     steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "pl_rows_total")]
     assert steps == batches
 
@@ -514,8 +514,8 @@ def test_a_prior_corrected_stream_records_em_and_bbse_and_the_trainer_keeps_what
                                    "--out", str(out), "--select", "threshold", "--tau", "0.5",
                                    "--adjust", "bbse", "--val", str(held_out)])
     info = store.read_stream_info(str(out))
-    assert info["bbse"]["val"] == str(held_out) and info["bbse"]["val_rows"] > 0
-    assert info["policy"]["adjust"] == "bbse" and info["policy"]["confusion"] == info["bbse"]["confusion"]
+    assert info.bbse["val"] == str(held_out) and info.bbse["val_rows"] > 0
+    assert info.policy["adjust"] == "bbse" and info.policy["confusion"] == info.bbse["confusion"]
     balance = store.read_balance(str(out)).to_pandas()
     last = balance[balance.batch_id == balance.batch_id.max()]
     assert last.prior_em.sum() == pytest.approx(1.0) and last.prior_bbse.sum() == pytest.approx(1.0)
@@ -552,7 +552,7 @@ def test_a_bf16_stream_is_checked_against_fp32_first_and_a_restart_cannot_change
     out = tmp_path / "pl-bf16"
     args = ["--model", base["run_id"], "--input", str(base["splits"] / "unlabeled"), "--out", str(out)]
     result = pseudolabel_job.main([*args, "--precision", "bf16"])
-    check = store.read_stream_info(str(out))["scoring_check"]
+    check = store.read_stream_info(str(out)).scoring_check
     test_rows = read_table(str(base["splits"] / "test"), columns=["id"]).num_rows
     assert check["precision"] == "bf16" and check["images"] == min(2000, test_rows)
     assert check["agreement"] >= 0.9 and abs(check["top1"] - check["fp32_top1"]) <= 0.05

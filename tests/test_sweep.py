@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.config import ConfigError
 from pipeline.sweep import children, load_grid
-from tests.helpers import submit_command
+from tests.helpers import manifest_record, submit_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def test_grid_expands_methods_ratios_seeds_and_applies_overrides_to_matching_chi
     assert (tuned.optim.lr, plain.optim.lr) == (0.05, 0.1) and tuned.epochs == plain.epochs == 3
     assert tuned.seed == 1  # the child's own axes win over any override
     assert tuned.loss.name == "ldam" and kids["ce/rho=10/seed=0"].cfg.train.loss.name == "ce"  # each child's recipe
-    assert tuned.splits.endswith("splits/r100") and tuned.batch_size == 32  # the grid's config layer
+    assert tuned.splits.endswith("splits/r100") and tuned.tracking.experiment == "digits-lt10"  # the grid's config layer
     # the config hash (what a rerun compares) differs exactly where the resolved config does
     assert kids["ldam_drw/rho=100/seed=1"].config_sha != kids["ldam_drw/rho=10/seed=1"].config_sha
     again = {c.key: c.config_sha for c in children(grid)}
@@ -167,7 +167,9 @@ def test_a_finished_child_is_stale_once_its_splits_or_ingest_change(tmp_path):
     manifest.parent.mkdir(parents=True)
 
     def sha(split_sha, ingest_sha):
-        manifest.write_text(json.dumps({"manifest_sha256": split_sha, "source": {"ingest_sha256": ingest_sha}}))
+        manifest.write_text(json.dumps(manifest_record(manifest_sha256=split_sha,
+                                                       source={"data": "/d", "dataset": "digits",
+                                                               "ingest_sha256": ingest_sha})))
         return data_identity(child).config_sha
 
     first = sha("a" * 64, "b" * 64)

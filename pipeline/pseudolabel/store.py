@@ -33,8 +33,9 @@ import pyarrow.parquet as pq
 from pipeline import fs, schema
 from pipeline.errors import PipelineError
 from pipeline.pseudolabel.policies import Policy
+from pipeline.records import Stream
 
-LABELS, BALANCE, STREAM, REJECTED = "labels", "balance", "stream.json", "rejected"
+LABELS, BALANCE, STREAM, REJECTED = "labels", "balance", Stream.FILE, "rejected"
 PART, SUCCESS = "part-00000.parquet", "_SUCCESS"  # a micro-batch's labels file; its folder's completion marker
 REJECTED_SCHEMA = pa.schema([("batch_id", pa.int64()), ("id", pa.string()), ("source", pa.string()),
                              ("reason", pa.string()), ("detail", pa.string())])
@@ -122,14 +123,12 @@ def read_balance(out: str) -> pa.Table:
     return table.sort_by([("batch_id", "ascending"), ("class_index", "ascending")])
 
 
-def read_stream_info(out: str) -> dict:
-    import json
-
-    path = fs.join(out, STREAM)
-    if not fs.exists(path):
+def read_stream_info(out: str) -> Stream:
+    """The output's record (stream.json: the model, the policy, the input), checked."""
+    if not fs.exists(fs.join(out, STREAM)):
         raise OutputError(f"{fs.normalize(out)} is not a pseudo-label output (no {STREAM}); "
                           f"make one with jobs/pseudolabel.py")
-    return json.loads(fs.read_text(path))
+    return Stream.read(out)
 
 
 def latest_balance(out: str) -> Optional[pa.Table]:
@@ -141,11 +140,11 @@ def latest_balance(out: str) -> Optional[pa.Table]:
     return table.filter(pc.equal(table["batch_id"], last))
 
 
-def selected_pseudo_labels(out: str) -> tuple[list[str], np.ndarray, dict]:
+def selected_pseudo_labels(out: str) -> tuple[list[str], np.ndarray, Stream]:
     """(ids, pseudo-labels, stream info) of the committed predictions the output's own policy keeps,
     in scoring order: exactly what the stream's balance counted as selected."""
     info = read_stream_info(out)
-    policy = Policy.from_params(info["policy"])
+    policy = Policy.from_params(info.policy)
     corrected = policy.adjust != "none"  # the prior correction needs the probability vectors
     table = read_labels(out, columns=["id", "predicted", "confidence"] + (["probs"] if corrected else []))
     if table.num_rows == 0:
@@ -155,7 +154,7 @@ def selected_pseudo_labels(out: str) -> tuple[list[str], np.ndarray, dict]:
         predicted, keep = view.predicted, view.keep
     else:
         predicted = table.column("predicted").to_numpy().astype(np.int64)
-        keep = policy.select(predicted, table.column("confidence").to_numpy(), len(info["class_names"]))
+        keep = policy.select(predicted, table.column("confidence").to_numpy(), len(info.class_names))
     ids = table.column("id").to_pylist()
     return [i for i, k in zip(ids, keep) if k], predicted[keep], info
 

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
-from pipeline.longtail import class_counts, subsample  # noqa: E402
-from pipeline.splits import DRAWS  # noqa: E402
+from pipeline.longtail.profiles import class_counts, subsample  # noqa: E402
+from pipeline.longtail.splits import DRAWS  # noqa: E402
 from pipeline.safe_pickle import loads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import resolve  # noqa: E402
 from pipeline.ingest import run_ingest  # noqa: E402
 from pipeline.spark import session  # noqa: E402
-from pipeline.splits import run_longtail, summary  # noqa: E402
+from pipeline.longtail.splits import run_longtail, summary  # noqa: E402
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def ensure_splits(archive: str, work: Path, name: str = "cifar10-lt100",
         return splits
     from pipeline.ingest import run_ingest
     from pipeline.spark import session
-    from pipeline.splits import run_longtail
+    from pipeline.longtail.splits import run_longtail
 
     cfg = resolve(["conf/experiments/cifar10_lt100.yaml"], [
         ("ingest.source", json.dumps([os.path.abspath(archive)])), ("ingest.out", str(work / "cifar10")),

@@ -9,7 +9,7 @@ import argparse
 
 from pipeline.provenance import PROJECT_ROOT
 from pipeline import fs
-from pipeline.report import CLASSIFIER_STAGES, finished_runs, publish
+from pipeline.compare import CLASSIFIER_STAGES, finished_runs, publish
 
 
 def main(argv=None) -> str:

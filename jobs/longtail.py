@@ -2,7 +2,7 @@
 
 Carve long-tailed labeled, unlabeled and validation splits from an ingest; copy its test split."""
 from pipeline.cli import JobParser, run_spark_job
-from pipeline.splits import run_longtail, summary
+from pipeline.longtail.splits import run_longtail, summary
 
 
 def main(argv=None) -> dict:

@@ -5,7 +5,7 @@ from what it logged to MLflow, log it to the run again and, with --out, write it
 import argparse
 from pathlib import Path
 
-from pipeline.run_report import rebuild
+from pipeline.report import rebuild
 
 
 def main(argv=None) -> str:

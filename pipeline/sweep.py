@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -21,9 +20,10 @@ from typing import Any, Literal, Optional
 import yaml
 
 from pipeline import fs
-from pipeline.recipes import RECIPES, check_recipes
 from pipeline.config import Config, ConfigError, apply_mapping, resolve, to_dict
+from pipeline.launch import attempt, gpu_share, launch_fit, launch_tasks
 from pipeline.provenance import PROJECT_ROOT
+from pipeline.recipes import RECIPES, check_recipes
 from pipeline.records import Manifest
 
 MATCH_KEYS = ("method", "imbalance_ratio", "seed")
@@ -164,7 +164,7 @@ def data_identity(child: Child) -> Child:
 
 def ensure_splits(spark, grid: Grid, extra_layers: list[str], cli: list[tuple[str, str]]) -> None:
     """Carve each ratio's splits, unless a previous run of the sweep already did with the same settings."""
-    from pipeline.splits import run_longtail, selection, split_params
+    from pipeline.longtail.splits import run_longtail, selection, split_params
 
     for ratio in grid.imbalance_ratios:
         cfg = base_config(grid, extra_layers, cli, ratio)
@@ -191,127 +191,22 @@ def is_small(child: Child, grid: Grid) -> bool:
     return decoded <= grid.small_mb * 2 ** 20
 
 
-def _die_with(parent: int):
-    """For the child, before exec: Linux sends it SIGKILL when the process that started it dies
-    (and it exits at once if that already happened between the fork and here)."""
-    import ctypes
-    import os
-    import signal
-
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before the fork
-    except OSError:  # not Linux: the process group still ends it with a normal task end
-        libc = None
-
-    def set_up() -> None:
-        if libc is not None:
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:
-            os._exit(1)
-    return set_up
 
 
-def run_child(command: list[str], env: dict):
-    """Run a training child in a process group of its own that ends with its Spark task: killed
-    when the task's Python worker dies (Spark kills or retries the task) and, group and all, when
-    the wait is interrupted. Returns the CompletedProcess (stdout and stderr together)."""
-    import os
-    import signal
-    import subprocess
-
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=_die_with(os.getpid()))
-    try:
-        out, _ = proc.communicate()
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    return subprocess.CompletedProcess(command, proc.returncode, out)
 
 
-def task_gpus() -> list[str]:
-    """The GPU addresses Spark assigned to the running task (none outside a task or without them)."""
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    info = ctx.resources().get("gpu") if ctx is not None else None
-    return list(info.addresses) if info is not None else []
 
 
-def pinned(cfg: Config, gpus: list[str]) -> tuple[Config, dict]:
-    """A child on the GPU(s) Spark assigned: only those visible to it (CUDA_VISIBLE_DEVICES), its
-    run tagged with them, and ``train.runtime.device=auto`` made ``cuda``, so a child that cannot see its GPU
-    fails saying so instead of training on the CPU (``train.runtime.device=cpu`` stays an explicit choice)."""
-    address = ",".join(gpus)
-    tracking, runtime = cfg.train.tracking, cfg.train.runtime
-    t = dataclasses.replace(
-        cfg.train, tracking=dataclasses.replace(tracking, tags={**tracking.tags, "gpu_address": address}),
-        runtime=dataclasses.replace(runtime, device="cuda" if runtime.device == "auto" else runtime.device))
-    return dataclasses.replace(cfg, train=t), {"CUDA_VISIBLE_DEVICES": address}
 
 
-def _run_in_task(item: tuple[str, Config], tracking: str, threads: int, runs_per_gpu: int = 0) -> dict:
-    """One child inside a Spark task, trained in a Python process of its own: a crash (segfault,
-    out-of-memory kill) costs that child only, and every training starts with fresh memory. Never
-    raises: a failure comes back as an outcome, so the other tasks of the sweep go on. With
-    ``runs_per_gpu`` the child is pinned to the task's GPU (``pinned``)."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
-    key, cfg = item
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking,  # executors track where the driver does
-           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the library, shipped or installed
-    started = time.time()
-    gpus = task_gpus() if runs_per_gpu else []
-    if runs_per_gpu and not gpus:
-        return {"key": key, "status": "FAILED", "seconds": 0.0, "started": started, "ended": started,
-                "error": f"runs_per_gpu={runs_per_gpu} but Spark assigned this task no GPU"}
-    if gpus:
-        cfg, pin = pinned(cfg, gpus)
-        env.update(pin)
-    with tempfile.TemporaryDirectory(prefix="sweep-child-") as tmp:
-        spec, outcome = Path(tmp, "child.json"), Path(tmp, "outcome.json")
-        spec.write_text(json.dumps({"key": key, "config": to_dict(cfg), "threads": threads}))
-        proc = run_child([sys.executable, "-m", "pipeline.sweep", str(spec), str(outcome)], env)
-        sys.stdout.write(proc.stdout)  # the training's log, in the executor's output
-        when = {"started": started, "ended": time.time(), **({"gpu_address": ",".join(gpus)} if gpus else {})}
-        if outcome.exists():
-            return {**json.loads(outcome.read_text()), **when}
-    tail = "\n".join(proc.stdout.strip().splitlines()[-20:])
-    how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
-    return {"key": key, "status": "FAILED", "seconds": time.time() - started, **when,
-            "error": f"{tail}\nthe training process {how} before reporting a result"}
 
 
-def gpu_share(spark, runs_per_gpu: int):
-    """The stage-level resource profile of ``runs_per_gpu`` children per GPU; refuses, naming the
-    settings, a session whose executors have no GPUs to share (their tasks would never be scheduled)."""
-    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
-
-    amount = spark.sparkContext.getConf().get("spark.executor.resource.gpu.amount", "0")
-    if float(amount) <= 0:
-        raise ConfigError(f"runs_per_gpu={runs_per_gpu}: the executors have no GPUs to share "
-                          f"(spark.executor.resource.gpu.amount={amount}); run on a cluster whose workers "
-                          f"declare them (spark.worker.resource.gpu.amount and .discoveryScript, see "
-                          f"conf/cluster/gpu-discovery.sh) and set spark.executor.resource.gpu.amount")
-    return ResourceProfileBuilder().require(TaskResourceRequests().cpus(1).resource("gpu", 1.0 / runs_per_gpu)).build
 
 
-def _attempt(key: str, run) -> dict:
-    started = time.time()
-    try:
-        result = run()
-        return {"key": key, "status": "FINISHED", "run_id": result["run_id"], "seconds": time.time() - started,
-                "final_test_top1": result["final_test_top1"]}
-    except Exception:
-        return {"key": key, "status": "FAILED", "error": traceback.format_exc(), "seconds": time.time() - started}
 
 
 def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[str, str]] = ()) -> dict:
-    from pipeline import report
+    from pipeline import compare
     from pipeline.tracking import Tracker, search_runs
 
     extra_layers, cli = list(extra_layers), list(cli)
@@ -344,8 +239,8 @@ def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[s
         raise
     failed = _record_failures(grid, todo, outcomes, experiment, parent, attempt_ms)
 
-    runs = report.finished_runs(experiment, sweep=grid.name)
-    files = report.publish(runs, fs.join(grid.out, "compare"), parent) if not runs.empty else {}
+    runs = compare.finished_runs(experiment, sweep=grid.name)
+    files = compare.publish(runs, fs.join(grid.out, "compare"), parent) if not runs.empty else {}
     parent.log_metrics({"children": len(todo) + len(skipped), "children_finished": len(outcomes) - len(failed),
                         "children_failed": len(failed), "children_skipped": len(skipped)})
     parent.end("FAILED" if failed else "FINISHED")
@@ -358,10 +253,6 @@ def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[s
 def _run_children(spark, grid: Grid, todo: list[Child], parent, share, skipped: int) -> list[dict]:
     """Small children run as Spark tasks (one per core or GPU share), large ones one by one through
     TorchDistributor; each outcome says FINISHED or FAILED with the error, and one failure stops none."""
-    from pipeline.launch import launch_fit
-    from pipeline.tracking import tracking_uri
-    from pipeline.train import with_absolute_paths
-
     as_task = {c.key: is_small(c, grid) for c in todo}
     small = [c for c in todo if as_task[c.key]]
     large = [c for c in todo if not as_task[c.key]]
@@ -369,14 +260,10 @@ def _run_children(spark, grid: Grid, todo: list[Child], parent, share, skipped: 
           f"TorchDistributor), {skipped} finished before", flush=True)
     outcomes = []
     if small:
-        uri, threads, per_gpu = tracking_uri(), grid.threads_per_task, grid.runs_per_gpu
-        items = [(c.key, with_absolute_paths(c.tagged(grid.name, parent.run_id))) for c in small]
-        rdd = spark.sparkContext.parallelize(items, len(items))
-        if share is not None:
-            rdd = rdd.withResources(share)
-        outcomes += rdd.map(lambda item: _run_in_task(item, uri, threads, per_gpu)).collect()
+        outcomes += launch_tasks(spark, [(c.key, c.tagged(grid.name, parent.run_id)) for c in small],
+                                 grid.threads_per_task, grid.runs_per_gpu, share)
     for c in large:
-        outcomes.append(_attempt(c.key, lambda c=c: launch_fit(spark, c.tagged(grid.name, parent.run_id))))
+        outcomes.append(attempt(c.key, lambda c=c: launch_fit(spark, c.tagged(grid.name, parent.run_id))))
     return outcomes
 
 
@@ -413,17 +300,3 @@ def summary(result: dict) -> str:
     if result["compare"].get("markdown"):
         lines += ["", fs.read_text(result["compare"]["markdown"])]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m pipeline.sweep CHILD.json OUTCOME.json: one child (see _run_in_task)
-    import sys
-
-    import torch
-
-    from pipeline.config import from_dict
-    from pipeline.train import fit
-
-    child = json.loads(Path(sys.argv[1]).read_text())
-    torch.set_num_threads(child["threads"])
-    result = _attempt(child["key"], lambda: fit(from_dict(child["config"], origin=sys.argv[1])))
-    Path(sys.argv[2]).write_text(json.dumps(result))

@@ -25,7 +25,7 @@ from pipeline.data import (ROTATIONS, Augment, ImageSet, concat, eval_batches, l
                            rotations, semi_loader)
 from pipeline.loaders import choose_loader, make_loader
 from pipeline.errors import PipelineError
-from pipeline.longtail import ids_sha256
+from pipeline.longtail.profiles import ids_sha256
 from pipeline.losses import class_weight_at, create_loss, posthoc_adjust
 from pipeline.metrics import evaluate_logits
 from pipeline.objectives import OBJECTIVES, Objective, Phase, phases
@@ -498,7 +498,7 @@ def _epoch_line(row: dict, epochs: int) -> str:
 
 
 def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_path, manifest, provenance) -> dict:
-    from pipeline import plots, run_report
+    from pipeline import plots, report
 
     test, augment, counts, names = data.test, data.loader.augment, data.counts, data.names
     final = evaluate(model, test, augment, loss_fn, counts, cfg, ctx.device)
@@ -525,7 +525,7 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
                          if np.isfinite(a)})  # valid for any class name (final_test_metrics.json maps them)
     final = {"class_names": names, "train_counts": counts, **final}
     tracker.log_dict(final, "final_test_metrics.json")
-    figures = run_report.figures(final, history)
+    figures = report.figures(final, history)
     pngs = {name: plots.png_bytes(fig) for name, fig in figures.items()}
     for name, fig in figures.items():
         tracker.log_figure(fig, f"{name}.png")
@@ -536,7 +536,7 @@ def _finish(tracker, cfg, model, data: TrainData, loss_fn, history, ctx, ckpt_pa
     if cfg.train.tracking.register:
         summary["registered_model"] = tracker.register(summary["model_uri"], cfg.train.tracking.register,
                                                        cfg.train.tracking.register_alias)
-    tracker.log_text(run_report.render({
+    tracker.log_text(report.render({
         "run_id": tracker.run_id, "run_name": ckpt_path.parent.name, "experiment": cfg.train.tracking.experiment,
         "tags": tracker.tags, "summary": summary, "provenance": provenance, "config": to_dict(cfg),
         "manifest": manifest, "final": final, "figures": pngs, "history": history,

@@ -129,7 +129,7 @@ def test_an_extends_that_is_not_file_names_names_the_file(tmp_path, extends):
 
 
 def test_a_ratio_above_the_head_count_names_the_key_and_its_bound():
-    from pipeline.splits import plan_counts
+    from pipeline.longtail.splits import plan_counts
 
     cfg = resolve([], [("longtail.imbalance_ratio", "1.0e+300"), ("longtail.labeled_max", "5000")]).longtail
     with pytest.raises(ConfigError, match=r"longtail.imbalance_ratio=1e\+300 with a head class of 5000 images gives "

@@ -9,7 +9,7 @@ LAYERS = [
     # 0 base: errors, config, files, schema, pure long-tail math
     {"pipeline", "pipeline.errors", "pipeline.registry", "pipeline.config", "pipeline.fs", "pipeline.schema",
      "pipeline.accel",
-     "pipeline.provenance", "pipeline.images", "pipeline.longtail", "pipeline.safe_pickle", "pipeline.distributed",
+     "pipeline.provenance", "pipeline.images", "pipeline.longtail", "pipeline.longtail.profiles", "pipeline.safe_pickle", "pipeline.distributed",
      "pipeline.output", "pipeline.tables", "pipeline.records"},
     # 1 parts: architectures, losses, samplers, data, objectives, sources, formats, policies
     {"models", "models.base", "models.autoencoders", "models.resnet_cifar", "models.resnet_tv", "pipeline.losses",
@@ -21,9 +21,9 @@ LAYERS = [
      "pipeline.pseudolabel", "pipeline.pseudolabel.policies", "pipeline.pseudolabel.prior", "pipeline.pseudolabel.balance",
      "pipeline.pseudolabel.store"},
     # 2 tracking and what reads runs back
-    {"pipeline.tracking", "pipeline.pretrained", "pipeline.run_report", "pipeline.report"},
+    {"pipeline.tracking", "pipeline.pretrained", "pipeline.report", "pipeline.compare"},
     # 3 the training loop | streaming | the Spark data jobs
-    {"pipeline.train", "pipeline.spark", "pipeline.ingest", "pipeline.splits", "streaming.score",
+    {"pipeline.train", "pipeline.spark", "pipeline.ingest", "pipeline.longtail.splits", "streaming.score",
      "streaming.checks", "streaming.checkpoint", "streaming.pseudolabel", "streaming.dashboard"},
     # 4 launch
     {"pipeline.launch"},

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from jobs import ingest as ingest_job, longtail as longtail_job
-from pipeline.longtail import class_counts
+from pipeline.longtail.profiles import class_counts
 from tests.helpers import read_table
 
 
@@ -203,7 +203,7 @@ def test_the_imbalance_cifar_draw_keeps_the_reference_codes_images_of_a_cifar_in
 
 def test_splits_made_before_longtail_draw_existed_still_match_their_settings():
     from pipeline.config import LongTailConfig, to_dict
-    from pipeline.splits import selection, split_params
+    from pipeline.longtail.splits import selection, split_params
 
     before = {k: v for k, v in to_dict(LongTailConfig()).items() if k not in ("draw", "labeled_ids")}
     assert selection(before) == selection(split_params(LongTailConfig()))
@@ -212,7 +212,7 @@ def test_splits_made_before_longtail_draw_existed_still_match_their_settings():
 
 def test_a_split_list_edited_in_place_changes_the_settings_a_sweep_compares(tmp_path):
     from pipeline.config import LongTailConfig
-    from pipeline.splits import selection, split_params
+    from pipeline.longtail.splits import selection, split_params
 
     (tmp_path / "list.txt").write_text("a\nb\n")
     cfg = LongTailConfig(labeled_ids=str(tmp_path / "list.txt"))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline.longtail import PROFILES, LongTailError, class_counts, ids_sha256, stratified_holdout, subsample
+from pipeline.longtail.profiles import PROFILES, LongTailError, class_counts, ids_sha256, stratified_holdout, subsample
 
 
 def test_exp_profile_matches_the_reference_cifar10_lt_counts():

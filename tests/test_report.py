@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from pipeline.report import compare, markdown, setting
+from pipeline.compare import compare, markdown, setting
 
 
 def test_setting_names_ssp_semi_policy_and_round():

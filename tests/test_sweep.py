@@ -131,14 +131,14 @@ def test_a_child_whose_training_process_is_killed_is_a_failed_outcome_not_a_fail
     import time
 
     from pipeline.config import resolve
-    from pipeline.sweep import _run_in_task
+    from pipeline.launch import run_in_task
     from pipeline.tracking import tracking_uri
 
     cfg = resolve([str(ROOT / "conf/methods/ce.yaml"), str(ROOT / "conf/experiments/digits_lt10.yaml")],
                   [("train.splits", str(base["splits"])), ("train.epochs", "500"),
                    ("train.runtime.run_dir", str(tmp_path / "train")), ("train.tracking.experiment", "tests-sweep-kill")])
     outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(_run_in_task(("ce/rho=10/seed=0", cfg), tracking_uri(), 1)))
+    worker = threading.Thread(target=lambda: outcome.update(run_in_task(("ce/rho=10/seed=0", cfg), tracking_uri(), 1)))
     worker.start()
     deadline = time.time() + 120
     while not mlflow.search_runs(experiment_names=["tests-sweep-kill"]).shape[0]:  # training has begun
@@ -150,7 +150,7 @@ def test_a_child_whose_training_process_is_killed_is_a_failed_outcome_not_a_fail
     # this process's own children (not pgrep -f, which would match any sweep on the machine)
     kids = {int(k) for t in os.listdir(f"/proc/{os.getpid()}/task")
             for k in open(f"/proc/{os.getpid()}/task/{t}/children").read().split()}
-    pids = [k for k in kids if b"pipeline.sweep" in open(f"/proc/{k}/cmdline", "rb").read()]
+    pids = [k for k in kids if b"pipeline.launch" in open(f"/proc/{k}/cmdline", "rb").read()]
     assert len(pids) == 1, pids
     os.kill(pids[0], signal.SIGKILL)
     worker.join(60)
@@ -188,7 +188,7 @@ def test_a_training_child_does_not_outlive_its_killed_task(tmp_path):
     pid_file = tmp_path / "child.pid"
     child_code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
     script = tmp_path / "worker.py"
-    script.write_text("import os, sys\nfrom pipeline.sweep import run_child\n"
+    script.write_text("import os, sys\nfrom pipeline.launch import run_child\n"
                       f"run_child([sys.executable, '-c', {child_code!r}], dict(os.environ))\n")
     worker = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.time() + 30
@@ -251,7 +251,7 @@ def test_runs_per_gpu_trains_that_many_children_at_once_on_one_gpu_address(base,
 
 def test_a_pinned_child_sees_only_its_gpu_and_requires_it_unless_told_cpu():
     from pipeline.config import resolve
-    from pipeline.sweep import pinned
+    from pipeline.launch import pinned
 
     cfg = resolve([str(ROOT / "conf/experiments/digits_lt10.yaml")])
     child, env = pinned(cfg, ["3"])

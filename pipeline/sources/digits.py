@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import IngestConfig
-from pipeline.longtail import ids_sha256, stratified_holdout
+from pipeline.longtail.profiles import ids_sha256, stratified_holdout
 from pipeline.sources import Plan, Source, TaskContext, image_row, register
 
 

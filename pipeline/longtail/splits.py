@@ -1,6 +1,6 @@
 """Long-tailed splits from an ingest: ``SPLITS/{labeled,unlabeled,val,test}`` (Parquet, the image
 schema), ``SPLITS/unlabeled_truth`` (id, label: the hidden labels of the pool, for evaluation only)
-and ``SPLITS/manifest.json``. The selection itself is pipeline.longtail (pure, seeded); Spark only
+and ``SPLITS/manifest.json``. The selection itself is pipeline.longtail.profiles (pure, seeded); Spark only
 moves the rows."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from pipeline import fs, schema
 from pipeline.config import Config, ConfigError, LongTailConfig, to_dict
 from pipeline.ingest import IMAGES
-from pipeline.longtail import LongTailError, class_counts, ids_sha256, subsample
+from pipeline.longtail.profiles import LongTailError, class_counts, ids_sha256, subsample
 from pipeline.output import staged
 from pipeline.provenance import stamp
 from pipeline.records import Ingest, Manifest
@@ -27,7 +27,7 @@ MANIFEST, TRUTH = Manifest.FILE, schema.TRUTH
 CARVED = ("labeled", "val", "unlabeled")
 
 
-# longtail.draw -> the seeded source of each class's shuffle (pipeline.longtail.subsample calls its
+# longtail.draw -> the seeded source of each class's shuffle (pipeline.longtail.profiles.subsample calls its
 # ``permutation``; RandomState.permutation(n) is the shuffle of arange(n) the reference code does).
 DRAWS = {"generator": np.random.default_rng, "imbalance_cifar": np.random.RandomState}
 

@@ -38,9 +38,8 @@ from sittings import (SUBMIT, drop_carried, prepare_environment, run_job, same_r
                       sync_carry, write_record)
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
 
-from pipeline.config import resolve  # noqa: E402
+from pipeline.config import config_sha256, resolve  # noqa: E402
 from pipeline.recipes import recipe_layers  # noqa: E402
-from pipeline.train import config_sha256  # noqa: E402
 from pipeline.records import Manifest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -595,6 +598,41 @@ def from_dict(data: dict, origin: str = "") -> Config:
 
 def dump(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# --- a run's settings as a key and a digest (checkpoints, records, sweeps) ----------------------
+
+# settings that do not change what a run computes (its weights): a resume may change them
+NOT_IN_KEY = ("runtime.resume", "runtime.run_dir", "eval_every")
+
+
+PATH_KEYS = ("splits", "weights_path", "semi.pseudo_labels")  # where the data lie: their content has its own sha256
+
+
+def config_key(cfg: Config) -> dict:
+    """The resolved training settings a checkpoint belongs to (paths absolute), as dotted keys."""
+    train = flatten(to_dict(with_absolute_paths(cfg).train))
+    return {k: v for k, v in train.items() if k not in NOT_IN_KEY}
+
+
+def config_sha256(cfg: Config) -> str:
+    """What a run computes, as one digest: its training settings without the paths of its inputs
+    (the manifest's and pseudo-labels' sha256 say which data) or the settings of NOT_IN_KEY."""
+    key = {k: v for k, v in config_key(cfg).items() if k not in PATH_KEYS}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """A copy whose path-valued keys no longer depend on the driver's working directory: the
+    processes may start elsewhere (TorchDistributor runs them in executor folders on a cluster)."""
+    t = cfg.train
+    pretrained = fs.normalize(t.pretrained) if t.pretrained and os.path.exists(t.pretrained) else t.pretrained
+    train = dataclasses.replace(
+        t, splits=fs.normalize(t.splits) if t.splits else t.splits, pretrained=pretrained,
+        weights_path=fs.normalize(t.weights_path) if t.weights_path else None,
+        runtime=dataclasses.replace(t.runtime, run_dir=fs.normalize(t.runtime.run_dir)),
+        semi=dataclasses.replace(t.semi, pseudo_labels=fs.normalize(t.semi.pseudo_labels) if t.semi.pseudo_labels else None))
+    return dataclasses.replace(cfg, train=train)
 
 
 if __name__ == "__main__":  # python -m pipeline.config > conf/defaults.yaml

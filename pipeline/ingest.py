@@ -24,7 +24,7 @@ from pipeline.records import Ingest
 from pipeline.sources import Plan, TaskContext, get_source, rejected_row
 from pipeline.tables import read_table
 
-IMAGES, REJECTED, REPORT = "images", "_rejected", Ingest.FILE
+IMAGES, REJECTED = schema.INGESTED_IMAGES, schema.INGEST_REJECTED
 ROWS_PER_BATCH = 256  # Arrow batch size of task output: bounded memory for large images
 
 

@@ -24,11 +24,11 @@ from typing import Any, Callable
 from pyspark import TaskContext
 from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
 
-from pipeline.config import Config, ConfigError, from_dict, to_dict
+from pipeline.config import Config, ConfigError, from_dict, to_dict, with_absolute_paths
 from pipeline.distributed import wants_gpu
 from pipeline.errors import PipelineError
 from pipeline.tracking import tracking_uri
-from pipeline.train import fit, with_absolute_paths
+from pipeline.train import fit
 
 
 class LaunchError(PipelineError):

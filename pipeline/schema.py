@@ -88,6 +88,7 @@ LABEL_COLUMNS: tuple[Column, ...] = (
 LABEL_BATCH = "batch_id"  # partition column of OUT/labels
 
 # The files of a jobs/longtail.py output beside its split folders.
+INGESTED_IMAGES, INGEST_REJECTED = "images", "_rejected"  # the two tables of an ingest output
 TRUTH = "unlabeled_truth"  # (id, label) of the unlabeled pool: for evaluating pseudo-labels only
 
 # The class balance of the pseudo-labels (OUT/balance/batch-N.parquet): one row per class per micro-batch.

@@ -8,11 +8,10 @@ import hashlib
 import json
 
 from pipeline import fs
-from pipeline.config import PseudoLabelConfig, to_dict
+from pipeline.config import PseudoLabelConfig, config_key, to_dict
 from pipeline.launch import launch_fit
 from pipeline.pseudolabel.store import read_stream_info
 from pipeline.records import Manifest, Rounds
-from pipeline.train import config_key
 from streaming.pseudolabel import run_pseudolabel
 
 PSEUDOLABEL_KEYS = {f.name for f in dataclasses.fields(PseudoLabelConfig)} - {"select"}  # a policy's settings

@@ -21,7 +21,7 @@ LAYERS = [
      "pipeline.pseudolabel", "pipeline.pseudolabel.policies", "pipeline.pseudolabel.prior", "pipeline.pseudolabel.balance",
      "pipeline.pseudolabel.store"},
     # 2 tracking and what reads runs back
-    {"pipeline.tracking", "pipeline.pretrained", "pipeline.report", "pipeline.compare"},
+    {"pipeline.tracking", "pipeline.pretrained", "pipeline.report", "pipeline.compare", "pipeline.run"},
     # 3 the training loop | streaming | the Spark data jobs
     {"pipeline.train", "pipeline.spark", "pipeline.ingest", "pipeline.longtail.splits", "streaming.score",
      "streaming.checks", "streaming.checkpoint", "streaming.pseudolabel", "streaming.dashboard"},

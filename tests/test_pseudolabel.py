@@ -289,7 +289,7 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
 
 def test_pseudo_labels_train_in_the_pools_order_not_the_streams():
     from pipeline.config import ConfigError
-    from pipeline.train import in_pool_order
+    from pipeline.loaders import in_pool_order
 
     pool = ["a", "b", "c", "d"]
     rows, ids, labels = in_pool_order(["d", "b", "a"], np.array([3, 1, 0]), pool, "POOL")  # scored d first

@@ -184,7 +184,7 @@ def test_resume_in_a_new_tracking_store_opens_a_new_run_with_every_epoch(splits,
 
 
 def test_config_sha256_names_the_settings_not_where_the_inputs_lie(splits, tmp_path):
-    from pipeline.train import config_sha256
+    from pipeline.config import config_sha256
 
     here = config_sha256(cfg_for(splits, tmp_path / "a", "ce", epochs=3, eval_every=2))
     assert here == config_sha256(cfg_for(Path("/elsewhere/splits"), tmp_path / "b", "ce", epochs=3, resume="true"))
@@ -320,21 +320,20 @@ def test_autoencoder_classifier_trains_in_each_mode(splits, tmp_path, mode):
 
 def test_separate_mode_keeps_the_encoder_frozen_after_reconstruction(splits, tmp_path):
     cfg = cfg_for(splits, tmp_path, "ce", epochs=2, model="unet_ae", ae_mode="separate", ae_epochs=1)
-    ckpt_dir = tmp_path / "runs"
-    import pipeline.train as train_module
+    import pipeline.train as train_module  # the loop saves every epoch's checkpoint through run.save_atomic
 
     snapshots = {}
-    original = train_module._save_atomic
+    original = train_module.save_atomic
 
     def spy(obj, path):
         snapshots[obj["epoch"]] = {k: v.clone() for k, v in obj["model"].items()}
         original(obj, path)
 
-    train_module._save_atomic = spy
+    train_module.save_atomic = spy
     try:
         fit(cfg)
     finally:
-        train_module._save_atomic = original
+        train_module.save_atomic = original
     encoder = [k for k in snapshots[0] if k.startswith("backbone.")]
     assert encoder and all(torch.equal(snapshots[0][k], snapshots[2][k]) for k in encoder)  # BN stats included
     assert not torch.equal(snapshots[1]["head.weight"], snapshots[2]["head.weight"])
@@ -417,7 +416,7 @@ def test_rotation_objective_rejects_settings_that_do_not_apply():
 
 
 def test_launch_config_has_absolute_paths_but_keeps_run_ids(tmp_path, monkeypatch):
-    from pipeline.train import with_absolute_paths
+    from pipeline.config import with_absolute_paths
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ckpt.pt").write_bytes(b"")

@@ -16,7 +16,6 @@ from pyspark.sql import functions as F
 
 from pipeline import fs, schema
 from pipeline.config import Config, ConfigError, LongTailConfig, to_dict
-from pipeline.ingest import IMAGES
 from pipeline.longtail.profiles import LongTailError, class_counts, ids_sha256, subsample
 from pipeline.output import staged
 from pipeline.provenance import stamp
@@ -163,7 +162,7 @@ def run_longtail(spark: SparkSession, cfg: Config) -> dict:
     lcfg, started = cfg.longtail, time.time()
     ingest, ingest_sha256 = _read_ingest(lcfg.data)
     class_names = ingest.class_names
-    images = spark.read.parquet(fs.spark_path(fs.join(lcfg.data, IMAGES)))
+    images = spark.read.parquet(fs.spark_path(fs.join(lcfg.data, schema.INGESTED_IMAGES)))
     with staged(lcfg.out, lcfg.overwrite, "splits", inputs=[lcfg.data]) as tmp:
         listed, list_sha256 = _split_list(lcfg, class_names)
         chosen = assign(images, lcfg, class_names, listed)

@@ -137,7 +137,7 @@ run_id() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["run_i
 import json, sys
 import mlflow
 sys.path.insert(0, ".")
-from streaming.sinks import read_labels
+from pipeline.pseudolabel.store import read_labels
 work = sys.argv[1]
 ingest = json.load(open(f"{work}/digits/ingest.json"))
 assert ingest["input_records"] == ingest["written"] + ingest["rejected"]["total"] == 1797, ingest

@@ -32,3 +32,14 @@ def test_jobs_import_only_the_library():
                 assert not node.module.startswith("jobs"), f"{job.name} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("jobs") for a in node.names), job.name
+
+
+def test_every_library_package_is_installed_by_pyproject():
+    """A package missing from [tool.setuptools] packages works in the editable checkout and is absent
+    from a plain `pip install .` (a wheel, an image): every folder with an __init__.py is listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("pipeline", "models", "streaming")
+             for p in (ROOT / top).rglob("__init__.py")}
+    assert found == listed, f"unlisted: {sorted(found - listed)}, listed but gone: {sorted(listed - found)}"

@@ -376,9 +376,15 @@ class PseudoLabelConfig:
     check_images: int = 2000  # precision bf16: test images of that check (the first by id)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     experiment: Optional[str] = None  # MLflow experiment of the "pseudolabel" run; None: the base model's
+    # the stream's bounded state (pipeline.pseudolabel.state): a seeded sample of at most sample_values //
+    # classes rows with their probabilities, for what needs rows (EM, prior-corrected policies); a pool within
+    # it (200,000 images at 10 classes, 2,000 at 1,000) gets the exact balance, a larger one estimates with a
+    # stated error; 8 MB of float32 in the driver, and EM's step costs two passes over it
+    sample_values: int = 2_000_000
+    sample_seed: int = 0
 
     def validate(self) -> None:
-        for key in ("max_files_per_trigger", "threads_per_task", "top_k"):
+        for key in ("max_files_per_trigger", "threads_per_task", "top_k", "sample_values"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"pseudolabel.{key} must be >= 1, got {getattr(self, key)}")
         if self.batch_size < 0:

@@ -187,7 +187,7 @@ class Stream(Record):
     FILE: ClassVar[str] = "stream.json"
     MAKE: ClassVar[str] = "jobs/pseudolabel.py"
     RESTART_KEYS: ClassVar[tuple] = ("model_run_id", "model_uri", "policy", "input", "input_ids_sha256", "checkpoint",
-                                     "trigger", "scoring_precision")
+                                     "trigger", "scoring_precision", "state")
     model_uri: str
     model_run_id: str
     model_ref: str
@@ -207,6 +207,7 @@ class Stream(Record):
     bbse: Optional[dict] = None
     scoring_precision: str = "fp32"  # outputs written before the setting existed were scored in fp32
     scoring_check: Optional[dict] = None
+    state: Optional[dict] = None  # the bounded state's settings (sample, seed, bins); None: written before it existed
     run_id: Optional[str] = None
     created_at: Optional[str] = None
     git_commit: Optional[str] = None

@@ -113,8 +113,12 @@ BALANCE_COLUMNS: tuple[Column, ...] = (
     Column("batch_rows", pa.int64(), False, "images in this micro-batch"),
     Column("cumulative_rows", pa.int64(), False, "images scored up to this micro-batch"),
     Column("rows_per_s", pa.float64(), False, "batch_rows / latency_s"),
-    Column("latency_s", pa.float64(), False, "wall time of the micro-batch: read, decode, score, write"),
+    Column("latency_s", pa.float64(), False, "wall time of the micro-batch up to this row: read, decode, score, "
+                                            "write the labels, update the state, compute the balance"),
     Column("committed_at", pa.timestamp("us", tz="UTC"), False, "when the balance row was written"),
+    Column("exact", pa.bool_(), True, "the figures are the full recomputation; false: selected, adjusted, precision, "
+                                      "recall and prior_em are estimates (pipeline.pseudolabel.state)"),
+    Column("sample_rows", pa.int64(), True, "rows of the state's seeded sample the estimates came from; null: exact"),
 )
 
 CLASS_NAMES_KEY = "class_names"  # Spark column metadata on `label`, also in ingest.json / manifest.json

@@ -18,6 +18,7 @@ from typing import Optional
 import pandas as pd
 
 from pipeline import fs
+from pipeline.pseudolabel import state as stream_state
 from pipeline.pseudolabel import store
 from pipeline.pseudolabel.balance import imbalance_ratio, overall_precision
 from pipeline.records import Stream
@@ -25,18 +26,19 @@ from pipeline.records import Stream
 COLORS = {"predicted": "#4c78a8", "selected": "#f58518", "labeled": "#54a24b", "true": "#9d9d9d"}
 
 
-def load(balance_dir: str) -> dict:
-    """What the page shows, read fresh: {"state": waiting|ok|error, ...}. Never raises."""
+def load(balance_dir: str, cache: Optional[dict] = None) -> dict:
+    """What the page shows: {"state": waiting|ok|error, ...}. Never raises. Bounded reading: the
+    balance files new since the last call with the same ``cache`` (one row per class and
+    micro-batch) and the confidence histogram of the newest state, never the labels."""
     out = fs.normalize(balance_dir).rstrip("/")
     out = out[: -len(store.BALANCE)].rstrip("/") if fs.name(out) == store.BALANCE else out
     try:
         info = store.read_stream_info(out) if fs.exists(fs.join(out, store.STREAM)) else None
-        table = store.read_balance(out).to_pandas()
+        table = store.read_balance(out, cache).to_pandas()
         if table.empty:
             return {"state": "waiting", "info": info, "out": out}
-        labels = store.read_labels(out, columns=["confidence"])
         return {"state": "ok", "info": info, "out": out, "balance": table,
-                "confidence": labels.column("confidence").to_numpy()}
+                "histogram": stream_state.load_histogram(out)}
     except Exception as e:  # a half-copied or foreign file: show it, keep serving
         return {"state": "error", "out": out, "error": f"{type(e).__name__}: {e}"}
 
@@ -80,8 +82,12 @@ def figures(data: dict, log_scale: bool = False) -> dict:
     confidence = go.Figure(go.Bar(x=names, y=last.mean_confidence.tolist(), marker_color=COLORS["predicted"]))
     confidence.update_layout(title="Mean confidence per predicted class", yaxis_range=[0, 1])
 
-    histogram = go.Figure(go.Histogram(x=data["confidence"], xbins={"start": 0, "end": 1, "size": 0.05}))
-    histogram.update_layout(title="Confidence of every prediction so far", xaxis_title="confidence")
+    bins = data.get("histogram")  # None: an output written before the stream kept its state
+    width = 1.0 / (len(bins) if bins is not None else 1)
+    histogram = go.Figure(go.Bar(x=[] if bins is None else [(i + 0.5) * width for i in range(len(bins))],
+                                 y=[] if bins is None else bins.tolist(), width=width, marker_color=COLORS["predicted"]))
+    histogram.update_layout(title="Confidence of every prediction so far", xaxis_title="confidence",
+                            xaxis_range=[0, 1])
 
     first = per_batch.first()
     speed = go.Figure([go.Scatter(x=first.index, y=first.rows_per_s, name="images/s", mode="lines+markers"),
@@ -217,12 +223,14 @@ def create_app(balance_dir: str, interval_s: float = 2.0, mlflow_ui: str = "http
         dcc.Interval(id="tick", interval=int(interval_s * 1000)),
     ], style={"fontFamily": "sans-serif", "margin": "8px 16px"})
 
+    cache: dict = {}  # the balance files read so far: a refresh reads only the new ones
+
     @app.callback([Output("figures", "children"), Output("header", "children"), Output("status", "children"),
                    Output("status", "style"), *[Output(g, "figure") for g in graph_ids],
                    *[Output(g, "style") for g in graph_ids]],
                   [Input("tick", "n_intervals"), Input("log-scale", "value")])
     def refresh(_, scale):
-        data = load(balance_dir)
+        data = load(balance_dir, cache)
         hidden, shown = {"display": "none"}, {"display": "block", "height": f"{GRAPH_HEIGHT}px", "minWidth": 0}
         empty = [{}] * len(graph_ids)
         if data["state"] == "error":

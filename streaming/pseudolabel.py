@@ -12,16 +12,16 @@ import threading
 import time
 from typing import Iterator, Optional
 
-import numpy as np
 import pyarrow.compute as pc
 
 from pipeline import fs, schema
 from pipeline.config import Config
 from pipeline.provenance import git_commit, stamp
+from pipeline.pseudolabel import state as stream_state
 from pipeline.pseudolabel import store
-from pipeline.pseudolabel.balance import balance_metrics, balance_table, imbalance_ratio, overall_precision, prior_errors
+from pipeline.pseudolabel.balance import balance_metrics, imbalance_ratio, overall_precision, prior_errors
+from pipeline.pseudolabel.books import Books, fault
 from pipeline.pseudolabel.policies import Policy, from_config
-from pipeline.pseudolabel.store import probs_matrix
 from pipeline.records import Manifest, Stream
 from streaming.checkpoint import batch_files, claim_checkpoint, unreadable_files
 from streaming.checks import held_out_confusion, input_identity, load_truth, precision_check, truth_path, val_path
@@ -47,18 +47,6 @@ def base_run(model: ScoringModel) -> dict:
             "experiment_id": run.info.experiment_id, "manifest": manifest}
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def _stream_info(cfg: Config, model: ScoringModel, policy: Policy, base: dict, truth: Optional[str],
                  checkpoint: str) -> Stream:
     p, manifest = cfg.pseudolabel, base["manifest"]
@@ -78,6 +66,8 @@ def _check_same_stream(old: Stream, new: Stream, out: str) -> None:
     """A restart continues the same stream or is refused: another model (run id), policy, input (or
     input contents), checkpoint or trigger would mix two streams in one output."""
     for key in Stream.RESTART_KEYS:
+        if key == "state" and old.state is None:  # written before the state existed: it is rebuilt from the labels
+            continue
         if getattr(old, key) != getattr(new, key):
             raise StreamError(f"{out} holds pseudo-labels of another stream ({key}: {getattr(old, key)!r}, now "
                               f"{getattr(new, key)!r}); use a new --out (and --checkpoint), or delete the old output")
@@ -85,14 +75,6 @@ def _check_same_stream(old: Stream, new: Stream, out: str) -> None:
         raise StreamError(f"{out} holds {len(store.committed_batches(out))} micro-batches but their checkpoint "
                           f"{new.checkpoint} is gone: a new query would score from batch 0 again beside them; "
                           f"use a new --out, or delete the old output")
-
-
-
-
-
-
-
-
 
 
 def run_pseudolabel(spark, cfg: Config) -> dict:
@@ -133,6 +115,8 @@ def _plan(spark, cfg: Config, model: ScoringModel, base: dict, previous: Optiona
                          generation, max(cfg.train.semi.rounds, generation))
     info = _stream_info(cfg, model, policy, base, truth_path(p), checkpoint)
     info.bbse, info.scoring_precision = bbse, p.precision
+    info.state = {"version": stream_state.VERSION, "sample_values": p.sample_values, "seed": p.sample_seed,
+                  "bins": stream_state.BINS}
     if p.precision != "fp32":
         kept = same_model and previous.scoring_precision == p.precision
         info.scoring_check = previous.scoring_check if kept else precision_check(spark, model, p.input, p.check_images)
@@ -166,18 +150,21 @@ def _open_run(p, info: Stream, policy: Policy, base: dict, model: ScoringModel, 
 
 
 def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: Stream, policy: Policy, tracker):
-    """The query's foreachBatch function: score the micro-batch, write its labels, rejects and the
-    class balance so far, and log the balance as the run's step metrics (once per batch id)."""
-    truth = load_truth(info.truth)
-    names, labeled = info.class_names, info.labeled_counts
-    confusion = info.bbse["confusion"] if info.bbse else ()
+    """The query's foreachBatch function: score the micro-batch, write its labels and rejects, commit
+    the books (the stream's state and the class balance, from this batch alone: pipeline.pseudolabel.books)
+    and log the balance as the run's step metrics (once per batch id)."""
+    settings = info.state  # this run's (a restart of an output that had none adopts them)
+    books = Books(out, info.class_names, info.labeled_counts, policy, info.bbse["confusion"] if info.bbse else (),
+                  load_truth(info.truth), settings["sample_values"], settings["seed"])
 
     def process(batch_df, batch_id: int) -> None:
         started = time.time()
         store.begin_labels(out, batch_id)
         scored = score(batch_df, model).toArrow()  # the one Spark job of the micro-batch
         failed = pc.is_valid(scored.column(ERROR))
-        store.write_labels(scored.filter(pc.invert(failed)), out, batch_id)
+        good = scored.filter(pc.invert(failed))
+        store.write_labels(good, out, batch_id)
+        fault("after-labels", batch_id)
         rejected = [{"id": i, "source": None, "reason": "not_scorable", "detail": why}
                     for i, why in zip(scored.column("id").filter(failed).to_pylist(),
                                       scored.column(ERROR).filter(failed).to_pylist())]
@@ -190,22 +177,16 @@ def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: Stream, 
                              "detail": f"{expected - read} of the {expected} rows the batch's readable files "
                                        f"declare could not be read: {', '.join(map(fs.normalize, files))}"})
         store.write_rejected(out, batch_id, rejected)
-        latency = time.time() - started
-        labels = store.read_labels(out, upto=batch_id, columns=["id", "predicted", "confidence", "probs"])
-        in_batch = labels.column(schema.LABEL_BATCH).to_numpy() == batch_id
-        hidden = None if truth is None else np.array([truth.get(i, -1) for i in labels.column("id").to_pylist()])
-        table = balance_table(batch_id, labels.column("predicted").to_numpy(),
-                              labels.column("confidence").to_numpy(), in_batch, names, labeled, policy,
-                              latency, hidden, probs_matrix(labels), confusion)
-        store.write_balance(out, batch_id, table)
+        table, state = books.commit(batch_id, good, started)
         logged = tracker.last_step("pl_rows_total")
         if logged is None or batch_id > logged:  # a replayed batch is not logged twice
-            tracker.log_metrics(balance_metrics(table), step=batch_id)
+            tracker.log_metrics({**balance_metrics(table), "pl_wall_s": time.time() - started}, step=batch_id)
         if rejected:
             print(f"batch {batch_id}: {len(rejected)} inputs rejected (OUT/rejected), e.g. {rejected[0]['detail']}",
                   flush=True)
-        print(f"batch {batch_id}: {int(in_batch.sum())} images in {latency:.2f} s "
-              f"({int(in_batch.sum()) / max(latency, 1e-9):.0f} img/s), {len(in_batch)} scored so far", flush=True)
+        wall = time.time() - started
+        print(f"batch {batch_id}: {good.num_rows} images in {wall:.2f} s ({good.num_rows / max(wall, 1e-9):.0f} img/s, "
+              f"bookkeeping included), {state.rows} scored so far", flush=True)
 
     return process
 

@@ -1,6 +1,7 @@
 """Pseudo-labelling: the selection policies and balance math (pure), and the Structured Streaming
 job for real: available-now, continuous mode picking up a file added while it runs, and restarts
 after SIGKILL that lose and duplicate nothing."""
+import contextlib
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ def test_all_keeps_everything_and_threshold_keeps_the_confident():
 
 def test_class_threshold_lowers_the_bar_for_rarely_predicted_classes():
     # class 0 predicted 4x, class 1 2x, class 2 once: thresholds 0.8, 0.4, 0.2 with alpha 1
-    assert class_thresholds(PRED, 3, 0.8, 1.0) == pytest.approx([0.8, 0.4, 0.2])
+    assert class_thresholds(np.bincount(PRED, minlength=3), 0.8, 1.0) == pytest.approx([0.8, 0.4, 0.2])
     keep = Policy("class_threshold", tau=0.8, alpha=1.0).select(PRED, CONF, 3)
     assert keep.tolist() == [1, 0, 1, 0, 1, 1, 1]  # the tail's 0.3 passes, the head's 0.7 does not
 
@@ -283,6 +284,43 @@ def test_sigkill_and_restart_label_every_image_exactly_once(spark, base, tmp_pat
     run_id = store.read_stream_info(str(out)).run_id  # one MLflow run across the kills, every step once
     steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "pl_rows_total")]
     assert steps == batches
+
+
+@pytest.mark.parametrize("point", ["after-labels", "after-state"])
+def test_a_kill_between_labels_state_and_balance_restarts_into_the_unbroken_runs_state(spark, base, tmp_path, point):
+    from pipeline.pseudolabel import state as stream_state
+
+    # a sample of 20 rows of 600: the state estimates past it, so its sample must come out the same too
+    common = ["--model", base["run_id"], "--input", base["splits"] / "unlabeled", "--select", "class_threshold",
+              "--tau", "0.9", "--set", "pseudolabel.sample_values=200"]
+    unbroken = tmp_path / "unbroken"
+    pseudolabel_job.main([str(a) for a in common] + ["--out", str(unbroken)])
+    out, log = tmp_path / "pl", tmp_path / "job.log"
+    command, env = submit_command("jobs/pseudolabel.py", *common, "--out", out)
+    proc = subprocess.Popen(command, cwd=ROOT, env={**env, "LONGTAIL_STREAM_FAULT": f"{point}:2"}, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc.wait(timeout=300)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert f"fault: killed {point} of batch 2" in log.read_text(), log.read_text()[-3000:]
+    assert 2 in store.committed_batches(str(out)) and store.latest_balance(str(out)).column("batch_id")[0].as_py() == 1
+    assert stream_state.saved_batches(str(out))[-1] == (2 if point == "after-state" else 1)
+    final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stdout[-3000:]
+
+    assert sorted(label_ids(out)) == sorted(label_ids(unbroken)) and len(set(label_ids(out))) == 600
+    last = stream_state.saved_batches(str(unbroken))[-1]
+    assert stream_state.saved_batches(str(out))[-1] == last
+    a, b = stream_state.load(str(unbroken), last), stream_state.load(str(out), last)
+    assert not a.complete and a.rows == b.rows == 600
+    for key in ("count", "above", "true_count", "right", "hist", "hist_right", "s_id", "s_predicted", "s_probs"):
+        assert np.array_equal(getattr(a, key), getattr(b, key)), key
+    assert np.allclose(a.probs_sum, b.probs_sum) and np.allclose(a.confidence_sum, b.confidence_sum)
+    kept = ["batch_id", "class_index", "cumulative_count", "selected_count", "true_count", "precision", "prior_em"]
+    assert store.read_balance(str(out)).select(kept).to_pylist() == store.read_balance(str(unbroken)).select(kept).to_pylist()
+    run_id = store.read_stream_info(str(out)).run_id  # every step logged once
+    steps = [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, "pl_rows_total")]
+    assert steps == list(range(last + 1))
 
 
 # --- semi-supervised training on the pseudo-labels ----------------------------------------------

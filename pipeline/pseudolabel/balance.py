@@ -1,11 +1,11 @@
 """The class balance of the pseudo-labels after a micro-batch: a pure function of the predictions
 scored so far (in scoring order), the selection policy and, when the pool was carved from a labeled
-data set, its hidden labels."""
+data set, its hidden labels; the stream computes it from its bounded state (pipeline.pseudolabel.state)."""
 from __future__ import annotations
 
-import math
-
+import dataclasses
 import datetime as dt
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -13,25 +13,21 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.pseudolabel.policies import Policy
-from pipeline.pseudolabel.prior import divergences, estimate_priors
-
-
-def _mean_by_class(values: np.ndarray, classes: np.ndarray, num_classes: int) -> list[Optional[float]]:
-    sums = np.bincount(classes, weights=values, minlength=num_classes)
-    counts = np.bincount(classes, minlength=num_classes)
-    return [float(s / n) if n else None for s, n in zip(sums, counts)]
+from pipeline.pseudolabel.prior import Estimate, bbse_of_mean, divergences, estimate_priors
+from pipeline.pseudolabel.state import StreamState, kept_counts
 
 
 def balance_table(batch_id: int, predicted: np.ndarray, confidence: np.ndarray, in_batch: np.ndarray,
                   class_names: Sequence[str], labeled_counts: Sequence[int], policy: Policy,
                   latency_s: float, truth: Optional[np.ndarray] = None, probs: Optional[np.ndarray] = None,
                   confusion=()) -> pa.Table:
-    """One row per class (schema.BALANCE_COLUMNS). ``predicted``/``confidence`` (and ``probs``, the
-    probability vectors) cover every row scored up to and including this micro-batch, ``in_batch``
-    marks this micro-batch's rows and ``truth`` holds the hidden label of each row (-1: unknown) or
-    is None. With ``probs`` the pool prior is estimated (EM; BBSE given the held-out ``confusion``)
-    and the policy's correction, if any, applied before it selects: precision and recall are those
-    of the labels it keeps, by their corrected class."""
+    """One row per class (schema.BALANCE_COLUMNS), recomputed from every row. ``predicted``/``confidence``
+    (and ``probs``, the probability vectors) cover every row scored up to and including this
+    micro-batch, ``in_batch`` marks this micro-batch's rows and ``truth`` holds the hidden label of
+    each row (-1: unknown) or is None. With ``probs`` the pool prior is estimated (EM; BBSE given the
+    held-out ``confusion``) and the policy's correction, if any, applied before it selects: precision
+    and recall are those of the labels it keeps, by their corrected class. The stream computes the
+    same table from its bounded state (``state_balance``)."""
 
     c = len(class_names)
     predicted = np.asarray(predicted, dtype=np.int64)
@@ -45,40 +41,103 @@ def balance_table(batch_id: int, predicted: np.ndarray, confidence: np.ndarray, 
         raise ValueError(f"policy {policy.name} corrects for the pool prior ({policy.adjust}): it needs the probabilities")
     else:
         labels, keep = predicted, policy.select(predicted, confidence, c)
-    batch_rows = int(in_batch.sum())
+    counts = {"batch_count": np.bincount(predicted[in_batch], minlength=c),
+              "batch_confidence_sum": np.bincount(predicted[in_batch], weights=confidence[in_batch], minlength=c),
+              "cumulative_count": np.bincount(predicted, minlength=c),
+              "confidence_sum": np.bincount(predicted, weights=confidence, minlength=c),
+              "selected_count": np.bincount(labels[keep], minlength=c),
+              "adjusted_count": np.bincount(labels, minlength=c)}
+    if truth is not None:
+        truth = np.asarray(truth, dtype=np.int64)
+        known = truth >= 0
+        counts["true_count"] = np.bincount(truth[known], minlength=c)
+        counts["right"] = np.bincount(labels[keep & known & (labels == truth)], minlength=c)
+    return _table(batch_id, class_names, labeled_counts, counts, estimates, int(in_batch.sum()), len(predicted),
+                  latency_s, sample_rows=None)
+
+
+def state_balance(batch_id: int, state: StreamState, batch_predicted: np.ndarray, batch_confidence: np.ndarray,
+                  class_names: Sequence[str], labeled_counts: Sequence[int], policy: Policy, latency_s: float,
+                  confusion=(), em: Optional[Estimate] = None) -> pa.Table:
+    """``balance_table`` from the stream's bounded state after micro-batch ``batch_id`` (whose rows
+    are ``batch_predicted``/``batch_confidence``): the very same table while the state's sample
+    holds every row, then exact counters and the estimates pipeline.pseudolabel.state describes (EM's
+    prior: ``em``, as the stream carries it from batch to batch, or EM run to convergence on the sample)."""
+    if state.complete:
+        return balance_table(batch_id, state.s_predicted, state.s_confidence, state.s_batch == batch_id,
+                             class_names, labeled_counts, policy, latency_s,
+                             state.s_truth if state.has_truth else None, state.s_probs, confusion)
+    c = len(class_names)
+    scale = state.rows / len(state.s_key)
+    estimates = {"em": em} if em is not None else estimate_priors(state.s_probs, labeled_counts, only="em")
+    if len(confusion):
+        estimates["bbse"] = bbse_of_mean(state.probs_sum / state.rows, confusion)  # exact: its statistic is kept
+    batch_predicted = np.asarray(batch_predicted, dtype=np.int64)
+    counts = {"batch_count": np.bincount(batch_predicted, minlength=c),
+              "batch_confidence_sum": np.bincount(batch_predicted, weights=np.asarray(batch_confidence, np.float64),
+                                                  minlength=c),
+              "cumulative_count": state.count, "confidence_sum": state.confidence_sum}
+    if policy.adjust != "none" or policy.align_t:  # the policy selects from corrected rows: the sample's
+        top_k = max(1, round(policy.top_k / scale))  # the same share of each class as k of the whole pool
+        view = dataclasses.replace(policy, top_k=top_k).view(state.s_probs, estimates)
+        counts["adjusted_count"] = np.rint(np.bincount(view.predicted, minlength=c) * scale)
+        kept = np.bincount(view.predicted[view.keep], minlength=c) * scale
+        right = np.bincount(view.predicted[view.keep & (view.predicted == state.s_truth)], minlength=c) * scale
+        if policy.name == "top_k_per_class":
+            kept = np.minimum(kept, policy.top_k)
+            right = np.minimum(right, kept)
+        counts["selected_count"] = np.rint(kept)
+        right = right if state.has_truth else None
+    else:
+        counts["adjusted_count"] = state.count
+        kept, right = kept_counts(state, policy)
+        counts["selected_count"] = np.rint(kept)
+    if state.has_truth:
+        counts["true_count"], counts["right"] = state.true_count, right
+    return _table(batch_id, class_names, labeled_counts, counts, estimates, len(batch_predicted), state.rows,
+                  latency_s, sample_rows=len(state.s_key))
+
+
+def _table(batch_id: int, class_names: Sequence[str], labeled_counts: Sequence[int], counts: dict,
+           estimates: dict, batch_rows: int, rows: int, latency_s: float, sample_rows: Optional[int]) -> pa.Table:
+    c = len(class_names)
     em, bbse = estimates.get("em"), estimates.get("bbse")
+    ints = lambda key: [int(n) for n in counts[key]]  # noqa: E731
     columns = {
         "batch_id": [batch_id] * c,
         "class_index": list(range(c)),
         "class_name": list(class_names),
-        "batch_count": np.bincount(predicted[in_batch], minlength=c).tolist(),
-        "cumulative_count": np.bincount(predicted, minlength=c).tolist(),
-        "selected_count": np.bincount(labels[keep], minlength=c).tolist(),
-        "adjusted_count": np.bincount(labels, minlength=c).tolist(),
+        "batch_count": ints("batch_count"),
+        "cumulative_count": ints("cumulative_count"),
+        "selected_count": ints("selected_count"),
+        "adjusted_count": ints("adjusted_count"),
         "prior_em": [None] * c if em is None else em.prior.tolist(),
         "prior_bbse": [None] * c if bbse is None else bbse.prior.tolist(),
         "em_iterations": [None if em is None else em.iterations] * c,
         "bbse_condition": [None if bbse is None else bbse.condition] * c,
-        "batch_mean_confidence": _mean_by_class(confidence[in_batch], predicted[in_batch], c),
-        "mean_confidence": _mean_by_class(confidence, predicted, c),
+        "batch_mean_confidence": _means(counts["batch_confidence_sum"], counts["batch_count"]),
+        "mean_confidence": _means(counts["confidence_sum"], counts["cumulative_count"]),
         "labeled_count": [int(n) for n in labeled_counts],
         "true_count": [None] * c, "precision": [None] * c, "recall": [None] * c,
         "batch_rows": [batch_rows] * c,
-        "cumulative_rows": [len(predicted)] * c,
+        "cumulative_rows": [rows] * c,
         "rows_per_s": [batch_rows / latency_s if latency_s > 0 else 0.0] * c,
         "latency_s": [float(latency_s)] * c,
         "committed_at": [dt.datetime.now(dt.timezone.utc)] * c,
+        "exact": [sample_rows is None] * c,
+        "sample_rows": [sample_rows] * c,
     }
-    if truth is not None:
-        truth = np.asarray(truth, dtype=np.int64)
-        known = truth >= 0
-        true_count = np.bincount(truth[known], minlength=c)
-        right = np.bincount(labels[keep & known & (labels == truth)], minlength=c)
-        kept = np.bincount(labels[keep & known], minlength=c)
-        columns["true_count"] = true_count.tolist()
-        columns["precision"] = [float(r / k) if k else None for r, k in zip(right, kept)]
-        columns["recall"] = [float(r / t) if t else None for r, t in zip(right, true_count)]
+    if "true_count" in counts:
+        kept, right, true = counts["selected_count"], counts["right"], counts["true_count"]
+        columns["true_count"] = ints("true_count")
+        if right is not None:
+            columns["precision"] = _means(right, kept)
+            columns["recall"] = _means(right, true)
     return pa.table(columns, schema=schema.arrow_schema(schema.BALANCE_COLUMNS))
+
+
+def _means(sums, counts) -> list[Optional[float]]:
+    return [float(s / n) if n else None for s, n in zip(sums, counts)]
 
 
 def imbalance_ratio(counts: Sequence[int]) -> float:

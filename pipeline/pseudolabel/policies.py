@@ -149,14 +149,15 @@ def threshold(predicted, confidence, num_classes, p: Policy) -> np.ndarray:
     return confidence >= p.tau
 
 
-def class_thresholds(predicted: np.ndarray, num_classes: int, tau: float, alpha: float) -> np.ndarray:
-    counts = np.bincount(predicted, minlength=num_classes).astype(np.float64)
+def class_thresholds(counts: np.ndarray, tau: float, alpha: float) -> np.ndarray:
+    """tau_c = tau * (n_c / n_max) ** alpha of the predictions per class ``counts``."""
+    counts = np.asarray(counts, dtype=np.float64)
     return tau * (counts / max(counts.max(), 1.0)) ** alpha
 
 
 @POLICIES.register("class_threshold")
 def class_threshold(predicted, confidence, num_classes, p: Policy) -> np.ndarray:
-    return confidence >= class_thresholds(predicted, num_classes, p.tau, p.alpha)[predicted]
+    return confidence >= class_thresholds(np.bincount(predicted, minlength=num_classes), p.tau, p.alpha)[predicted]
 
 
 @POLICIES.register("top_k_per_class")

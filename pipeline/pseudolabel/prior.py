@@ -39,11 +39,12 @@ class Estimate(NamedTuple):
 
 @PRIOR_ESTIMATORS.register("em")
 def em_prior(probs: np.ndarray, train_prior: np.ndarray, tol: float = 1e-8, max_iter: int = 1000,
-             **_) -> Estimate:
+             start: Optional[np.ndarray] = None, **_) -> Estimate:
     """Saerens et al. (2002): the posteriors ``probs`` were calibrated under ``train_prior``; re-weight
-    them by pi / pi_train, average, repeat until the prior stops moving."""
+    them by pi / pi_train, average, repeat until the prior stops moving (from ``start``, by default
+    ``train_prior``)."""
     probs, train_prior = np.asarray(probs, dtype=np.float64), _prior(train_prior)
-    pi = train_prior.copy()
+    pi = train_prior.copy() if start is None else _prior(start)
     for it in range(1, max_iter + 1):
         new = _normalise_rows(probs * (pi / np.maximum(train_prior, EPS))).mean(axis=0)
         if np.abs(new - pi).max() < tol:
@@ -83,13 +84,19 @@ def estimate_priors(probs: np.ndarray, labeled_counts, confusion=(), only: Optio
     if only in (None, "em"):
         out["em"] = em_prior(probs, np.asarray(labeled_counts, dtype=np.float64))
     if only in (None, "bbse") and len(confusion):
-        c = np.asarray(confusion, dtype=np.float64)
-        q, *_ = np.linalg.lstsq(c, probs.mean(axis=0), rcond=None)
-        out["bbse"] = Estimate(_prior(q), 0, float(np.linalg.cond(c)))
+        out["bbse"] = bbse_of_mean(probs.mean(axis=0), confusion)
     if only is not None and only not in out:
         raise ValueError(f"cannot estimate the pool prior by {only!r}" +
                          (": BBSE needs the confusion matrix of a held-out labeled split" if only == "bbse" else ""))
     return out
+
+
+def bbse_of_mean(mean_probs: np.ndarray, confusion) -> Estimate:
+    """BBSE from the pool's mean prediction alone (its sufficient statistic): C q = mean, by least
+    squares, negative entries clipped, renormalised."""
+    c = np.asarray(confusion, dtype=np.float64)
+    q, *_ = np.linalg.lstsq(c, np.asarray(mean_probs, dtype=np.float64), rcond=None)
+    return Estimate(_prior(q), 0, float(np.linalg.cond(c)))
 
 
 def divergences(truth: np.ndarray, estimate: np.ndarray) -> tuple[float, float]:

@@ -12,6 +12,8 @@ OUT/labels/batch_id=N/   the scored rows of micro-batch N (schema.LABEL_COLUMNS)
 OUT/balance/batch-N.parquet  the class balance after micro-batch N (schema.BALANCE_COLUMNS), written
                          whole then renamed into place, keyed (and so replaced on replay) by N.
 OUT/rejected/batch-N.parquet  inputs of micro-batch N that could not be scored, with the reason.
+OUT/state/batch-N.npz    the stream's bounded state after micro-batch N (pipeline.pseudolabel.state),
+                         written before the balance of N; the last two kept.
 OUT/stream.json          the model, its run, the selection policy, the input: what the labels are.
 
 Why ``foreachBatch`` and not the streaming file sink: one query writes both outputs from the same
@@ -21,6 +23,7 @@ per batch id (measured in ../shared/notes/stack.md and by tests/test_pseudolabel
 """
 from __future__ import annotations
 
+import posixpath
 import re
 import uuid
 from typing import Optional
@@ -28,6 +31,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import fs, schema
@@ -71,14 +75,15 @@ def committed_batches(out: str) -> dict[int, list[str]]:
     return {b: sorted(files.get(b, [])) for b in sorted(complete)}
 
 
-def read_labels(out: str, upto: Optional[int] = None, columns: Optional[list[str]] = None) -> pa.Table:
-    """The committed pseudo-labels with their batch id, in scoring order (batch, then id)."""
+def read_labels(out: str, columns: Optional[list[str]] = None, only: Optional[int] = None) -> pa.Table:
+    """The committed pseudo-labels with their batch id, in scoring order (batch, then id): every
+    micro-batch's, or batch ``only``'s."""
     wanted = columns or schema.names(schema.LABEL_COLUMNS)
     names = wanted if "id" in wanted else ["id", *wanted]  # the id orders the rows
     arrow = schema.arrow_schema(schema.LABEL_COLUMNS)
     tables = []
     for batch, files in committed_batches(out).items():
-        if upto is not None and batch > upto:
+        if only is not None and batch != only:
             continue
         for file in files:
             fsys, path = fs.filesystem(file)
@@ -102,24 +107,32 @@ def read_rejected(out: str) -> pa.Table:
     return pa.concat_tables(tables) if tables else REJECTED_SCHEMA.empty_table()
 
 
-def read_balance(out: str) -> pa.Table:
+def read_balance(out: str, cache: Optional[dict] = None) -> pa.Table:
     """Every micro-batch's balance rows, by batch then class; empty when nothing was scored yet.
-    ``out`` is the pseudo-label output or its balance folder."""
+    ``out`` is the pseudo-label output or its balance folder. With a ``cache`` (a dict kept between
+    calls, as the dashboard's refresh does) only the files new or replaced since the last call are
+    read."""
     root = out if fs.name(out) == BALANCE else fs.join(out, BALANCE)
+    empty = schema.arrow_schema(schema.BALANCE_COLUMNS).empty_table()
     if not fs.exists(root):
-        return schema.arrow_schema(schema.BALANCE_COLUMNS).empty_table()
-    files = [fs.join(root, rel) for rel, _ in fs.list_files(root) if _BALANCE_FILE.match(rel)]
-    if not files:
-        return schema.arrow_schema(schema.BALANCE_COLUMNS).empty_table()
-    tables = []
-    for file in files:
-        fsys, path = fs.filesystem(file)
+        return empty
+    fsys, root_path = fs.filesystem(root)
+    infos = {posixpath.basename(i.path): i for i in fsys.get_file_info(pafs.FileSelector(root_path))
+             if i.type == pafs.FileType.File and _BALANCE_FILE.match(posixpath.basename(i.path))}
+    cache = {} if cache is None else cache
+    for name in [n for n in cache if n not in infos]:
+        del cache[name]
+    for name, info in infos.items():
+        if name in cache and cache[name][0] == (info.mtime_ns, info.size):
+            continue
         try:
-            tables.append(pq.read_table(path, filesystem=fsys))
+            cache[name] = ((info.mtime_ns, info.size), pq.read_table(info.path, filesystem=fsys))
         except (OSError, pa.ArrowInvalid) as e:
-            raise OutputError(f"{file}: unreadable balance file: {e}") from None
+            raise OutputError(f"{fs.join(root, name)}: unreadable balance file: {e}") from None
+    if not cache:
+        return empty
     # an output written before a column was added lacks it: null there
-    table = pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables([cache[n][1] for n in sorted(cache)], promote_options="permissive")
     return table.sort_by([("batch_id", "ascending"), ("class_index", "ascending")])
 
 

@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 SUBMIT := $(VENV)/bin/spark-submit --master local[2] --driver-memory 4g \
     --driver-java-options -Dlog4j.configurationFile=conf/log4j2.properties
 
-.PHONY: venv docs docs-serve demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-cifar10-lt bench-equal-budget study study-e200 prior-study cluster-check gpu-check clean
+.PHONY: venv docs docs-serve demo sweep dashboard mlflow-ui test test-fast test-all bench-ingest bench-train bench-stream bench-scale bench-cifar10-lt bench-equal-budget study study-e200 prior-study cluster-check gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -99,6 +99,9 @@ cluster-check: venv  # a standalone Spark cluster + MLflow server on loopback, t
 
 bench-stream: venv  # streaming pseudo-label throughput and latency on CIFAR-10-LT's unlabeled pool
 	$(PY) bench/stream.py --archive ../shared/data/cifar10-jpeg.tar.gz
+
+bench-scale: venv  # how each stage's cost grows, up to a 1,000,000-image, 1,000-class pseudo-label stream (~1 hour)
+	$(PY) bench/scale.py --work $(RUNS)/bench-scale
 
 EPOCHS ?= 15
 # prior-study: the pools (of 100, 1, -100) a semi-supervised model is trained on, per policy

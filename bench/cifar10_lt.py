@@ -89,6 +89,11 @@ def record_of(result: dict, method: str, args) -> dict:
             "cpu_capability": cpu_capability(), "threads": os.cpu_count(), **result}
 
 
+def _pct(v) -> str:
+    """A share as a percentage; '-' where the split has no such class (few-shot on CIFAR-10-LT)."""
+    return "-" if v is None or v != v else f"{100 * v:.1f}"
+
+
 def table(records: list[dict]) -> str:
     lines = ["| method | seed | epochs | final top-1 | many | medium | few | best evaluated epoch on test (papers only) "
              "| minutes (at the median epoch's pace) | step | reference code on this copy | paper (original arrays) |",
@@ -96,9 +101,9 @@ def table(records: list[dict]) -> str:
     for r in sorted(records, key=lambda r: (r["epochs"], r["method"], r["seed"])):
         step = r["step"]
         lines.append(
-            f"| {r['method']} | {r['seed']} | {r['epochs']} | {100 * r['final_test_top1']:.1f} | "
-            f"{100 * r['final_test_many_accuracy']:.1f} | {100 * r['final_test_medium_accuracy']:.1f} | "
-            f"{100 * r['final_test_few_accuracy']:.1f} | {100 * r['best_on_test_epoch_top1']:.1f} "
+            f"| {r['method']} | {r['seed']} | {r['epochs']} | {_pct(r['final_test_top1'])} | "
+            f"{_pct(r['final_test_many_accuracy'])} | {_pct(r['final_test_medium_accuracy'])} | "
+            f"{_pct(r['final_test_few_accuracy'])} | {_pct(r['best_on_test_epoch_top1'])} "
             f"(epoch {r['best_on_test_epoch']}) | {r['train_minutes']:.0f} ({r['median_epoch_seconds'] * r['epochs'] / 60:.0f}) | "
             f"{step['precision']}"
             f"{' channels-last' if step['channels_last'] else ''}, {r['device']} {r['cpu_capability']} | "
@@ -108,7 +113,7 @@ def table(records: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archive", required=True)
+    ap.add_argument("--archive", help="cifar10-jpeg.tar.gz (not needed with --table)")
     ap.add_argument("--methods", default="ce,ldam_drw")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -125,6 +130,8 @@ def main() -> None:
     records = Path(args.records or ROOT / f"docs/records/cifar10-lt100-e{args.epochs}").resolve()
     if args.table:
         return print(table([json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]))
+    if not args.archive:
+        ap.error("--archive is required (except with --table)")
     run_dir = state / "runs" / f"e{args.epochs}"  # a budget's runs apart: --resume refuses a checkpoint of other settings
     carry = Path(args.carry).resolve() / f"e{args.epochs}" if args.carry else None
     prepare_environment(state)

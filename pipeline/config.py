@@ -379,9 +379,14 @@ class PseudoLabelConfig:
     # the stream's bounded state (pipeline.pseudolabel.state): a seeded sample of at most sample_values //
     # classes rows with their probabilities, for what needs rows (EM, prior-corrected policies); a pool within
     # it (200,000 images at 10 classes, 2,000 at 1,000) gets the exact balance, a larger one estimates with a
-    # stated error; 8 MB of float32 in the driver, and EM's step costs two passes over it
+    # stated error; 8 MB of float32 probabilities in the driver (a state file: 9 MB at 1,000 classes, ~20 MB at 10
+    # with its 200,000 ids), and EM's step costs two passes over it
     sample_values: int = 2_000_000
     sample_seed: int = 0
+    # per-class MLflow step metrics (pl_count_<k>, pl_prior_em_<k>, ...: up to 8 a class) for pools of at most this
+    # many classes; beyond, the pool's figures only (7,000 metrics a micro-batch at 1,000 classes take longer to
+    # log than to score the batch); OUT/balance keeps every class's either way
+    class_metrics_max: int = 100
 
     def validate(self) -> None:
         for key in ("max_files_per_trigger", "threads_per_task", "top_k", "sample_values"):
@@ -389,6 +394,9 @@ class PseudoLabelConfig:
                 raise ConfigError(f"pseudolabel.{key} must be >= 1, got {getattr(self, key)}")
         if self.batch_size < 0:
             raise ConfigError(f"pseudolabel.batch_size must be >= 0 (0: the device's default), got {self.batch_size}")
+        if self.class_metrics_max < 0:
+            raise ConfigError(f"pseudolabel.class_metrics_max must be >= 0 (0: no per-class metrics), got "
+                              f"{self.class_metrics_max}")
         if not 0 <= self.tau <= 1:
             raise ConfigError(f"pseudolabel.tau must be in [0, 1], got {self.tau}")
         if self.interval_s <= 0 or self.timeout_s < 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import threading
 from typing import Optional
 
 import pandas as pd
@@ -224,13 +225,15 @@ def create_app(balance_dir: str, interval_s: float = 2.0, mlflow_ui: str = "http
     ], style={"fontFamily": "sans-serif", "margin": "8px 16px"})
 
     cache: dict = {}  # the balance files read so far: a refresh reads only the new ones
+    reading = threading.Lock()  # Dash serves callbacks on threads: one refresh uses the cache at a time
 
     @app.callback([Output("figures", "children"), Output("header", "children"), Output("status", "children"),
                    Output("status", "style"), *[Output(g, "figure") for g in graph_ids],
                    *[Output(g, "style") for g in graph_ids]],
                   [Input("tick", "n_intervals"), Input("log-scale", "value")])
     def refresh(_, scale):
-        data = load(balance_dir, cache)
+        with reading:
+            data = load(balance_dir, cache)
         hidden, shown = {"display": "none"}, {"display": "block", "height": f"{GRAPH_HEIGHT}px", "minWidth": 0}
         empty = [{}] * len(graph_ids)
         if data["state"] == "error":

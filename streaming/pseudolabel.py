@@ -92,7 +92,9 @@ def run_pseudolabel(spark, cfg: Config) -> dict:
         _check_same_stream(previous, info, out)
     claim_checkpoint(checkpoint, out)
     tracker = _open_run(p, info, policy, base, model, previous, out)
-    _run_query(spark, p, _batch_writer(model, out, checkpoint, info, policy, tracker), checkpoint, tracker)
+    writer = _batch_writer(model, out, checkpoint, info, policy, tracker,
+                           per_class=len(info.class_names) <= p.class_metrics_max)
+    _run_query(spark, p, writer, checkpoint, tracker)
     return summary_of(out, info)
 
 
@@ -149,18 +151,21 @@ def _open_run(p, info: Stream, policy: Policy, base: dict, model: ScoringModel, 
     return tracker
 
 
-def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: Stream, policy: Policy, tracker):
+def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: Stream, policy: Policy, tracker,
+                  per_class: bool = True):
     """The query's foreachBatch function: score the micro-batch, write its labels and rejects, commit
     the books (the stream's state and the class balance, from this batch alone: pipeline.pseudolabel.books)
     and log the balance as the run's step metrics (once per batch id)."""
     settings = info.state  # this run's (a restart of an output that had none adopts them)
     books = Books(out, info.class_names, info.labeled_counts, policy, info.bbse["confusion"] if info.bbse else (),
                   load_truth(info.truth), settings["sample_values"], settings["seed"])
+    logged = {"step": tracker.last_step("pl_rows_total")}  # the run's last logged micro-batch (read once)
 
     def process(batch_df, batch_id: int) -> None:
         started = time.time()
         store.begin_labels(out, batch_id)
         scored = score(batch_df, model).toArrow()  # the one Spark job of the micro-batch
+        scored_at = time.time()
         failed = pc.is_valid(scored.column(ERROR))
         good = scored.filter(pc.invert(failed))
         store.write_labels(good, out, batch_id)
@@ -177,16 +182,19 @@ def _batch_writer(model: ScoringModel, out: str, checkpoint: str, info: Stream, 
                              "detail": f"{expected - read} of the {expected} rows the batch's readable files "
                                        f"declare could not be read: {', '.join(map(fs.normalize, files))}"})
         store.write_rejected(out, batch_id, rejected)
+        books_at = time.time()
         table, state = books.commit(batch_id, good, started)
-        logged = tracker.last_step("pl_rows_total")
-        if logged is None or batch_id > logged:  # a replayed batch is not logged twice
-            tracker.log_metrics({**balance_metrics(table), "pl_wall_s": time.time() - started}, step=batch_id)
+        books_s = time.time() - books_at
+        if logged["step"] is None or batch_id > logged["step"]:  # a replayed batch is not logged twice
+            tracker.log_metrics({**balance_metrics(table, per_class), "pl_wall_s": time.time() - started}, step=batch_id)
+            logged["step"] = batch_id
         if rejected:
             print(f"batch {batch_id}: {len(rejected)} inputs rejected (OUT/rejected), e.g. {rejected[0]['detail']}",
                   flush=True)
         wall = time.time() - started
-        print(f"batch {batch_id}: {good.num_rows} images in {wall:.2f} s ({good.num_rows / max(wall, 1e-9):.0f} img/s, "
-              f"bookkeeping included), {state.rows} scored so far", flush=True)
+        print(f"batch {batch_id}: {good.num_rows} images in {wall:.2f} s ({good.num_rows / max(wall, 1e-9):.0f} img/s; "
+              f"scoring {scored_at - started:.2f} s, state and balance {books_s:.2f} s), {state.rows} scored so far",
+              flush=True)
 
     return process
 

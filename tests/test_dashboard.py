@@ -27,6 +27,56 @@ def test_no_output_yet_is_waiting_and_a_broken_file_is_an_error_naming_it(tmp_pa
     assert data["state"] == "error" and "batch-00000000.parquet" in data["error"]
 
 
+def test_a_refresh_reads_only_the_balance_files_new_or_replaced_since_the_last_and_the_states_histogram(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.pseudolabel import state as stream_state
+    from pipeline.pseudolabel import store
+    from pipeline.pseudolabel.balance import state_balance
+    from pipeline.pseudolabel.policies import Policy
+    from pipeline.pseudolabel.state import StreamState
+
+    out, rng, names = tmp_path / "out", np.random.default_rng(0), ["a", "b", "c"]
+    state = StreamState.empty(3, 0.95, 10_000, seed=0, has_truth=False)
+
+    def commit(b: int):
+        nonlocal state
+        probs = rng.dirichlet(np.ones(3), size=50).astype(np.float32)
+        pred, conf = probs.argmax(1), probs.max(1)
+        state = state.update(b, [f"{b}-{i:03d}" for i in range(50)], pred, conf, probs, None)
+        stream_state.save(str(out), state)
+        store.write_balance(str(out), b, state_balance(b, state, pred, conf, names, [10, 5, 1], Policy("all"), 1.0))
+
+    commit(0)
+    commit(1)
+    cache: dict = {}
+    first = dashboard.load(str(out / "balance"), cache)
+    assert first["state"] == "ok" and sorted(first["balance"].batch_id.unique()) == [0, 1]
+    assert first["histogram"].sum() == 100 and len(first["histogram"]) == stream_state.BINS
+    # batch 0's file garbled in place, same size and time: a refresh does not open it again...
+    old = out / "balance" / "batch-00000000.parquet"
+    stat = old.stat()
+    old.write_bytes(b"x" * stat.st_size)
+    os.utime(old, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    commit(2)
+    second = dashboard.load(str(out / "balance"), cache)
+    assert second["state"] == "ok" and sorted(second["balance"].batch_id.unique()) == [0, 1, 2]
+    assert second["histogram"].sum() == 150
+    # ...while a page without the cache reads every file (and names the garbled one)
+    assert "batch-00000000.parquet" in dashboard.load(str(out / "balance"))["error"]
+    # a file replaced (a replayed micro-batch: written aside, renamed in) is read again
+    replaced = out / "balance" / "batch-00000002.parquet"
+    table = pq.read_table(replaced)
+    table = table.set_column(table.schema.get_field_index("batch_count"), "batch_count",
+                             pa.array([7, 7, 7], pa.int64()))
+    pq.write_table(table, tmp_path / "aside.parquet")
+    os.replace(tmp_path / "aside.parquet", replaced)
+    third = dashboard.load(str(out / "balance"), cache)
+    assert third["balance"][third["balance"].batch_id == 2].batch_count.tolist() == [7, 7, 7]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

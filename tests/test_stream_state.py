@@ -18,6 +18,8 @@ CONFUSION = tuple(tuple(0.8 if i == j else 0.2 / (K - 1) for j in range(K)) for 
 POLICIES = [Policy("all"), Policy("threshold", tau=0.7), Policy("class_threshold", tau=0.9, alpha=0.5),
             Policy("top_k_per_class", top_k=40), Policy("crest", labeled_counts=LABELED),
             Policy("threshold", tau=0.6, labeled_counts=LABELED, adjust="em"),
+            Policy("top_k_per_class", top_k=1_700, labeled_counts=LABELED, adjust="em"),
+            Policy("crest", labeled_counts=LABELED, adjust="em"),
             Policy("all", labeled_counts=LABELED, adjust="bbse", confusion=CONFUSION)]
 NOT_COMPARED = ("committed_at", "latency_s", "rows_per_s", "exact", "sample_rows")
 
@@ -183,4 +185,7 @@ def test_the_books_carry_em_across_micro_batches_to_the_samples_own_estimate(tmp
     assert table.column("em_iterations")[0].as_py() <= stream_state.EM_STEPS  # bounded per micro-batch
     converged = em_prior(state.s_probs, np.asarray(LABELED, dtype=np.float64))
     assert table.column("prior_em").to_pylist() == pytest.approx(converged.prior.tolist(), abs=5e-4)
+    cold = em_prior(state.s_probs, np.asarray(LABELED, dtype=np.float64), max_iter=stream_state.EM_STEPS)
+    warm_gap = np.abs(np.array(table.column("prior_em").to_pylist()) - converged.prior).sum()
+    assert warm_gap < 0.5 * np.abs(cold.prior - converged.prior).sum()  # the carried prior did the work
     assert stream_state.saved_batches(str(tmp_path)) == [10, 11]

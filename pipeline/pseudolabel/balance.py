@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from pipeline import schema
 from pipeline.pseudolabel.policies import Policy
-from pipeline.pseudolabel.prior import Estimate, bbse_of_mean, divergences, estimate_priors
+from pipeline.pseudolabel.prior import Estimate, bbse_of_mean, crest_rates, divergences, estimate_priors
 from pipeline.pseudolabel.state import StreamState, kept_counts
 
 
@@ -78,14 +78,19 @@ def state_balance(batch_id: int, state: StreamState, batch_predicted: np.ndarray
                                                   minlength=c),
               "cumulative_count": state.count, "confidence_sum": state.confidence_sum}
     if policy.adjust != "none" or policy.align_t:  # the policy selects from corrected rows: the sample's
-        top_k = max(1, round(policy.top_k / scale))  # the same share of each class as k of the whole pool
-        view = dataclasses.replace(policy, top_k=top_k).view(state.s_probs, estimates)
-        counts["adjusted_count"] = np.rint(np.bincount(view.predicted, minlength=c) * scale)
-        kept = np.bincount(view.predicted[view.keep], minlength=c) * scale
-        right = np.bincount(view.predicted[view.keep & (view.predicted == state.s_truth)], minlength=c) * scale
-        if policy.name == "top_k_per_class":
-            kept = np.minimum(kept, policy.top_k)
-            right = np.minimum(right, kept)
+        if policy.name in ("top_k_per_class", "crest"):  # counts of the whole pool: from the corrected counts
+            view = dataclasses.replace(policy, name="all").view(state.s_probs, estimates)
+            adjusted = np.bincount(view.predicted, minlength=c) * scale
+            kept = (np.minimum(adjusted, policy.top_k) if policy.name == "top_k_per_class"
+                    else np.floor(adjusted * crest_rates(policy.labeled_counts, policy.crest_alpha)))
+            right = _right_among_top(view.predicted, view.confidence, view.predicted == state.s_truth, kept / scale,
+                                     c) * scale
+        else:
+            view = policy.view(state.s_probs, estimates)
+            adjusted = np.bincount(view.predicted, minlength=c) * scale
+            kept = np.bincount(view.predicted[view.keep], minlength=c) * scale
+            right = np.bincount(view.predicted[view.keep & (view.predicted == state.s_truth)], minlength=c) * scale
+        counts["adjusted_count"] = np.rint(adjusted)
         counts["selected_count"] = np.rint(kept)
         right = right if state.has_truth else None
     else:
@@ -96,6 +101,29 @@ def state_balance(batch_id: int, state: StreamState, batch_predicted: np.ndarray
         counts["true_count"], counts["right"] = state.true_count, right
     return _table(batch_id, class_names, labeled_counts, counts, estimates, len(batch_predicted), state.rows,
                   latency_s, sample_rows=len(state.s_key))
+
+
+def _right_among_top(predicted: np.ndarray, confidence: np.ndarray, hit: np.ndarray, take: np.ndarray,
+                     num_classes: int) -> np.ndarray:
+    """Per class, the right rows among its ``take`` (fractional) most confident rows of the sample
+    (ties: earliest first): the whole rows, then the share of the next one."""
+    order = np.lexsort((np.arange(len(predicted)), -np.asarray(confidence, np.float64), predicted))
+    starts = np.searchsorted(predicted[order], np.arange(num_classes + 1))
+    right = np.zeros(num_classes)
+    for c in range(num_classes):
+        hits = hit[order[starts[c]:starts[c + 1]]]
+        whole = min(int(take[c]), len(hits))
+        right[c] = hits[:whole].sum() + (take[c] - whole) * hits[whole] if whole < len(hits) else hits.sum()
+    return right
+
+
+def with_latency(table: pa.Table, latency_s: float) -> pa.Table:
+    """The balance with the micro-batch's latency (and rows/s) set, once everything it times is done."""
+    rows = table.column("batch_rows")[0].as_py() if table.num_rows else 0
+    for name, value in (("latency_s", float(latency_s)), ("rows_per_s", rows / latency_s if latency_s > 0 else 0.0)):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), pa.array([value] * table.num_rows, pa.float64()))
+    return table
 
 
 def _table(batch_id: int, class_names: Sequence[str], labeled_counts: Sequence[int], counts: dict,
@@ -157,15 +185,16 @@ def overall_precision(rows: list[dict]) -> Optional[float]:
     return right / kept if kept else 0.0
 
 
-def balance_metrics(table: pa.Table) -> dict[str, float]:
-    """The figures of one micro-batch's balance as MLflow step metrics (same names in every run)."""
+def balance_metrics(table: pa.Table, per_class: bool = True) -> dict[str, float]:
+    """The figures of one micro-batch's balance as MLflow step metrics (same names in every run);
+    without ``per_class`` only those of the whole pool (the balance files keep every class's)."""
     rows = table.to_pylist()
     first = rows[0]
     metrics = {"pl_batch_rows": first["batch_rows"], "pl_rows_total": first["cumulative_rows"],
                "pl_rows_per_s": first["rows_per_s"], "pl_latency_s": first["latency_s"],
                "pl_selected_total": sum(r["selected_count"] for r in rows),
                "pl_imbalance_ratio": imbalance_ratio([r["selected_count"] for r in rows])}
-    for r in rows:  # by class index: any class name is valid (stream.json maps indices to names)
+    for r in rows if per_class else ():  # by class index: any class name is valid (stream.json maps them to names)
         name = r["class_index"]
         metrics[f"pl_count_{name}"] = r["cumulative_count"]
         metrics[f"pl_selected_{name}"] = r["selected_count"]

@@ -2,7 +2,8 @@
 
 ``Books.commit`` brings the stream's state (pipeline.pseudolabel.state) forward by the micro-batch's
 rows alone, saves it, and writes the class balance it gives. The stream (streaming/pseudolabel.py)
-calls it for every micro-batch, bench/bookkeeping.py drives it with synthetic scored rows."""
+calls it for every micro-batch; tests/test_stream_state.py drives it with synthetic scored rows and
+``make bench-scale`` through the real job."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import pyarrow as pa
 
 from pipeline.pseudolabel import state as stream_state
 from pipeline.pseudolabel import store
-from pipeline.pseudolabel.balance import state_balance
+from pipeline.pseudolabel.balance import state_balance, with_latency
 from pipeline.pseudolabel.policies import Policy
 from pipeline.pseudolabel.prior import em_prior
 from pipeline.pseudolabel.state import StreamState
@@ -49,6 +50,8 @@ class Books:
                   flush=True)
         for b in lagging:
             held = held.update(b, *self.arrays(store.read_labels(self.out, columns=COLUMNS, only=b)))
+        if lagging:  # EM starts afresh from the labeled prior (an unbroken run would have warmed it up)
+            held.em_prior = np.zeros(len(self.names))
         return held
 
     def arrays(self, labels: pa.Table) -> tuple:
@@ -60,9 +63,10 @@ class Books:
                 store.probs_matrix(labels), hidden)
 
     def commit(self, batch_id: int, labels: pa.Table, started: float) -> tuple[pa.Table, StreamState]:
-        """After micro-batch ``batch_id``'s labels are written: its state, saved before its balance
-        (so a replay of the batch starts from the one before it and counts nothing twice), and the
-        balance, written. ``started``: when the micro-batch began (its latency runs to here)."""
+        """After micro-batch ``batch_id``'s labels are written: its state and the balance it gives;
+        the state saved before the balance is written (a replay of the batch starts from the one
+        before it and counts nothing twice). ``started``: when the micro-batch began (its latency
+        runs through the balance's computation)."""
         ids, predicted, confidence, probs, hidden = self.arrays(labels)
         before = self.state_before(batch_id)
         now = before.update(batch_id, ids, predicted, confidence, probs, hidden)
@@ -70,12 +74,13 @@ class Books:
         if not now.complete:  # EM on the sample, a bounded number of steps from where the last batch left it
             em = em_prior(now.s_probs, np.asarray(self.labeled, dtype=np.float64), max_iter=stream_state.EM_STEPS,
                           start=before.em_prior if before.em_prior.sum() > 0 else None)
-            now.em_prior = em.prior
+        table = state_balance(batch_id, now, predicted, confidence, self.names, self.labeled, self.policy, 0.0,
+                              self.confusion, em)
+        table = with_latency(table, time.time() - started)  # the balance's own computation included
+        now.em_prior = np.asarray(table.column("prior_em").to_pylist(), dtype=np.float64)  # where the next one starts
         stream_state.save(self.out, now)
         self.last = now
         fault("after-state", batch_id)
-        table = state_balance(batch_id, now, predicted, confidence, self.names, self.labeled, self.policy,
-                              time.time() - started, self.confusion, em)
         store.write_balance(self.out, batch_id, table)
         return table, now
 

@@ -75,7 +75,7 @@ class StreamState:
     # the sample, in scoring order (batch, then id)
     s_key: np.ndarray = None  # uint64 priority: blake2b of (seed, id)
     s_batch: np.ndarray = None
-    s_id: np.ndarray = None  # the ids (fixed-width unicode)
+    s_id: np.ndarray = None  # the ids, UTF-8 (fixed-width bytes: their order is Arrow's string order)
     s_predicted: np.ndarray = None
     s_confidence: np.ndarray = None
     s_truth: np.ndarray = None  # -1: unknown
@@ -88,8 +88,9 @@ class StreamState:
         return cls(c, float(tau), max(1, int(sample_values) // c), int(seed), bool(has_truth),
                    count=z(c), confidence_sum=z(c, dtype=np.float64), above=z(c), above_right=z(c),
                    true_count=z(c), right=z(c), probs_sum=z(c, dtype=np.float64), hist=z(c, BINS),
-                   hist_right=z(c, BINS), em_prior=z(c, dtype=np.float64), s_key=z(0, dtype=np.uint64), s_batch=z(0), s_id=np.zeros(0, "<U1"),
-                   s_predicted=z(0), s_confidence=z(0, dtype=np.float32), s_truth=z(0),
+                   hist_right=z(c, BINS), em_prior=z(c, dtype=np.float64), s_key=z(0, dtype=np.uint64), s_batch=z(0),
+                   s_id=np.zeros(0, "S1"), s_predicted=z(0, dtype=np.int32), s_confidence=z(0, dtype=np.float32),
+                   s_truth=z(0, dtype=np.int32),
                    s_probs=np.zeros((0, c), np.float32))
 
     @property
@@ -115,7 +116,7 @@ class StreamState:
         everything = np.ones(len(predicted), bool)
         new.count = self.count + count(everything)
         new.confidence_sum = self.confidence_sum + count(everything, confidence.astype(np.float64))
-        high = confidence >= self.tau
+        high = confidence.astype(np.float64) >= self.tau  # as the policy compares (float64)
         new.above = self.above + count(high)
         known = truth >= 0
         hit = known & (predicted == truth)
@@ -128,14 +129,15 @@ class StreamState:
         np.add.at(new.hist, (predicted, bins), 1)
         np.add.at(new.hist_right, (predicted[hit], bins[hit]), 1)
         keys = priorities(ids, self.seed)
-        width = max(self.s_id.dtype.itemsize // 4, max((len(i) for i in ids), default=1), 1)
+        encoded = [i.encode() for i in ids]
+        width = max(self.s_id.dtype.itemsize, max((len(i) for i in encoded), default=1), 1)
         merged = {
             "s_key": np.concatenate([self.s_key, keys]),
             "s_batch": np.concatenate([self.s_batch, np.full(len(ids), batch_id, np.int64)]),
-            "s_id": np.concatenate([self.s_id.astype(f"<U{width}"), np.asarray(ids, dtype=f"<U{width}")]),
-            "s_predicted": np.concatenate([self.s_predicted, predicted]),
+            "s_id": np.concatenate([self.s_id.astype(f"S{width}"), np.asarray(encoded, dtype=f"S{width}")]),
+            "s_predicted": np.concatenate([self.s_predicted, predicted.astype(np.int32)]),
             "s_confidence": np.concatenate([self.s_confidence, confidence]),
-            "s_truth": np.concatenate([self.s_truth, truth]),
+            "s_truth": np.concatenate([self.s_truth, truth.astype(np.int32)]),
             "s_probs": np.concatenate([self.s_probs, probs]),
         }
         kept = np.arange(len(merged["s_key"]))
@@ -156,16 +158,23 @@ class StreamState:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> "StreamState":
+        scalars = {"classes": int, "tau": float, "sample_rows": int, "seed": int, "has_truth": bool,
+                   "batch_id": int, "rows": int}
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 if int(z["version"]) != VERSION:
                     raise ValueError(f"state version {int(z['version'])}, this code reads {VERSION}")
                 values = {f.name: z[f.name] for f in dataclasses.fields(cls)}
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            state = cls(**{k: scalars[k](v) if k in scalars else v for k, v in values.items()})
+            c, n = state.classes, len(state.s_key)
+            shapes = {"count": (c,), "hist": (c, BINS), "hist_right": (c, BINS), "probs_sum": (c,), "s_probs": (n, c),
+                      "s_id": (n,), "s_truth": (n,)}
+            for key, shape in shapes.items():
+                if getattr(state, key).shape != shape:
+                    raise ValueError(f"{key} has shape {getattr(state, key).shape}, expected {shape}")
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{where}: unreadable stream state: {e}") from None
-        scalars = {"classes": int, "tau": float, "sample_rows": int, "seed": int, "has_truth": bool,
-                   "batch_id": int, "rows": int}
-        return cls(**{k: scalars[k](v) if k in scalars else v for k, v in values.items()})
+        return state
 
 
 def bin_of(confidence: np.ndarray) -> np.ndarray:
@@ -216,7 +225,10 @@ def load_before(out: str, batch_id: int) -> Optional[StreamState]:
 
 
 def load(out: str, batch_id: int) -> StreamState:
-    return StreamState.from_bytes(fs.read_bytes(path(out, batch_id)), path(out, batch_id))
+    state = StreamState.from_bytes(fs.read_bytes(path(out, batch_id)), path(out, batch_id))
+    if state.batch_id != batch_id:
+        raise ValueError(f"{path(out, batch_id)}: holds the state of micro-batch {state.batch_id}, not {batch_id}")
+    return state
 
 
 def load_histogram(out: str) -> Optional[np.ndarray]:
@@ -225,9 +237,15 @@ def load_histogram(out: str) -> Optional[np.ndarray]:
     batches = saved_batches(out)
     if not batches:
         return None
-    fsys, p = fs.filesystem(path(out, batches[-1]))
-    with fsys.open_input_file(p) as f, np.load(f, allow_pickle=False) as z:
-        return z["hist"].sum(axis=0)
+    where = path(out, batches[-1])
+    fsys, p = fs.filesystem(where)
+    try:
+        with fsys.open_input_file(p) as f, np.load(f, allow_pickle=False) as z:
+            if int(z["version"]) != VERSION:
+                raise ValueError(f"state version {int(z['version'])}, this code reads {VERSION}")
+            return z["hist"].sum(axis=0)
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{where}: unreadable stream state: {e}") from None
 
 
 # --- the balance the state gives when the sample no longer holds every row -----------------------

@@ -155,7 +155,8 @@ def latest_balance(out: str) -> Optional[pa.Table]:
 
 def selected_pseudo_labels(out: str) -> tuple[list[str], np.ndarray, Stream]:
     """(ids, pseudo-labels, stream info) of the committed predictions the output's own policy keeps,
-    in scoring order: exactly what the stream's balance counted as selected."""
+    in scoring order, recomputed from every label: exactly what the stream's balance counted as
+    selected where that balance is exact (its ``exact`` column), its estimate's truth beyond."""
     info = read_stream_info(out)
     policy = Policy.from_params(info.policy)
     corrected = policy.adjust != "none"  # the prior correction needs the probability vectors

@@ -384,8 +384,8 @@ class PseudoLabelConfig:
     sample_values: int = 2_000_000
     sample_seed: int = 0
     # per-class MLflow step metrics (pl_count_<k>, pl_prior_em_<k>, ...: up to 8 a class) for pools of at most this
-    # many classes; beyond, the pool's figures only (7,000 metrics a micro-batch at 1,000 classes take longer to
-    # log than to score the batch); OUT/balance keeps every class's either way
+    # many classes; beyond, the pool's figures only (at 1,000 classes, 7,000 metrics a micro-batch cost more to log
+    # than the whole state and balance); OUT/balance keeps every class's either way
     class_metrics_max: int = 100
 
     def validate(self) -> None:

@@ -83,12 +83,7 @@ def figures(data: dict, log_scale: bool = False) -> dict:
     confidence = go.Figure(go.Bar(x=names, y=last.mean_confidence.tolist(), marker_color=COLORS["predicted"]))
     confidence.update_layout(title="Mean confidence per predicted class", yaxis_range=[0, 1])
 
-    bins = data.get("histogram")  # None: an output written before the stream kept its state
-    width = 1.0 / (len(bins) if bins is not None else 1)
-    histogram = go.Figure(go.Bar(x=[] if bins is None else [(i + 0.5) * width for i in range(len(bins))],
-                                 y=[] if bins is None else bins.tolist(), width=width, marker_color=COLORS["predicted"]))
-    histogram.update_layout(title="Confidence of every prediction so far", xaxis_title="confidence",
-                            xaxis_range=[0, 1])
+    histogram = histogram_figure(data.get("histogram"))
 
     first = per_batch.first()
     speed = go.Figure([go.Scatter(x=first.index, y=first.rows_per_s, name="images/s", mode="lines+markers"),
@@ -106,6 +101,18 @@ def figures(data: dict, log_scale: bool = False) -> dict:
     prior, prior_error = prior_figures(table, last, names)
     return {"counts": counts, "latest": latest, "ratio": ratio, "confidence": confidence,
             "histogram": histogram, "speed": speed, "quality": quality, "prior": prior, "prior_error": prior_error}
+
+
+def histogram_figure(bins):
+    """The confidence histogram of every prediction so far, from the state's bin counts (None: an
+    output written before the stream kept its state)."""
+    import plotly.graph_objects as go
+
+    width = 1.0 / (len(bins) if bins is not None else 1)
+    figure = go.Figure(go.Bar(x=[] if bins is None else [(i + 0.5) * width for i in range(len(bins))],
+                              y=[] if bins is None else bins.tolist(), width=width, marker_color=COLORS["predicted"]))
+    figure.update_layout(title="Confidence of every prediction so far", xaxis_title="confidence", xaxis_range=[0, 1])
+    return figure
 
 
 def _share(values) -> list[float]:

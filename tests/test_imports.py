@@ -19,7 +19,7 @@ LAYERS = [
      "pipeline.sources.cifar", "pipeline.sources.digits", "pipeline.sources.download", "pipeline.sources.imagefolder",
      "pipeline.sources.manifest", "pipeline.sources.svhn", "pipeline.recipes", "streaming",
      "pipeline.pseudolabel", "pipeline.pseudolabel.policies", "pipeline.pseudolabel.prior", "pipeline.pseudolabel.balance",
-     "pipeline.pseudolabel.store"},
+     "pipeline.pseudolabel.store", "pipeline.pseudolabel.state", "pipeline.pseudolabel.books"},
     # 2 tracking and what reads runs back
     {"pipeline.tracking", "pipeline.pretrained", "pipeline.report", "pipeline.compare", "pipeline.run"},
     # 3 the training loop | streaming | the Spark data jobs

@@ -51,7 +51,7 @@ def test_table_rows_carry_final_top1_minutes_step_and_the_reference_figures():
               "best_on_test_epoch_top1": 0.66, "best_on_test_epoch": 195, "train_minutes": 270.4, "median_epoch_seconds": 78.0,
               "step": {"precision": "fp32", "channels_last": False}, "device": "cpu", "cpu_capability": "AVX2"}
     row = bench("cifar10_lt").table([record]).splitlines()[-1]
-    assert row.startswith("| ce | 0 | 200 | 65.1 | 90.0 | 50.0 | nan | 66.0 (epoch 195) | 270 (260) | fp32, cpu AVX2 |")
+    assert row.startswith("| ce | 0 | 200 | 65.1 | 90.0 | 50.0 | - | 66.0 (epoch 195) | 270 (260) | fp32, cpu AVX2 |")
     assert "64.8 final" in row and "70.4" in row
 
 

@@ -7,9 +7,10 @@ ratio per method, per-class accuracy against the class counts, confusion matrice
 written to --out as compare.md, compare.csv and PNGs, and logged to a "compare" run of the experiment."""
 import argparse
 
-from pipeline.provenance import PROJECT_ROOT
 from pipeline import fs
 from pipeline.compare import CLASSIFIER_STAGES, finished_runs, publish
+from pipeline.provenance import PROJECT_ROOT
+from pipeline.tracking import Tracker
 
 
 def main(argv=None) -> str:
@@ -30,7 +31,6 @@ def main(argv=None) -> str:
     out = args.out or str(PROJECT_ROOT / "runs" / "compare" / args.experiment)
     tracker = None
     if not args.no_log:
-        from pipeline.tracking import Tracker
 
         tracker = Tracker(args.experiment, "compare" + (f"-{args.sweep}" if args.sweep else ""),
                           {"stage": "compare", **({"sweep": args.sweep} if args.sweep else {})})

@@ -11,6 +11,7 @@ from typing import Callable
 from pipeline.config import Config, ConfigError, get_key, resolve
 from pipeline.errors import PipelineError
 from pipeline.recipes import RECIPES, check_recipes, recipe_layers, semi_layers  # noqa: F401  (the jobs' layers)
+from pipeline.spark import session
 
 _OVERRIDES = "_overrides"
 class _Override(argparse.Action):
@@ -109,7 +110,6 @@ def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str], re
     """Start the SparkSession, run ``job(spark, cfg)``, print its summary (and write it to
     ``result_file`` as JSON, for the next job of a chain). An expected failure (bad input, existing
     output, missing files) ends the job with a one-line message."""
-    from pipeline.spark import session
 
     spark = session(cfg.spark)
     try:

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
+
+from pipeline import fs
+from pipeline.tracking import load_json_artifact, search_runs
 
 KEYS = ("dataset", "imbalance_ratio", "method", "setting")
 CLASSIFIER_STAGES = ("base", "ssp", "semi")  # the stages that end in a classifier on the test split
@@ -31,7 +35,6 @@ def setting(tags: dict) -> str:
 def finished_runs(experiment: str, stages: tuple[str, ...] = CLASSIFIER_STAGES, sweep: str = "") -> pd.DataFrame:
     """The latest finished run of each (dataset, ratio, method, setting, seed) in ``experiment``
     (of one sweep only, if ``sweep`` names it)."""
-    from pipeline.tracking import search_runs
 
     runs = search_runs(experiment, "attributes.status = 'FINISHED'"
                        + (f" and tags.sweep = '{sweep}'" if sweep else ""))
@@ -82,9 +85,6 @@ def per_class_records(runs: pd.DataFrame) -> tuple[dict, list[str]]:
     """{(dataset, ratio): {"class_names", "train_counts", "accuracy": {label: [per-seed arrays]},
     "confusion": {label: [per-seed matrices]}}} from each run's final_test_metrics.json, and the
     runs that have no such file (listed, not silently left out)."""
-    import numpy as np
-
-    from pipeline.tracking import load_json_artifact
 
     groups: dict = {}
     missing = []
@@ -108,9 +108,8 @@ def publish(runs: pd.DataFrame, out: str, tracker=None) -> dict:
     (accuracy vs imbalance ratio per method; per-class accuracy against the class counts; confusion
     matrices side by side, seeds averaged), and log them to ``tracker``'s run under compare/.
     Returns {what: file}."""
-    import numpy as np
 
-    from pipeline import fs, plots
+    from pipeline import plots
 
     fsys, root = fs.filesystem(out)
     fsys.create_dir(root, recursive=True)

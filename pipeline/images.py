@@ -5,6 +5,7 @@ import io
 from typing import NamedTuple, Optional
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 MODE_CHANNELS = {"L": 1, "RGB": 3, "RGBA": 4}
 
@@ -26,7 +27,6 @@ class ImageInfo(NamedTuple):
 
 def inspect_encoded(data: bytes) -> ImageInfo:
     """Fully decode an encoded image (so truncation is caught) and report its format and shape."""
-    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise Rejected("empty_file", "the file has zero bytes")
@@ -59,7 +59,6 @@ def decode(image: bytes, image_format: str, height: int, width: int, channels: i
     """uint8 array of shape (height, width, channels) from a stored row."""
     if image_format == "raw":
         return np.frombuffer(image, dtype=np.uint8).reshape(height, width, channels)
-    from PIL import Image
 
     array = np.asarray(Image.open(io.BytesIO(image)))
     return array.reshape(height, width, channels)

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from models import MODELS, PosthocAdjusted, Standardized, create_model
 from pipeline.errors import PipelineError, shown
 
 SPEC, WEIGHTS = "spec.json", "weights.pt"
@@ -59,7 +60,6 @@ def _check_values(spec: dict) -> None:
 
 def build(spec: dict) -> torch.nn.Module:
     """The exported module of ``spec`` with fresh weights: [0, 1] images in, logits out."""
-    from models import MODELS, PosthocAdjusted, Standardized, create_model
 
     unknown, missing = set(spec) - _KEYS, _KEYS - set(spec)
     if spec.get("format") != FORMAT or unknown or missing:

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import io
 
 
 def literal(names) -> list[str]:
@@ -62,7 +63,6 @@ def curves_figure(history):
 
 def png_bytes(fig) -> bytes:
     """The figure as PNG (for a self-contained report); the figure stays open."""
-    import io
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -7,6 +7,7 @@ import os
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.tracking import tracking_uri
 
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
 
@@ -20,8 +21,6 @@ def checkpoint_path(ref: str) -> str:
     if os.path.exists(ref):
         return ref
     import mlflow
-
-    from pipeline.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:

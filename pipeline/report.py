@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.metrics import shot_groups
 from pipeline.records import Manifest
+from pipeline.tracking import load_json_artifact, tracking_uri
 
 HEADLINE = (("final_test_top1", "top-1"), ("final_test_top5", "top-5"), ("final_test_many_accuracy", "many-shot"),
             ("final_test_medium_accuracy", "medium-shot"), ("final_test_few_accuracy", "few-shot"),
@@ -74,7 +75,6 @@ def rebuild(run_id: str) -> str:
 
     from pipeline import plots
     from pipeline.pretrained import checkpoint_path
-    from pipeline.tracking import load_json_artifact, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     client = mlflow.tracking.MlflowClient()

@@ -20,11 +20,14 @@ from typing import Any, Literal, Optional
 import yaml
 
 from pipeline import fs
+from pipeline import compare
 from pipeline.config import Config, ConfigError, apply_mapping, resolve, to_dict
 from pipeline.launch import attempt, gpu_share, launch_fit, launch_tasks
+from pipeline.longtail.splits import run_longtail, selection, split_params
 from pipeline.provenance import PROJECT_ROOT
 from pipeline.recipes import RECIPES, check_recipes
 from pipeline.records import Manifest
+from pipeline.tracking import Tracker, mark_failed, record_failure, search_runs
 
 MATCH_KEYS = ("method", "imbalance_ratio", "seed")
 
@@ -164,7 +167,6 @@ def data_identity(child: Child) -> Child:
 
 def ensure_splits(spark, grid: Grid, extra_layers: list[str], cli: list[tuple[str, str]]) -> None:
     """Carve each ratio's splits, unless a previous run of the sweep already did with the same settings."""
-    from pipeline.longtail.splits import run_longtail, selection, split_params
 
     for ratio in grid.imbalance_ratios:
         cfg = base_config(grid, extra_layers, cli, ratio)
@@ -206,8 +208,6 @@ def is_small(child: Child, grid: Grid) -> bool:
 
 
 def run_sweep(spark, grid: Grid, extra_layers: list[str] = (), cli: list[tuple[str, str]] = ()) -> dict:
-    from pipeline import compare
-    from pipeline.tracking import Tracker, search_runs
 
     extra_layers, cli = list(extra_layers), list(cli)
     todo = children(grid, extra_layers, cli)
@@ -271,7 +271,6 @@ def _record_failures(grid: Grid, todo: list[Child], outcomes: list[dict], experi
                      attempt_ms: int) -> list[dict]:
     """Every failed child's MLflow run is FAILED with its error: its own run if it opened one in this
     attempt (still RUNNING if its process was killed), else a run the sweep records for it."""
-    from pipeline.tracking import mark_failed, record_failure, search_runs
 
     by_key = {c.key: c for c in todo}
     failed = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import fs
@@ -25,7 +26,6 @@ def parquet_files(split_dir: str) -> list[str]:
 
 def read_table(split_dir: str, columns: Optional[list[str]] = None, max_rows: Optional[int] = None):
     """The split as one Arrow table (the first ``max_rows`` rows, reading no more files than needed)."""
-    import pyarrow as pa
 
     tables, rows = [], 0
     for file in parquet_files(split_dir):

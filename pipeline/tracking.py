@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import tomllib
+import warnings
 from pathlib import Path
 from typing import Optional
 
+from pipeline import fs
 from pipeline.config import flatten
 from pipeline.provenance import PROJECT_ROOT
 
@@ -58,7 +61,6 @@ class Tracker:
     def log_dataset(self, name: str, source: str, sha256: str, context: str, rows: Optional[int] = None) -> None:
         """Record a data set the run used (the runs table's Dataset column, searchable lineage): its
         path or URI as source, its sha256 as digest (MLflow keeps 36 characters; the whole in a tag)."""
-        import warnings
 
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
@@ -108,7 +110,6 @@ class Tracker:
 
     def log_artifact(self, path: str, folder: Optional[str] = None) -> None:
         """Log a file (a local path or a URI the pipeline's filesystems read) into ``folder``."""
-        from pipeline import fs
 
         if os.path.exists(path):
             self.mlflow.log_artifact(path, folder, run_id=self.run_id)
@@ -222,7 +223,6 @@ def end_active_run(status: str) -> None:
 
 
 def _requirements() -> list[str]:
-    import tomllib
 
     deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     return [d for d in deps if d.split("==")[0] in ("torch", "torchvision", "numpy")]

@@ -22,6 +22,8 @@ from pipeline import fs
 from pipeline.pseudolabel import state as stream_state
 from pipeline.pseudolabel import store
 from pipeline.pseudolabel.balance import imbalance_ratio, overall_precision
+from pipeline.pseudolabel.balance import prior_errors
+from pipeline.pseudolabel.prior import divergences
 from pipeline.records import Stream
 
 COLORS = {"predicted": "#4c78a8", "selected": "#f58518", "labeled": "#54a24b", "true": "#9d9d9d"}
@@ -141,7 +143,6 @@ def prior_figures(table: pd.DataFrame, last: pd.DataFrame, names: list[str]):
                         legend_orientation="h", yaxis_title="share")
     error = go.Figure()
     if last.true_count.notna().all():
-        from pipeline.pseudolabel.prior import divergences
 
         for name, column in (("EM", "prior_em"), ("BBSE", "prior_bbse"), ("assumed (labeled)", "labeled_count"),
                              ("kept labels", "selected_count")):
@@ -176,7 +177,6 @@ def headline(data: dict) -> dict[str, str]:
 def pool_prior_error(rows: list[dict]) -> dict[str, str]:
     """The header's estimate figure: the EM estimate's L1 distance to the hidden truth (and the
     assumed labeled distribution's, for scale), when both are known."""
-    from pipeline.pseudolabel.balance import prior_errors
 
     if not rows or pd.isna(rows[0].get("prior_em", float("nan"))) or pd.isna(rows[0]["true_count"]):
         return {}

@@ -23,6 +23,7 @@ from pipeline.pseudolabel.balance import balance_metrics, imbalance_ratio, overa
 from pipeline.pseudolabel.books import Books, fault
 from pipeline.pseudolabel.policies import Policy, from_config
 from pipeline.records import Manifest, Stream
+from pipeline.tracking import Tracker
 from streaming.checkpoint import batch_files, claim_checkpoint, unreadable_files
 from streaming.checks import held_out_confusion, input_identity, load_truth, precision_check, truth_path, val_path
 from streaming.score import ERROR, ScoringModel, StreamError, resolve, score
@@ -127,7 +128,6 @@ def _plan(spark, cfg: Config, model: ScoringModel, base: dict, previous: Optiona
 
 def _open_run(p, info: Stream, policy: Policy, base: dict, model: ScoringModel, previous: Optional[Stream], out: str):
     """The stream's "pseudolabel" MLflow run, a child of the base model's: opened, or reopened on a restart."""
-    from pipeline.tracking import Tracker
 
     tags = {**{k: v for k, v in info.base_run.items() if k in ("dataset", "imbalance_ratio", "method", "seed")
                and v is not None},

@@ -15,6 +15,7 @@ import pandas as pd
 from pipeline import schema
 from pipeline.errors import PipelineError, shown
 from pipeline.images import decode
+from pipeline.tracking import load_model, tracking_uri
 
 RUN_ID_LENGTH = 32
 ERROR = "error"  # why a row could not be scored (None: scored)
@@ -58,7 +59,6 @@ def resolve(ref: str, device: str = "auto", batch_size: int = 0, threads: int = 
     import torch
 
     from pipeline.accel import warn_slow_bf16
-    from pipeline.tracking import load_model, tracking_uri
 
     on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())  # as the executors resolve it
     warn_slow_bf16(precision, "cuda" if on_gpu else "cpu", "pseudolabel.precision")
@@ -124,8 +124,6 @@ def load(ref: ScoringModel):
     """(model, device), loaded once per process."""
     if ref not in _MODELS:
         import torch
-
-        from pipeline.tracking import load_model
 
         torch.set_num_threads(ref.threads)
         from pipeline.distributed import wants_gpu

@@ -99,3 +99,53 @@ def test_the_training_loop_and_the_stream_do_not_import_each_other():
     crossing = [f"{m} imports {t}" for m in training | streaming for t in g[m]
                 if (m in training and t in streaming) or (m in streaming and t in training)]
     assert not crossing, crossing
+
+
+# Imports inside a function, each for a measured reason (seconds to import on the 2-core dev machine,
+# `python -X importtime -c "import X"`): a job that does not need the module does not pay for it.
+LAZY = {
+    "mlflow": "2.5 s; only jobs that track import it",
+    "torch": "2.8 s; the ingest and splits drivers never need it",
+    "torchvision": "with torch; only the torchvision models and downloads",
+    "pipeline.accel": "imports torch (2.0 s): the stream's driver stays torch-free until it scores",
+    "pipeline.distributed": "imports torch (2.0 s)",
+    "pipeline.model_io": "imports torch and models (1.7 s): tracking loads a model only when asked",
+    "pipeline.pretrained": "imports torch (1.8 s)",
+    "petastorm": "1.0 s; only the petastorm loader",
+    "sklearn": "1.6 s; only the digits source",
+    "scipy": "0.6 s; only DARP and the SVHN source",
+    "matplotlib": "0.7 s; only the plots",
+    "pipeline.plots": "imports matplotlib (0.6 s): only runs that draw",
+    "pandas": "0.5 s; tracking's run search only (tracking is imported by every job)",
+    "dash": "0.45 s; only the dashboard's server",
+    "plotly": "with dash; only the dashboard's figures",
+    "pyspark": "0.3-0.6 s; the training processes TorchDistributor starts never touch Spark",
+    # petastorm ships this decode function to its worker processes: it must carry its own imports
+    "numpy": "pipeline/petastorm_loader.py's decode runs in petastorm's workers, self-contained",
+    "pipeline.images": "pipeline/petastorm_loader.py's decode runs in petastorm's workers, self-contained",
+}
+
+
+def test_imports_inside_functions_are_only_the_measured_heavy_ones():
+    found = {}
+    for path in sorted(p for top in ("pipeline", "streaming", "models", "jobs") for p in (ROOT / top).rglob("*.py")):
+        for f in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(f):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                             [f"{node.module}.{a.name}" if node.module == "pipeline" else node.module for a in node.names])
+                    for name in names:
+                        if not any(name == k or name.startswith(k + ".") for k in LAZY):
+                            found[f"{path.relative_to(ROOT)}:{node.lineno}"] = name
+    assert not found, f"import these at the top of their module (or measure why not and add it to LAZY): {found}"
+
+
+def test_the_ingest_and_splits_jobs_load_neither_torch_nor_mlflow():
+    import subprocess
+    import sys
+
+    check = "import sys, jobs.ingest, jobs.longtail; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

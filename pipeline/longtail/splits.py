@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from pipeline import fs, schema
 from pipeline.config import Config, ConfigError, LongTailConfig, to_dict
 from pipeline.longtail.profiles import LongTailError, class_counts, ids_sha256, subsample
+from pipeline.metrics import shot_groups
 from pipeline.output import staged
 from pipeline.provenance import stamp
 from pipeline.records import Ingest, Manifest
@@ -245,7 +246,6 @@ def _read_back(uri: str, num_classes: int) -> tuple[list[int], str]:
 
 def _shot_groups(labeled: list[int]) -> dict:
     """Class indices in the literature's many, medium and few shot groups (pipeline.metrics)."""
-    from pipeline.metrics import shot_groups
 
     return {group: [int(c) for c in classes] for group, classes in shot_groups(labeled).items()}
 

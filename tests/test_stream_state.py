@@ -189,3 +189,49 @@ def test_the_books_carry_em_across_micro_batches_to_the_samples_own_estimate(tmp
     warm_gap = np.abs(np.array(table.column("prior_em").to_pylist()) - converged.prior).sum()
     assert warm_gap < 0.5 * np.abs(cold.prior - converged.prior).sum()  # the carried prior did the work
     assert stream_state.saved_batches(str(tmp_path)) == [10, 11]
+
+
+def test_a_stream_whose_state_folder_is_lost_rebuilds_it_from_its_labels_listing_them_once(tmp_path, monkeypatch):
+    """An output written before the state existed (or whose state/ was deleted): the next micro-batch
+    brings the state up from the committed labels, one batch's files at a time from a single listing,
+    and ends where the unbroken run ends."""
+    import datetime
+    import shutil
+
+    import pyarrow as pa
+
+    from pipeline.pseudolabel import store
+    from pipeline.pseudolabel.books import Books
+
+    ids, pred, conf, probs, y = pool(2_100, seed=8)
+    truth = dict(zip(ids.tolist(), y.tolist()))
+    parts = np.array_split(np.arange(len(ids)), 7)
+    policy = Policy("threshold", tau=0.6, labeled_counts=LABELED, adjust="em")
+
+    def run(out, batches, books=None):
+        books = books or Books(str(out), [f"c{k}" for k in range(K)], LABELED, policy, truth=truth,
+                               sample_values=4_000 * K)
+        for b in batches:
+            part = parts[b]
+            labels = pa.table({"id": ids[part], "predicted": pred[part].astype(np.int32), "confidence": conf[part],
+                               "probs": list(probs[part]), "model_run_id": ["m"] * len(part),
+                               "scored_at": [datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)] * len(part)})
+            store.begin_labels(str(out), b)
+            store.write_labels(labels, str(out), b)
+            table, state = books.commit(b, labels, started=0.0)
+        return table, state
+
+    unbroken_table, unbroken = run(tmp_path / "unbroken", range(7))
+    run(tmp_path / "lost", range(6))
+    shutil.rmtree(tmp_path / "lost" / stream_state.FOLDER)
+    listings = []
+    listed = store.committed_batches
+    monkeypatch.setattr(store, "committed_batches", lambda out: listings.append(out) or listed(out))
+    table, rebuilt = run(tmp_path / "lost", [6])
+    assert len(listings) == 1  # six lagging batches, one listing
+    for f in dataclasses.fields(StreamState):
+        if f.name != "em_prior":  # EM restarts from the labeled prior; the sample holds every row, so nothing reads it
+            assert np.array_equal(np.asarray(getattr(rebuilt, f.name)), np.asarray(getattr(unbroken, f.name))), f.name
+    assert rebuilt.complete and rebuilt.batch_id == 6
+    assert comparable(table) == comparable(unbroken_table)
+    assert stream_state.saved_batches(str(tmp_path / "lost")) == [6]

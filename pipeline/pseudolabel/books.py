@@ -44,12 +44,13 @@ class Books:
         if self.last is not None and self.last.batch_id == batch_id - 1:
             return self.last
         held = stream_state.load_before(self.out, batch_id) or self.empty()
-        lagging = [b for b in store.committed_batches(self.out) if held.batch_id < b < batch_id]
+        committed = store.committed_batches(self.out)  # listed once: one batch's labels read at a time
+        lagging = [b for b in committed if held.batch_id < b < batch_id]
         if lagging:
             print(f"state: brought up to batch {batch_id - 1} from the labels of batches {lagging[0]}..{lagging[-1]}",
                   flush=True)
         for b in lagging:
-            held = held.update(b, *self.arrays(store.read_labels(self.out, columns=COLUMNS, only=b)))
+            held = held.update(b, *self.arrays(store.read_labels(self.out, COLUMNS, only=b, listing=committed)))
         if lagging:  # EM starts afresh from the labeled prior (an unbroken run would have warmed it up)
             held.em_prior = np.zeros(len(self.names))
         return held

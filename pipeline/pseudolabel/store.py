@@ -75,14 +75,16 @@ def committed_batches(out: str) -> dict[int, list[str]]:
     return {b: sorted(files.get(b, [])) for b in sorted(complete)}
 
 
-def read_labels(out: str, columns: Optional[list[str]] = None, only: Optional[int] = None) -> pa.Table:
+def read_labels(out: str, columns: Optional[list[str]] = None, only: Optional[int] = None,
+                listing: Optional[dict[int, list[str]]] = None) -> pa.Table:
     """The committed pseudo-labels with their batch id, in scoring order (batch, then id): every
-    micro-batch's, or batch ``only``'s."""
+    micro-batch's, or batch ``only``'s. ``listing``: a ``committed_batches(out)`` already taken (a
+    reader of many single batches lists the folders once)."""
     wanted = columns or schema.names(schema.LABEL_COLUMNS)
     names = wanted if "id" in wanted else ["id", *wanted]  # the id orders the rows
     arrow = schema.arrow_schema(schema.LABEL_COLUMNS)
     tables = []
-    for batch, files in committed_batches(out).items():
+    for batch, files in (committed_batches(out) if listing is None else listing).items():
         if only is not None and batch != only:
             continue
         for file in files:

@@ -31,7 +31,8 @@ DEMO_METHOD ?= ldam_drw
 MLFLOW_DB := sqlite:///$(abspath $(RUNS))/mlflow/mlflow.db
 
 D := $(RUNS)/demo
-RUN_ID = $$($(PY) -c 'import json, sys; print(json.load(open(sys.argv[1]))["run_id"])' $(1))
+# the run id in a job's --result record: $(call RUN_ID,JOB,FILE), read through pipeline/records.py
+RUN_ID = $$($(PY) -c 'import sys; from pipeline.records import read_result; print(read_result(*sys.argv[1:]).run_id)' $(1) $(2))
 
 # The whole chain on long-tailed digits: base models, SSP, streaming pseudo-labels, semi-supervised
 # models (with and without SSP), then the comparison table.
@@ -42,13 +43,13 @@ demo: venv
 	$(SUBMIT) jobs/train.py --config $(DEMO) --splits $(D)/digits-lt10 --method $(DEMO_METHOD)
 	$(SUBMIT) jobs/pretrain.py --config $(DEMO) --splits $(D)/digits-lt10 --result $(D)/pretrain.json
 	$(SUBMIT) jobs/train.py --config $(DEMO) --splits $(D)/digits-lt10 --method ce \
-	    --pretrained $(call RUN_ID,$(D)/pretrain.json)
+	    --pretrained $(call RUN_ID,pretrain,$(D)/pretrain.json)
 	rm -rf $(D)/pseudo-labels  # a fresh stream: its checkpoint would otherwise resume the last demo's
-	$(SUBMIT) jobs/pseudolabel.py --config $(DEMO) --model $(call RUN_ID,$(D)/base.json) \
+	$(SUBMIT) jobs/pseudolabel.py --config $(DEMO) --model $(call RUN_ID,train,$(D)/base.json) \
 	    --input $(D)/digits-lt10/unlabeled --out $(D)/pseudo-labels --max-files-per-trigger 1
 	$(SUBMIT) jobs/train_semi.py --config $(DEMO) --splits $(D)/digits-lt10 --method ce --pseudo-labels $(D)/pseudo-labels
 	$(SUBMIT) jobs/train_semi.py --config $(DEMO) --splits $(D)/digits-lt10 --method ce --pseudo-labels $(D)/pseudo-labels \
-	    --pretrained $(call RUN_ID,$(D)/pretrain.json)
+	    --pretrained $(call RUN_ID,pretrain,$(D)/pretrain.json)
 	$(PY) jobs/compare.py --experiment digits-lt10
 	@echo "Compare the runs in the MLflow UI: make mlflow-ui  (then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
 

@@ -40,7 +40,7 @@ from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits 
 
 from pipeline.config import config_sha256, resolve  # noqa: E402
 from pipeline.recipes import recipe_layers  # noqa: E402
-from pipeline.records import Manifest  # noqa: E402
+from pipeline.records import Manifest, read_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "conf/experiments/cifar10_lt100.yaml"  # CIFAR-10-LT: the reference normalisation constants
@@ -156,7 +156,7 @@ def main() -> None:
         result_file.parent.mkdir(parents=True, exist_ok=True)
         run_job([*SUBMIT, "jobs/train.py", "--config", EXPERIMENT, *(a for k, v in pairs for a in ("--set", f"{k}={v}")),
                  "--result", str(result_file)], run_dir, carry)
-        rec = record_of(json.loads(result_file.read_text()), method, args)
+        rec = record_of(read_result("train", str(result_file)).to_dict(), method, args)
         write_record(out, rec)
         print(f"--- {method} seed {args.seed}: final top-1 {100 * rec['final_test_top1']:.1f}, record {out}", flush=True)
         drop_carried(carry, rec["checkpoint"])

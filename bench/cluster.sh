@@ -125,10 +125,11 @@ SET=(--experiment cluster --set train.runtime.run_dir="$WORK/train")
 "${SUBMIT[@]}" jobs/longtail.py --config $CONF --data "$WORK/digits" --out "$WORK/digits-lt10"
 "${SUBMIT[@]}" jobs/pretrain.py --config $CONF --splits "$WORK/digits-lt10" --epochs 3 --num-processes 2 \
     "${SET[@]}" --result "$WORK/pretrain.json"
-run_id() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["run_id"])' "$1"; }
+# the run id in a job's --result record (JOB FILE), read through pipeline/records.py
+run_id() { "$PY" -c 'import sys; from pipeline.records import read_result; print(read_result(*sys.argv[1:]).run_id)' "$1" "$2"; }
 "${SUBMIT[@]}" jobs/train.py --config $CONF --splits "$WORK/digits-lt10" --method ldam_drw --epochs 3 \
-    --num-processes 2 --pretrained "$(run_id "$WORK/pretrain.json")" "${SET[@]}" --result "$WORK/train.json"
-"${SUBMIT[@]}" jobs/pseudolabel.py --config $CONF --model "$(run_id "$WORK/train.json")" \
+    --num-processes 2 --pretrained "$(run_id pretrain "$WORK/pretrain.json")" "${SET[@]}" --result "$WORK/train.json"
+"${SUBMIT[@]}" jobs/pseudolabel.py --config $CONF --model "$(run_id train "$WORK/train.json")" \
     --input "$WORK/digits-lt10/unlabeled" --out "$WORK/pseudo-labels" --result "$WORK/pseudolabel.json"
 "${SUBMIT[@]}" jobs/train_semi.py --config $CONF --splits "$WORK/digits-lt10" --method ce --epochs 3 \
     --num-processes 2 --pseudo-labels "$WORK/pseudo-labels" "${SET[@]}" --result "$WORK/semi.json"

@@ -16,7 +16,6 @@ explicit choice): the check of this script itself."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from pipeline.records import read_result  # noqa: E402  (each job's --result record)
+
 SUBMIT = [str(Path(sys.executable).parent / "spark-submit"), "--driver-memory", "4g",
           "--driver-java-options", "-Dlog4j.configurationFile=conf/log4j2.properties"]
 
@@ -40,7 +42,7 @@ class Chain:
         subprocess.run([*SUBMIT, *master, f"jobs/{script}", "--config", self.config, *args, "--result", str(result)],
                        cwd=ROOT, check=True)
         self.seconds[stage] = time.time() - started
-        return json.loads(result.read_text())
+        return read_result(script.removesuffix(".py"), str(result)).to_dict()
 
     def train(self, stage: str, script: str, *args: str) -> dict:
         r = self.job(stage, script, "--epochs", str(self.epochs), "--set", f"train.runtime.device={self.device}",
@@ -81,7 +83,7 @@ def sweep(chain: Chain, data: Path, splits_ratio: str) -> None:
     subprocess.run([*SUBMIT, *master, "jobs/sweep.py", "--grid", str(path), "--result", str(result)], cwd=ROOT,
                    check=True)
     chain.seconds["sweep"] = time.time() - started
-    outcomes = json.loads(result.read_text())["outcomes"]
+    outcomes = read_result("sweep", str(result)).outcomes
     assert {o["status"] for o in outcomes} == {"FINISHED"}, outcomes
     addresses = {o["gpu_address"] for o in outcomes}
     assert len(addresses) == 1, f"the children ran on {addresses}"

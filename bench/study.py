@@ -28,7 +28,6 @@ stage."""
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from sittings import (ROOT, SUBMIT, drop_carried, prepare_environment, run_job, 
 sys.path.insert(0, str(ROOT))
 
 from pipeline.pseudolabel.store import latest_balance  # noqa: E402
-from pipeline.records import Manifest  # noqa: E402
+from pipeline.records import Manifest, read_result  # noqa: E402
 
 METHODS = ("ce", "ldam_drw", "cb_focal", "balanced_softmax")
 STANDARD, SEMI = "conf/experiments/cifar10_lt100.yaml", "conf/experiments/cifar10_lt100_ssl.yaml"
@@ -68,12 +67,12 @@ class Study:
         first time, recorded. A finished training's carried checkpoint is dropped unless ``keep``."""
         result = self.work / "results" / f"{stage}.json"
         if result.exists():
-            return json.loads(result.read_text())
+            return read_result(script.removesuffix(".py"), str(result)).to_dict()
         print(f"--- {stage}: jobs/{script} {' '.join(args)}", flush=True)
         started = time.time()
         run_job([*SUBMIT, f"jobs/{script}", *args, "--result", str(result)], self.run_dir, self.carry)
         self.minutes[stage] = (time.time() - started) / 60
-        out = json.loads(result.read_text())
+        out = read_result(script.removesuffix(".py"), str(result)).to_dict()
         record = self.records / f"{stage}.json" if self.records else None
         if record and not same_record(record, out.get("config_sha256"), out.get("manifest_sha256")):
             write_record(record, {"stage": stage, "study_epochs": self.epochs, "minutes": self.minutes[stage], **out})

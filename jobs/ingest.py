@@ -4,6 +4,7 @@ Ingest a data set into Parquet: DIR/images, DIR/_rejected (with reasons) and DIR
 from pipeline.cli import JobParser, run_spark_job
 from pipeline.ingest import run_ingest, summary
 from pipeline.recipes import dataset_layers
+from pipeline.records import Ingest
 
 
 def main(argv=None) -> dict:
@@ -18,7 +19,7 @@ def main(argv=None) -> dict:
     parser.flag("--root", key="ingest.root", help="manifest: base of relative paths")
     parser.flag("--overwrite", key="ingest.overwrite", switch=True, help="replace DIR atomically")
     args, cfg = parser.resolve(argv, required={"ingest.out": "--out DIR"}, layers=dataset_layers)
-    return run_spark_job(cfg, run_ingest, summary, args.result)
+    return run_spark_job(cfg, run_ingest, summary, args.result, Ingest)
 
 
 if __name__ == "__main__":

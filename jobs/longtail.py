@@ -3,6 +3,7 @@
 Carve long-tailed labeled, unlabeled and validation splits from an ingest; copy its test split."""
 from pipeline.cli import JobParser, run_spark_job
 from pipeline.longtail.splits import run_longtail, summary
+from pipeline.records import Manifest
 
 
 def main(argv=None) -> dict:
@@ -23,7 +24,7 @@ def main(argv=None) -> dict:
                 help="generator, or imbalance_cifar: the legacy RandomState draw of LDAM-DRW / Yang & Xu")
     parser.flag("--overwrite", key="longtail.overwrite", switch=True, help="replace SPLITS atomically")
     args, cfg = parser.resolve(argv, required={"longtail.data": "--data DIR", "longtail.out": "--out SPLITS"})
-    return run_spark_job(cfg, run_longtail, summary, args.result)
+    return run_spark_job(cfg, run_longtail, summary, args.result, Manifest)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ unlabeled pool's, if asked), launched through TorchDistributor and tracked in ML
 from pipeline.cli import JobParser, run_spark_job
 from pipeline.recipes import RECIPES
 from pipeline.launch import launch_fit, result_summary
+from pipeline.records import TrainResult
 
 
 def main(argv=None) -> dict:
@@ -14,7 +15,7 @@ def main(argv=None) -> dict:
     parser.flag("--include-unlabeled", key="train.ssp.unlabeled", switch=True,
                 help="also learn from the unlabeled pool's images")
     args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"}, layers=lambda c: [str(RECIPES / "ssp_rotation.yaml")])
-    return run_spark_job(cfg, launch_fit, result_summary, args.result)
+    return run_spark_job(cfg, launch_fit, result_summary, args.result, TrainResult)
 
 
 if __name__ == "__main__":

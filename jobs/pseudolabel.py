@@ -12,6 +12,7 @@ estimate (and BBSE's, when a held-out split is there) is recorded with every mic
 it against fp32 on the splits' test images (agreement and both top-1s, in stream.json and MLflow)."""
 from pipeline.cli import JobParser, run_spark_job
 from pipeline.pseudolabel.policies import POLICIES
+from pipeline.records import StreamResult
 from streaming.pseudolabel import run_pseudolabel, summary
 
 
@@ -43,7 +44,7 @@ def main(argv=None) -> dict:
     parser.flag("--experiment", key="pseudolabel.experiment", help="MLflow experiment; default: the model's")
     args, cfg = parser.resolve(argv, required={"pseudolabel.model": "--model", "pseudolabel.input": "--input DIR",
                                             "pseudolabel.out": "--out OUT"})
-    return run_spark_job(cfg, run_pseudolabel, summary, args.result)
+    return run_spark_job(cfg, run_pseudolabel, summary, args.result, StreamResult)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import sys
 
 from pipeline.cli import JobParser, fail, overrides_of, run_spark_job
 from pipeline.config import ConfigError
+from pipeline.records import SweepResult
 from pipeline.sweep import load_grid, run_sweep, summary
 
 
@@ -21,7 +22,7 @@ def main(argv=None) -> dict:
     except ConfigError as e:
         fail(f"config error: {e}", code=2)
     result = run_spark_job(cfg, lambda spark, _: run_sweep(spark, grid, args.config, overrides_of(args)),
-                           summary, args.result)
+                           summary, args.result, SweepResult)
     if result["failed"]:
         print(f"{len(result['failed'])} of {result['children']} children failed; run the same command again "
               f"to retry them (finished children are skipped)", file=sys.stderr)

@@ -4,6 +4,7 @@ Train a classifier on the long-tailed labeled split with a named recipe (conf/me
 launched through TorchDistributor and tracked in MLflow."""
 from pipeline.cli import JobParser, recipe_layers, run_spark_job
 from pipeline.launch import launch_fit, result_summary
+from pipeline.records import TrainResult
 
 
 def main(argv=None) -> dict:
@@ -14,7 +15,7 @@ def main(argv=None) -> dict:
                 help="initialise the backbone from a run's checkpoint (the head is dropped)")
     args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS"},
                                layers=recipe_layers)
-    return run_spark_job(cfg, launch_fit, result_summary, args.result)
+    return run_spark_job(cfg, launch_fit, result_summary, args.result, TrainResult)
 
 
 if __name__ == "__main__":

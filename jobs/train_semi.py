@@ -13,6 +13,7 @@ for the pseudo-labeled images: --pseudo-loss logit_adjusted trains them with CE(
 from pipeline.cli import JobParser, run_spark_job, semi_layers
 from pipeline.launch import result_summary
 from pipeline.semi import launch_semi
+from pipeline.records import TrainResult
 
 
 def main(argv=None) -> dict:
@@ -34,7 +35,7 @@ def main(argv=None) -> dict:
     parser.flag("--rounds", key="train.semi.rounds", help="self-training rounds")
     args, cfg = parser.resolve(argv, required={"train.splits": "--splits SPLITS", "train.semi.pseudo_labels": "--pseudo-labels OUT"},
                                layers=semi_layers)
-    return run_spark_job(cfg, launch_semi, result_summary, args.result)
+    return run_spark_job(cfg, launch_semi, result_summary, args.result, TrainResult)
 
 
 if __name__ == "__main__":

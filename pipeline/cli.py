@@ -10,6 +10,7 @@ from typing import Callable
 
 from pipeline.config import Config, ConfigError, get_key, resolve
 from pipeline.errors import PipelineError
+from pipeline.records import Record
 from pipeline.recipes import RECIPES, check_recipes, recipe_layers, semi_layers  # noqa: F401  (the jobs' layers)
 from pipeline.spark import session
 
@@ -106,20 +107,23 @@ def overrides_of(args: argparse.Namespace) -> list[tuple[str, str]]:
     return list(getattr(args, _OVERRIDES, None) or [])
 
 
-def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str], result_file: str | None = None) -> dict:
-    """Start the SparkSession, run ``job(spark, cfg)``, print its summary (and write it to
-    ``result_file`` as JSON, for the next job of a chain). An expected failure (bad input, existing
-    output, missing files) ends the job with a one-line message."""
+def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str], result_file: str | None,
+                  record: type[Record]) -> dict:
+    """Start the SparkSession, run ``job(spark, cfg)``, check its result against ``record`` (its
+    declared definition, pipeline/records.py), print its summary (and write the record to
+    ``result_file``, for the next job of a chain). An expected failure (bad input, existing output,
+    missing files) ends the job with a one-line message."""
 
     spark = session(cfg.spark)
     try:
         result = job(spark, cfg)
     except (PipelineError, FileNotFoundError) as e:
         fail(str(e))
+    checked = record.from_dict(json.loads(json.dumps(result, default=str)), origin=f"the job's result ({record.__name__})")
     print(summary(result))
     if result_file:
         Path(result_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(result_file).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        checked.write(str(Path(result_file).parent), atomic=True, name=Path(result_file).name)
     return result
 
 

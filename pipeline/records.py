@@ -11,6 +11,14 @@ newer version fails with one RecordError naming the file and the field.
 | ``Manifest`` | SPLITS/manifest.json (also a run's MLflow artifact) | jobs/longtail.py | the trainers, the stream, sweeps, reports |
 | ``Stream`` | OUT/stream.json | jobs/pseudolabel.py | a restarted stream, the semi-supervised trainer, the dashboard |
 | ``Rounds`` | run_dir/semi-rounds-<sha>.json | jobs/train_semi.py --rounds | the same command run again |
+| ``TrainResult`` | the ``--result FILE`` of jobs/train.py, pretrain.py, train_semi.py | those jobs | bench/ studies, scripts chaining jobs |
+| ``StreamResult`` | the ``--result FILE`` of jobs/pseudolabel.py | jobs/pseudolabel.py | bench/ studies |
+| ``SweepResult`` | the ``--result FILE`` of jobs/sweep.py | jobs/sweep.py | bench/gpu_check.py |
+
+A job's ``--result FILE`` is its record (``RESULTS`` names it per job): jobs/ingest.py writes its
+``Ingest``, jobs/longtail.py its ``Manifest``. A job checks its result against the record before it
+prints it, so a result that does not fit its definition fails in the job's own tests, not in the
+study that reads it hours later.
 
 Version 1 is the format these files had when the definitions were written; a file without a
 ``version`` field is version 1."""
@@ -19,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from pathlib import Path
 from typing import Any, ClassVar, Optional, TypeVar, Union
 
 from pipeline import fs
@@ -224,3 +233,94 @@ class Rounds(Record):
     config: dict
     rounds: list[dict]
     version: int = 1
+
+
+@dataclasses.dataclass
+class TrainResult(Record):
+    """What a training ends with: its MLflow run and model, the final epoch's test figures (the
+    headline), the best evaluated epoch on test (for comparison with papers only), its minutes, and
+    what it ran on and from (config, splits, commit, seed)."""
+    FILE: ClassVar[str] = "result.json"  # written where --result says
+    MAKE: ClassVar[str] = "jobs/train.py (or pretrain.py, train_semi.py) --result FILE"
+    run_id: str
+    final_test_top1: float
+    final_test_top5: float
+    final_test_many_accuracy: float
+    final_test_medium_accuracy: float
+    final_test_few_accuracy: float  # NaN where the split has no few-shot class
+    final_test_balanced_accuracy: float
+    final_test_macro_f1: float
+    final_test_ece: float
+    best_on_test_epoch_top1: float
+    best_on_test_epoch: int
+    epochs_evaluated: int
+    train_minutes: float
+    epochs_timed: int
+    median_epoch_seconds: float
+    final_test_per_class_accuracy: list[float]  # by class index
+    device: str
+    step: dict  # the training step: precision, channels_last, compile
+    config_sha256: str
+    manifest_sha256: str
+    git_commit: Optional[str]
+    seed: int
+    epochs: int
+    checkpoint: str
+    model_uri: str
+    registered_model: Optional[str] = None  # models:/<name>/<version> when train.tracking.register is set
+    rounds: Optional[list[dict]] = None  # self-training rounds of train_semi.py --rounds, the last one's figures above
+    version: int = 1
+
+
+@dataclasses.dataclass
+class StreamResult(Record):
+    """What a pseudo-label stream ends with: its MLflow run and output, how many images it scored,
+    rejected and kept, the kept labels' precision and the pool-prior estimates (when the truth is known)."""
+    FILE: ClassVar[str] = "result.json"
+    MAKE: ClassVar[str] = "jobs/pseudolabel.py --result FILE"
+    run_id: Optional[str]
+    out: str
+    model_run_id: str
+    policy: str
+    scoring_precision: str
+    batches: int
+    scored: int
+    scoring_check: Optional[dict] = None  # bf16 scoring's agreement with fp32, when bf16 scored
+    rejected: int = 0
+    selected: Optional[int] = None  # None: no micro-batch yet
+    selected_imbalance_ratio: Optional[float] = None
+    precision: Optional[float] = None  # of the kept labels, when the pool's truth is given
+    prior_em: Optional[list[float]] = None
+    prior_bbse: Optional[list[float]] = None
+    pl_prior_l1_em: Optional[float] = None  # L1 distance of the estimates from the pool's true prior
+    pl_prior_l1_bbse: Optional[float] = None
+    pl_prior_l1_labeled: Optional[float] = None
+    version: int = 1
+
+
+@dataclasses.dataclass
+class SweepResult(Record):
+    """What a sweep ends with: its parent MLflow run, which children finished, were skipped or
+    failed (with the error's last line), every child's outcome and the comparison's files."""
+    FILE: ClassVar[str] = "result.json"
+    MAKE: ClassVar[str] = "jobs/sweep.py --result FILE"
+    sweep: str
+    experiment: str
+    parent_run_id: str
+    children: int
+    finished: list[str]
+    failed: dict[str, str]
+    skipped: list[str]
+    outcomes: list[dict]
+    compare: dict
+    version: int = 1
+
+
+RESULTS: dict[str, type[Record]] = {"ingest": Ingest, "longtail": Manifest, "train": TrainResult,
+                                     "pretrain": TrainResult, "train_semi": TrainResult, "pseudolabel": StreamResult,
+                                     "sweep": SweepResult}  # each job's --result record, by the job's name
+
+
+def read_result(job: str, path: str) -> Record:
+    """The ``--result`` file of jobs/``job``.py at ``path``, checked against its record."""
+    return RESULTS[job].read(str(Path(path).parent), Path(path).name)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.records import Manifest, Stream, read_result
 from tests.helpers import ROOT, submit_command
 from tests.test_dashboard import browser, free_port, wait
 
@@ -59,7 +60,7 @@ def test_mlflow_ui_shows_training_runs_their_data_sets_and_the_registered_model(
     submit(server, "jobs/train.py", "--splits", splits, "--method", "ce", "--epochs", "1", "--experiment", "tests-ui",
            "--register", "tests-ui-model", "--result", tmp_path / "train.json", "--set", "train.data.augment=none",
            "--set", "train.batch_size=32", "--set", f"train.runtime.run_dir={tmp_path / 'runs'}")
-    result = json.loads((tmp_path / "train.json").read_text())
+    result = read_result("train", str(tmp_path / "train.json")).to_dict()
     submit(server, "jobs/pseudolabel.py", "--model", "models:/tests-ui-model@candidate", "--input", splits / "unlabeled",
            "--out", tmp_path / "pl", "--max-files-per-trigger", "6")
 
@@ -68,14 +69,14 @@ def test_mlflow_ui_shows_training_runs_their_data_sets_and_the_registered_model(
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     run = get(server, f"runs/get?run_id={result['run_id']}")["run"]
     inputs = {i["dataset"]["name"]: i for i in run["inputs"]["dataset_inputs"]}
-    manifest = json.loads((splits / "manifest.json").read_text())
+    manifest = Manifest.read(str(splits))
     assert set(inputs) == {"labeled", "test"}
-    assert inputs["labeled"]["dataset"]["digest"] == manifest["ids_sha256"]["labeled"][:36]
+    assert inputs["labeled"]["dataset"]["digest"] == manifest.ids_sha256["labeled"][:36]
     version = get(server, "registered-models/alias?name=tests-ui-model&alias=candidate")["model_version"]
     assert version["run_id"] == result["run_id"] and result["registered_model"].endswith(f"/{version['version']}")
-    stream = json.loads((tmp_path / "pl" / "stream.json").read_text())
-    assert stream["model_version"] == f"tests-ui-model/{version['version']}"
-    assert stream["model_uri"] == f"runs:/{result['run_id']}/model"
+    stream = Stream.read(str(tmp_path / "pl"))
+    assert stream.model_version == f"tests-ui-model/{version['version']}"
+    assert stream.model_uri == f"runs:/{result['run_id']}/model"
 
     driver = browser()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.records import Ingest, Manifest, RecordError, Rounds, Stream
+from pipeline.records import RESULTS, Ingest, Manifest, RecordError, Rounds, Stream, TrainResult
 from tests.helpers import manifest_record as manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,19 +72,40 @@ def test_a_rounds_record_is_kept_under_its_own_name(tmp_path):
 
 
 def test_every_record_declares_a_file_and_how_to_make_it():
-    for record in (Ingest, Manifest, Stream, Rounds):
+    for record in (Ingest, Manifest, Stream, Rounds, *RESULTS.values()):
         assert record.FILE.endswith(".json") and record.MAKE.startswith("jobs/")
 
 
-def test_no_library_module_names_a_record_file_outside_its_definition():
-    """Every reader and writer goes through pipeline/records.py: a string literal naming a record's
-    file (outside docstrings and comments) anywhere else in the library is a reader on its own."""
-    names = {r.FILE for r in (Ingest, Manifest, Stream, Rounds)}
-    found = []
-    for path in [*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("streaming/*.py"), *ROOT.glob("jobs/*.py")]:
-        if path.name == "records.py":
-            continue
-        code = re.sub(r'""".*?"""', "", path.read_text(), flags=re.S)
-        code = re.sub(r"#[^\n]*", "", code)
-        found += [f"{path.relative_to(ROOT)}: {n}" for n in names if f'"{n}"' in code or f"'{n}'" in code]
-    assert found == []
+def test_every_job_writes_its_result_as_the_record_named_for_it():
+    """A job's --result FILE is checked against, and written as, its declared record."""
+    jobs = {p.stem: p.read_text() for p in ROOT.glob("jobs/*.py") if "run_spark_job(" in p.read_text()}
+    assert set(jobs) == set(RESULTS)
+    for job, code in jobs.items():
+        assert re.search(rf"args\.result, {RESULTS[job].__name__}\)", code), job
+
+
+def test_a_job_whose_result_does_not_fit_its_record_fails_naming_the_field_and_writes_nothing(spark, tmp_path):
+    from pipeline.cli import run_spark_job
+    from pipeline.config import resolve
+
+    good = TrainResult.from_dict(train_result(ROOT / "docs/records/cifar10-lt100-e200/ce-s0.json"), "t").to_dict()
+    out = tmp_path / "r.json"
+    assert run_spark_job(resolve(), lambda s, c: good, str, str(out), TrainResult) == good
+    assert TrainResult.read(str(tmp_path), "r.json").to_dict() == good
+    bad = {k: v for k, v in good.items() if k != "final_test_top1"}
+    with pytest.raises(RecordError, match=r"the job's result \(TrainResult\): field 'final_test_top1' is missing"):
+        run_spark_job(resolve(), lambda s, c: bad, str, str(tmp_path / "bad.json"), TrainResult)
+    assert not (tmp_path / "bad.json").exists()
+
+
+def train_result(path: Path) -> dict:
+    """The TrainResult fields of a published training record (the study adds its own beside them)."""
+    return {k: v for k, v in json.loads(path.read_text()).items() if k in TrainResult.__dataclass_fields__}
+
+
+def test_the_published_training_records_hold_a_whole_train_result():
+    paths = sorted(ROOT.glob("docs/records/cifar10-lt100-e200/*.json"))
+    assert paths
+    for path in paths:
+        result = TrainResult.from_dict(train_result(path), str(path))
+        assert 0 < result.final_test_top1 <= 1 and len(result.final_test_per_class_accuracy) == 10

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError
+from pipeline.records import read_result
 from pipeline.sweep import children, load_grid
 from tests.helpers import manifest_record, submit_command
 
@@ -75,7 +76,7 @@ def test_sweep_runs_children_as_spark_tasks_records_a_failed_child_and_reruns_on
     first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "4 children to run (4 as Spark tasks, 0 through TorchDistributor)" in first.stdout
-    r1 = json.loads((tmp_path / "r1.json").read_text())
+    r1 = read_result("sweep", str(tmp_path / "r1.json")).to_dict()
     assert sorted(r1["finished"]) == ["ce/rho=10/seed=0", "ce/rho=10/seed=1", "focal/rho=10/seed=0"]
     assert list(r1["failed"]) == ["focal/rho=10/seed=1"] and "diverged" in r1["failed"]["focal/rho=10/seed=1"]
 
@@ -109,7 +110,7 @@ def test_sweep_runs_children_as_spark_tasks_records_a_failed_child_and_reruns_on
     with pytest.raises(SystemExit) as e:
         sweep_job.main(["--grid", str(path), "--result", str(tmp_path / "r2.json")])
     assert e.value.code == 1
-    r2 = json.loads((tmp_path / "r2.json").read_text())
+    r2 = read_result("sweep", str(tmp_path / "r2.json")).to_dict()
     assert len(r2["skipped"]) == 3 and r2["parent_run_id"] == r1["parent_run_id"]
     assert "missing.pt" in r2["failed"]["focal/rho=10/seed=1"]
     recorded = client.get_run(r2["outcomes"][0]["run_id"])  # the sweep recorded the failure itself
@@ -235,7 +236,7 @@ def test_runs_per_gpu_trains_that_many_children_at_once_on_one_gpu_address(base,
                           "--conf", f"spark.executor.resource.gpu.discoveryScript={script}"]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    outcomes = json.loads((tmp_path / "r.json").read_text())["outcomes"]
+    outcomes = read_result("sweep", str(tmp_path / "r.json")).outcomes
     assert len(outcomes) == 4 and {o["status"] for o in outcomes} == {"FINISHED"}
     assert {o["gpu_address"] for o in outcomes} == {"0"}
     assert max(o["started"] for o in outcomes) < min(o["ended"] for o in outcomes)  # all four at once

@@ -156,7 +156,7 @@ def main() -> None:
         result_file.parent.mkdir(parents=True, exist_ok=True)
         run_job([*SUBMIT, "jobs/train.py", "--config", EXPERIMENT, *(a for k, v in pairs for a in ("--set", f"{k}={v}")),
                  "--result", str(result_file)], run_dir, carry)
-        rec = record_of(read_result("train", str(result_file)).to_dict(), method, args)
+        rec = record_of(read_result("train", str(result_file)).set_fields(), method, args)
         write_record(out, rec)
         print(f"--- {method} seed {args.seed}: final top-1 {100 * rec['final_test_top1']:.1f}, record {out}", flush=True)
         drop_carried(carry, rec["checkpoint"])

@@ -67,12 +67,12 @@ class Study:
         first time, recorded. A finished training's carried checkpoint is dropped unless ``keep``."""
         result = self.work / "results" / f"{stage}.json"
         if result.exists():
-            return read_result(script.removesuffix(".py"), str(result)).to_dict()
+            return read_result(script.removesuffix(".py"), str(result)).set_fields()
         print(f"--- {stage}: jobs/{script} {' '.join(args)}", flush=True)
         started = time.time()
         run_job([*SUBMIT, f"jobs/{script}", *args, "--result", str(result)], self.run_dir, self.carry)
         self.minutes[stage] = (time.time() - started) / 60
-        out = read_result(script.removesuffix(".py"), str(result)).to_dict()
+        out = read_result(script.removesuffix(".py"), str(result)).set_fields()
         record = self.records / f"{stage}.json" if self.records else None
         if record and not same_record(record, out.get("config_sha256"), out.get("manifest_sha256")):
             write_record(record, {"stage": stage, "study_epochs": self.epochs, "minutes": self.minutes[stage], **out})

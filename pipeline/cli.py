@@ -10,7 +10,7 @@ from typing import Callable
 
 from pipeline.config import Config, ConfigError, get_key, resolve
 from pipeline.errors import PipelineError
-from pipeline.records import Record
+from pipeline.records import Record, RecordError
 from pipeline.recipes import RECIPES, check_recipes, recipe_layers, semi_layers  # noqa: F401  (the jobs' layers)
 from pipeline.spark import session
 
@@ -119,8 +119,15 @@ def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str], re
         result = job(spark, cfg)
     except (PipelineError, FileNotFoundError) as e:
         fail(str(e))
-    checked = record.from_dict(json.loads(json.dumps(result, default=str)), origin=f"the job's result ({record.__name__})")
     print(summary(result))
+    try:
+        checked = record.from_dict(json.loads(json.dumps(result, default=str)),
+                                   origin=f"the job's result ({record.__name__})")
+    except RecordError as e:  # the work is done: keep what it gave beside, for a look, and say so
+        if result_file:
+            Path(result_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(f"{result_file}.unchecked").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        fail(f"{e}{f' (the result as the job gave it: {result_file}.unchecked)' if result_file else ''}")
     if result_file:
         Path(result_file).parent.mkdir(parents=True, exist_ok=True)
         checked.write(str(Path(result_file).parent), atomic=True, name=Path(result_file).name)

@@ -120,6 +120,11 @@ class Record:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "version": self.VERSION}
 
+    def set_fields(self) -> dict:
+        """The fields that hold a value (None left out), without the version: what a study's record
+        copies beside its own (bench/)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "version"}
+
     def write(self, folder: str, atomic: bool = False, name: Optional[str] = None) -> None:
         (fs.write_json_atomic if atomic else fs.write_json)(fs.join(folder, name or self.FILE), self.to_dict())
 
@@ -255,11 +260,8 @@ class TrainResult(Record):
     best_on_test_epoch: int
     epochs_evaluated: int
     train_minutes: float
-    epochs_timed: int
-    median_epoch_seconds: float
     final_test_per_class_accuracy: list[float]  # by class index
     device: str
-    step: dict  # the training step: precision, channels_last, compile
     config_sha256: str
     manifest_sha256: str
     git_commit: Optional[str]
@@ -267,6 +269,11 @@ class TrainResult(Record):
     epochs: int
     checkpoint: str
     model_uri: str
+    # results written before these fields existed (a resumed study reads them): untimed, fp32 steps
+    epochs_timed: int = 0
+    median_epoch_seconds: float = float("nan")
+    step: dict = dataclasses.field(default_factory=lambda: {"precision": "fp32", "channels_last": False,
+                                                            "compile": False})  # the training step
     registered_model: Optional[str] = None  # models:/<name>/<version> when train.tracking.register is set
     rounds: Optional[list[dict]] = None  # self-training rounds of train_semi.py --rounds, the last one's figures above
     version: int = 1
@@ -282,9 +289,9 @@ class StreamResult(Record):
     out: str
     model_run_id: str
     policy: str
-    scoring_precision: str
     batches: int
     scored: int
+    scoring_precision: str = "fp32"  # results written before the setting existed were scored in fp32
     scoring_check: Optional[dict] = None  # bf16 scoring's agreement with fp32, when bf16 scored
     rejected: int = 0
     selected: Optional[int] = None  # None: no micro-batch yet

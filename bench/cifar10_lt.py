@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from equal_budget import prepare_reference, reference_subset  # noqa: E402  (the reference's images)
-from sittings import (SUBMIT, drop_carried, prepare_environment, run_job, same_record, state_root,  # noqa: E402
-                      sync_carry, write_record)
+from sittings import (SUBMIT, drop_carried, prepare_environment, progress, run_job,  # noqa: E402
+                      same_record, state_root, sync_carry, write_record)
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
 
 from pipeline.config import config_sha256, resolve  # noqa: E402
@@ -125,15 +125,19 @@ def main() -> None:
     ap.add_argument("--reference", default=str(ROOT.parent / "shared/reference/imbalanced-semi-self"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another setting of every run")
     ap.add_argument("--table", action="store_true", help="print the table of the records and stop")
+    ap.add_argument("--progress", action="store_true",
+                    help="print where each unfinished run stands (state and carry folder) and stop")
     args = ap.parse_args()
     state = state_root(args.state) / "cifar10-lt"
     records = Path(args.records or ROOT / f"docs/records/cifar10-lt100-e{args.epochs}").resolve()
     if args.table:
         return print(table([json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]))
-    if not args.archive:
-        ap.error("--archive is required (except with --table)")
     run_dir = state / "runs" / f"e{args.epochs}"  # a budget's runs apart: --resume refuses a checkpoint of other settings
     carry = Path(args.carry).resolve() / f"e{args.epochs}" if args.carry else None
+    if args.progress:
+        return print("\n".join(progress(run_dir, carry)) or "no unfinished run")
+    if not args.archive:
+        ap.error("--archive is required (except with --table or --progress)")
     prepare_environment(state)
     os.chdir(ROOT)
     if args.subset == "reference":

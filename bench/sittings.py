@@ -67,6 +67,33 @@ def sync_carry(run_dir: Path, carry: Path, restore: bool) -> None:
             print(f"carry: {ckpt} (epoch {epoch_of(target) + 1}) -> {target}", flush=True)
 
 
+def progress(run_dir: Path, carry: Optional[Path]) -> list[str]:
+    """One line per unfinished run, from the newer of its checkpoint in the state and in the carry
+    folder: its name, the epochs done of its budget, the learning rate, the median epoch's seconds and
+    the test top-1 at every evaluated epoch so far (what the docs say of a run still going)."""
+    import math
+
+    import torch
+
+    newest: dict[str, Path] = {}
+    for ckpt in [*run_dir.glob("*/checkpoint.pt"), *(carry.glob("*/checkpoint.pt") if carry else [])]:
+        if (run_dir / ckpt.parent.name / FINISHED).exists():
+            continue
+        name = ckpt.parent.name
+        if name not in newest or epoch_of(ckpt) > epoch_of(newest[name]):
+            newest[name] = ckpt
+    lines = []
+    for name, ckpt in sorted(newest.items()):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        history, epochs = state["history"], state["config"]["train"]["epochs"]
+        seconds = sorted(h["epoch_seconds"] for h in history if "epoch_seconds" in h)
+        evaluated = [(h["epoch"] + 1, h["test_top1"]) for h in history if not math.isnan(h["test_top1"])]
+        lines.append(f"{name}: {state['epoch'] + 1} of {epochs} epochs, lr {history[-1]['lr']:g}, median epoch "
+                     f"{seconds[len(seconds) // 2] if seconds else float('nan'):.0f} s; test top-1 at epochs "
+                     + ", ".join(f"{e}: {100 * a:.1f}" for e, a in evaluated) + f" ({ckpt})")
+    return lines
+
+
 def run_job(argv: list[str], run_dir: Path, carry: Optional[Path]) -> None:
     """Run ``argv`` (a spark-submit) in the repository; while it runs, carry its checkpoints each minute."""
     proc = subprocess.Popen(argv, cwd=ROOT)

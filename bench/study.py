@@ -37,8 +37,8 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sittings import (ROOT, SUBMIT, drop_carried, prepare_environment, run_job, same_record, state_root,  # noqa: E402
-                      sync_carry, write_record)
+from sittings import (ROOT, SUBMIT, drop_carried, prepare_environment, progress, run_job,  # noqa: E402
+                      same_record, state_root, sync_carry, write_record)
 
 sys.path.insert(0, str(ROOT))
 
@@ -139,7 +139,7 @@ def semi_chain(study: Study, ssl: Path, rev: Optional[Path], experiment: str) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archive", required=True)
+    ap.add_argument("--archive", help="cifar10-jpeg.tar.gz (not needed with --progress)")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--parts", default="supervised,semi", help="of supervised, semi, reversed")
     ap.add_argument("--methods", default=",".join(METHODS), help="the supervised part's recipes")
@@ -148,16 +148,24 @@ def main() -> None:
     ap.add_argument("--records", help="default: docs/records/study-cifar10-lt100-e<epochs>")
     ap.add_argument("--carry", help="a folder of the repository that keeps the chain's checkpoints across machines")
     ap.add_argument("--fresh", action="store_true", help="forget finished stages and start over")
+    ap.add_argument("--progress", action="store_true",
+                    help="print the finished stages and where each unfinished training stands, and stop")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     if parts - {"supervised", "semi", "reversed"} or ("reversed" in parts and "semi" not in parts):
         ap.error(f"--parts: of supervised, semi, reversed (reversed needs semi's base), got {args.parts}")
     work = state_root(args.state) / "study"
+    carry = Path(args.carry).resolve() / f"study-e{args.epochs}" if args.carry else None
+    if args.progress:
+        done = sorted(p.stem for p in (work / "results").glob("*.json"))
+        lines = progress(work / "runs" / f"e{args.epochs}", carry)
+        return print(f"finished stages: {', '.join(done) or 'none'}\n" + ("\n".join(lines) or "no unfinished training"))
+    if not args.archive:
+        ap.error("--archive is required (except with --progress)")
     if args.fresh and work.exists():
         shutil.rmtree(work)
     prepare_environment(work)
     records = Path(args.records or ROOT / f"docs/records/study-cifar10-lt100-e{args.epochs}").resolve()
-    carry = Path(args.carry).resolve() / f"study-e{args.epochs}" if args.carry else None
     study, started = Study(work, args.epochs, records, carry, args.eval_every), time.time()
     data, std, ssl, rev = (work / "cifar10", work / "cifar10-lt100", work / "cifar10-lt100-ssl",
                            work / "cifar10-lt100-ssl-reversed")

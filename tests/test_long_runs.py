@@ -79,3 +79,29 @@ def test_a_carried_stream_output_is_restored_instead_of_scored_again(tmp_path):
     assert second.stream("ssl-pseudolabel-all", {"run_id": "r2"}, tmp_path / "pool", second.work / "pl", "all", {},
                          "e") == {"selected": 7}
     assert (second.work / "pl" / "labels" / "part.parquet").read_bytes() == b"labels of machine 1"
+
+
+def test_progress_names_each_unfinished_run_from_its_newest_checkpoint_with_its_evaluated_epochs(tmp_path):
+    import torch
+
+    sittings = bench("sittings")
+    state, carry = tmp_path / "state", tmp_path / "carry"
+    nan = float("nan")
+
+    def save(folder, epochs_done, total=200):
+        folder.mkdir(parents=True, exist_ok=True)
+        history = [{"epoch": e, "lr": 0.1, "epoch_seconds": 60.0 + e, "test_top1": 0.5 + e / 100 if e % 5 == 4 else nan}
+                   for e in range(epochs_done)]
+        torch.save({"epoch": epochs_done - 1, "history": history, "config": {"train": {"epochs": total}}},
+                   folder / "checkpoint.pt")
+
+    save(state / "run-a", 10)
+    save(carry / "run-a", 12)  # the carried copy went further (another machine): it is the one reported
+    save(state / "run-done", 200)
+    (state / "run-done" / sittings.FINISHED).touch()
+    lines = sittings.progress(state, carry)
+    assert len(lines) == 1
+    assert lines[0].startswith("run-a: 12 of 200 epochs, lr 0.1, median epoch 66 s; test top-1 at epochs 5: 54.0, "
+                               "10: 59.0 (")
+    assert str(carry / "run-a" / "checkpoint.pt") in lines[0]
+    assert sittings.progress(tmp_path / "empty", None) == []

@@ -75,15 +75,13 @@ def progress(run_dir: Path, carry: Optional[Path]) -> list[str]:
 
     import torch
 
-    newest: dict[str, Path] = {}
+    copies: dict[str, list[Path]] = {}
     for ckpt in [*run_dir.glob("*/checkpoint.pt"), *(carry.glob("*/checkpoint.pt") if carry else [])]:
-        if (run_dir / ckpt.parent.name / FINISHED).exists():
-            continue
-        name = ckpt.parent.name
-        if name not in newest or epoch_of(ckpt) > epoch_of(newest[name]):
-            newest[name] = ckpt
+        if not (run_dir / ckpt.parent.name / FINISHED).exists():
+            copies.setdefault(ckpt.parent.name, []).append(ckpt)
     lines = []
-    for name, ckpt in sorted(newest.items()):
+    for name, paths in sorted(copies.items()):
+        ckpt = max(paths, key=epoch_of)  # the state's copy first: it wins a tie
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         history, epochs = state["history"], state["config"]["train"]["epochs"]
         seconds = sorted(h["epoch_seconds"] for h in history if "epoch_seconds" in h)

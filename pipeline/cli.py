@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from pipeline import fs
 from pipeline.config import Config, ConfigError, get_key, resolve
 from pipeline.errors import PipelineError
 from pipeline.records import Record, RecordError
@@ -120,16 +121,14 @@ def run_spark_job(cfg: Config, job: Callable, summary: Callable[[dict], str], re
     except (PipelineError, FileNotFoundError) as e:
         fail(str(e))
     print(summary(result))
+    data = json.loads(json.dumps(result, default=str))  # what the file will hold
     try:
-        checked = record.from_dict(json.loads(json.dumps(result, default=str)),
-                                   origin=f"the job's result ({record.__name__})")
+        checked = record.from_dict(data, origin=f"the job's result ({record.__name__})")
     except RecordError as e:  # the work is done: keep what it gave beside, for a look, and say so
         if result_file:
-            Path(result_file).parent.mkdir(parents=True, exist_ok=True)
-            Path(f"{result_file}.unchecked").write_text(json.dumps(result, indent=2, default=str) + "\n")
+            fs.write_json(f"{result_file}.unchecked", data)
         fail(f"{e}{f' (the result as the job gave it: {result_file}.unchecked)' if result_file else ''}")
     if result_file:
-        Path(result_file).parent.mkdir(parents=True, exist_ok=True)
         checked.write(str(Path(result_file).parent), atomic=True, name=Path(result_file).name)
     return result
 

@@ -24,7 +24,6 @@ on this copy (../shared/data/README.md) and the papers'."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from equal_budget import prepare_reference, reference_subset  # noqa: E402  (the reference's images)
-from sittings import (SUBMIT, drop_carried, prepare_environment, progress, run_job,  # noqa: E402
-                      same_record, state_root, sync_carry, write_record)
+from sittings import (SUBMIT, RunAbout, drop_carried, prepare_environment, progress, read_records,  # noqa: E402
+                      run_job, same_record, state_root, sync_carry, write_record)
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
 
 from pipeline.config import config_sha256, resolve  # noqa: E402
 from pipeline.recipes import recipe_layers  # noqa: E402
-from pipeline.records import Manifest, read_result  # noqa: E402
+from pipeline.records import Manifest, TrainResult, read_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "conf/experiments/cifar10_lt100.yaml"  # CIFAR-10-LT: the reference normalisation constants
@@ -81,12 +80,13 @@ def record_name(method: str, args) -> str:
     return f"{method}-s{args.seed}{extra}"
 
 
-def record_of(result: dict, method: str, args) -> dict:
-    """The job's result (it carries config_sha256, manifest_sha256, the commit...) and what it ran on."""
-    return {"method": method, "seed": args.seed, "epochs": args.epochs, "eval_every": args.eval_every,
-            "subset": args.subset, "dataset": "cifar10-jpeg (../shared/data), rho 100, ResNet-32",
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_capability": cpu_capability(), "threads": os.cpu_count(), **result}
+def about(method: str, args) -> RunAbout:
+    """What the record says beside the job's result (which carries the seed, epochs, config and
+    manifest sha256, the commit...): the recipe, the images and what the run ran on."""
+    return RunAbout(method=method, eval_every=args.eval_every, subset=args.subset,
+                    dataset="cifar10-jpeg (../shared/data), rho 100, ResNet-32",
+                    cpu=platform.processor() or platform.machine(), cpu_capability=cpu_capability(),
+                    threads=os.cpu_count())
 
 
 def _pct(v) -> str:
@@ -94,20 +94,18 @@ def _pct(v) -> str:
     return "-" if v is None or v != v else f"{100 * v:.1f}"
 
 
-def table(records: list[dict]) -> str:
+def table(records: list[tuple[RunAbout, TrainResult]]) -> str:
     lines = ["| method | seed | epochs | final top-1 | many | medium | few | best evaluated epoch on test (papers only) "
              "| minutes (at the median epoch's pace) | step | reference code on this copy | paper (original arrays) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(records, key=lambda r: (r["epochs"], r["method"], r["seed"])):
-        step = r["step"]
+    for a, r in sorted(records, key=lambda ar: (ar[1].epochs, ar[0].method, ar[1].seed)):
         lines.append(
-            f"| {r['method']} | {r['seed']} | {r['epochs']} | {_pct(r['final_test_top1'])} | "
-            f"{_pct(r['final_test_many_accuracy'])} | {_pct(r['final_test_medium_accuracy'])} | "
-            f"{_pct(r['final_test_few_accuracy'])} | {_pct(r['best_on_test_epoch_top1'])} "
-            f"(epoch {r['best_on_test_epoch']}) | {r['train_minutes']:.0f} ({r['median_epoch_seconds'] * r['epochs'] / 60:.0f}) | "
-            f"{step['precision']}"
-            f"{' channels-last' if step['channels_last'] else ''}, {r['device']} {r['cpu_capability']} | "
-            f"{REFERENCE.get(r['method'], '-') if r['epochs'] == 200 else '-'} | {PAPERS.get(r['method'], '-')} |")
+            f"| {a.method} | {r.seed} | {r.epochs} | {_pct(r.final_test_top1)} | {_pct(r.final_test_many_accuracy)} | "
+            f"{_pct(r.final_test_medium_accuracy)} | {_pct(r.final_test_few_accuracy)} | "
+            f"{_pct(r.best_on_test_epoch_top1)} (epoch {r.best_on_test_epoch}) | "
+            f"{r.train_minutes:.0f} ({r.median_epoch_seconds * r.epochs / 60:.0f}) | {r.step['precision']}"
+            f"{' channels-last' if r.step['channels_last'] else ''}, {r.device} {a.cpu_capability} | "
+            f"{REFERENCE.get(a.method, '-') if r.epochs == 200 else '-'} | {PAPERS.get(a.method, '-')} |")
     return "\n".join(lines)
 
 
@@ -131,7 +129,7 @@ def main() -> None:
     state = state_root(args.state) / "cifar10-lt"
     records = Path(args.records or ROOT / f"docs/records/cifar10-lt100-e{args.epochs}").resolve()
     if args.table:
-        return print(table([json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]))
+        return print(table(read_records(records, RunAbout)))
     run_dir = state / "runs" / f"e{args.epochs}"  # a budget's runs apart: --resume refuses a checkpoint of other settings
     carry = Path(args.carry).resolve() / f"e{args.epochs}" if args.carry else None
     if args.progress:
@@ -151,7 +149,7 @@ def main() -> None:
     for method in args.methods.split(","):
         pairs = overrides(splits, method, args, run_dir)
         cfg, out = resolved(pairs), records / f"{record_name(method, args)}.json"
-        if same_record(out, config_sha256(cfg), manifest):
+        if same_record(out, RunAbout, config_sha256(cfg), manifest):
             print(f"--- {method} seed {args.seed}: finished ({out}), skipped", flush=True)
             continue
         if not any(run_dir.glob(f"*-{method}-s{args.seed}-*/checkpoint.pt")):
@@ -160,13 +158,12 @@ def main() -> None:
         result_file.parent.mkdir(parents=True, exist_ok=True)
         run_job([*SUBMIT, "jobs/train.py", "--config", EXPERIMENT, *(a for k, v in pairs for a in ("--set", f"{k}={v}")),
                  "--result", str(result_file)], run_dir, carry)
-        rec = record_of(read_result("train", str(result_file)).set_fields(), method, args)
-        write_record(out, rec)
-        print(f"--- {method} seed {args.seed}: final top-1 {100 * rec['final_test_top1']:.1f}, record {out}", flush=True)
-        drop_carried(carry, rec["checkpoint"])
-    rows = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
+        result = read_result("train", str(result_file))
+        write_record(out, about(method, args), result)
+        print(f"--- {method} seed {args.seed}: final top-1 {100 * result.final_test_top1:.1f}, record {out}", flush=True)
+        drop_carried(carry, result.checkpoint)
     print(f"\nCIFAR-10-LT rho=100, ResNet-32 ({args.subset} images), records in {records}:")
-    print(table(rows))
+    print(table(read_records(records, RunAbout)))
 
 
 if __name__ == "__main__":

@@ -5,18 +5,30 @@ folder of the repository to the next machine, and each finished run's record lan
 - ``state_root``: ``--state``, else ``$LONGTAIL_STATE``, else ``~/.cache/longtail-lab``;
 - ``run_job``: one ``spark-submit jobs/...`` at a time, its checkpoints copied to the carry folder
   each minute while it runs (``sync_carry``), and restored from it when the state is gone;
-- ``write_record``: a record file written aside, then renamed (a kill never leaves half of one)."""
+- ``write_record`` / ``read_record``: a benchmark's record in docs/records/, typed (below), written
+  aside then renamed (a kill never leaves half of one).
+
+A record in docs/records/ is one flat JSON object: what the benchmark says of the run (``RunAbout`` for
+bench/cifar10_lt.py, ``StageAbout`` for bench/study.py) beside the job's own ``--result`` record
+(pipeline/records.py: ``TrainResult``, ``StreamResult``, ``Manifest``...). Both parts are checked when
+it is written and read: a hand-edited or truncated record fails naming the file and the field."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.records import RESULTS, Record, RecordError  # noqa: E402
+
+A = TypeVar("A", bound=Record)
 SUBMIT = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--driver-memory", "4g",
           "--driver-java-options", "-Dlog4j.configurationFile=conf/log4j2.properties"]
 
@@ -118,16 +130,72 @@ def drop_carried(carry: Optional[Path], checkpoint: str) -> None:
         shutil.rmtree(carry / folder.name)
 
 
-def same_record(path: Path, config_sha256: Optional[str], manifest_sha256: Optional[str]) -> bool:
-    """Whether ``path`` holds the record of a run with these settings on these data."""
-    if not path.exists():
-        return False
-    old = json.loads(path.read_text())
-    return old.get("config_sha256") == config_sha256 and old.get("manifest_sha256") == manifest_sha256
+@dataclasses.dataclass
+class RunAbout(Record):
+    """What bench/cifar10_lt.py says of a training beside its ``TrainResult``: the recipe, the images,
+    the evaluation interval and the CPU it ran on."""
+    FILE: ClassVar[str] = "<method>-s<seed>.json record"
+    MAKE: ClassVar[str] = "bench/cifar10_lt.py"
+    job: ClassVar[str] = "train"  # the job whose result the record holds
+    method: str
+    eval_every: int
+    subset: str  # reference: the reference code's images; ours: this project's draw
+    dataset: str
+    cpu: str
+    cpu_capability: str  # torch.backends.cpu.get_cpu_capability()
+    threads: int
 
 
-def write_record(path: Path, record: dict) -> None:
+@dataclasses.dataclass
+class StageAbout(Record):
+    """What bench/study.py says of one stage beside its job's result: the stage, the job, the study's
+    budget, the stage's minutes and, for a stream, its kept pseudo-labels per class (the output's last
+    balance: class_name, selected_count, precision), so a table needs only the records."""
+    FILE: ClassVar[str] = "<stage>.json record"
+    MAKE: ClassVar[str] = "bench/study.py"
+    stage: str
+    job: str  # of RESULTS: the result's record
+    study_epochs: int
+    minutes: float
+    pseudo_labels: Optional[list[dict]] = None
+
+
+def write_record(path: Path, about: Record, result: Record) -> None:
+    """``about`` and the job's ``result`` as one flat JSON object in ``path``, whole or not at all."""
+    own, theirs = about.set_fields(), result.set_fields()
+    if set(own) & set(theirs):
+        raise RecordError(f"{path}: {type(about).__name__} and {type(result).__name__} share the fields "
+                          f"{sorted(set(own) & set(theirs))}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    tmp.write_text(json.dumps({**own, **theirs}, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)  # the record lands whole, the moment its run ends
+
+
+def read_record(path: Path, about: type[A]) -> tuple[A, Record]:
+    """The record in ``path``, checked: (what the benchmark says, the job's result)."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} (truncated or "
+                          f"hand-edited?): make it anew with {about.MAKE}") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: not a record (a JSON object), found {type(data).__name__}")
+    mine = {f.name for f in dataclasses.fields(about)} - {"version"}
+    said = about.from_dict({k: v for k, v in data.items() if k in mine}, str(path))
+    if said.job not in RESULTS:
+        raise RecordError(f"{path}: field job: {said.job!r} is not a job with a result ({', '.join(RESULTS)})")
+    return said, RESULTS[said.job].from_dict({k: v for k, v in data.items() if k not in mine}, str(path))
+
+
+def read_records(folder: Path, about: type[A]) -> list[tuple[A, Record]]:
+    return [read_record(p, about) for p in sorted(folder.glob("*.json"))]
+
+
+def same_record(path: Path, about: type[Record], config_sha256: Optional[str], manifest_sha256: Optional[str]) -> bool:
+    """Whether ``path`` holds the record of a run with these settings on these data (a record that does
+    not read fails, naming its field: it is never silently written over)."""
+    if not path.exists():
+        return False
+    old = read_record(path, about)[1]
+    return (getattr(old, "config_sha256", None), getattr(old, "manifest_sha256", None)) == (config_sha256, manifest_sha256)

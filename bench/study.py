@@ -37,18 +37,26 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sittings import (ROOT, SUBMIT, drop_carried, prepare_environment, progress, run_job,  # noqa: E402
-                      same_record, state_root, sync_carry, write_record)
+from sittings import (ROOT, SUBMIT, StageAbout, drop_carried, prepare_environment, progress,  # noqa: E402
+                      read_records, run_job, same_record, state_root, sync_carry, write_record)
 
 sys.path.insert(0, str(ROOT))
 
 from pipeline.pseudolabel.store import latest_balance  # noqa: E402
-from pipeline.records import Manifest, read_result  # noqa: E402
+from pipeline.records import Manifest, Record, StreamResult, TrainResult, read_result  # noqa: E402
 
 METHODS = ("ce", "ldam_drw", "cb_focal", "balanced_softmax")
 STANDARD, SEMI = "conf/experiments/cifar10_lt100.yaml", "conf/experiments/cifar10_lt100_ssl.yaml"
 # (name, --select, pseudolabel settings): the streams of each pool; crest-em is prior_study's best
 POLICIES = (("all", "all", {}), ("crest-em", "crest", {"crest_alpha": 3.0, "adjust": "em"}))
+
+
+def stage_about(stage: str, job: str, epochs: int, minutes: float, out: Record) -> StageAbout:
+    """What the study's record says beside the job's result; for a stream, its last balance per class."""
+    balance = latest_balance(out.out) if isinstance(out, StreamResult) else None
+    kept = None if balance is None else [{k: r[k] for k in ("class_name", "selected_count", "precision")}
+                                         for r in balance.to_pylist()]
+    return StageAbout(stage=stage, job=job, study_epochs=epochs, minutes=minutes, pseudo_labels=kept)
 
 
 class Study:
@@ -62,32 +70,34 @@ class Study:
         if carry:
             sync_carry(self.run_dir, carry, restore=True)
 
-    def job(self, stage: str, script: str, *args: str, keep: bool = False) -> dict:
-        """Run ``spark-submit jobs/SCRIPT`` once; its --result JSON (kept for reruns) is returned and, the
+    def job(self, stage: str, script: str, *args: str, keep: bool = False) -> Record:
+        """Run ``spark-submit jobs/SCRIPT`` once; its --result record (kept for reruns) is returned and, the
         first time, recorded. A finished training's carried checkpoint is dropped unless ``keep``."""
-        result = self.work / "results" / f"{stage}.json"
+        job, result = script.removesuffix(".py"), self.work / "results" / f"{stage}.json"
         if result.exists():
-            return read_result(script.removesuffix(".py"), str(result)).set_fields()
+            return read_result(job, str(result))
         print(f"--- {stage}: jobs/{script} {' '.join(args)}", flush=True)
         started = time.time()
         run_job([*SUBMIT, f"jobs/{script}", *args, "--result", str(result)], self.run_dir, self.carry)
         self.minutes[stage] = (time.time() - started) / 60
-        out = read_result(script.removesuffix(".py"), str(result)).set_fields()
+        out = read_result(job, str(result))
         record = self.records / f"{stage}.json" if self.records else None
-        if record and not same_record(record, out.get("config_sha256"), out.get("manifest_sha256")):
-            write_record(record, {"stage": stage, "study_epochs": self.epochs, "minutes": self.minutes[stage], **out})
-        if "checkpoint" in out and not keep:
-            drop_carried(self.carry, out["checkpoint"])
+        if record and not same_record(record, StageAbout, getattr(out, "config_sha256", None),
+                                      getattr(out, "manifest_sha256", None)):
+            write_record(record, stage_about(stage, job, self.epochs, self.minutes[stage], out), out)
+        if isinstance(out, TrainResult) and not keep:
+            drop_carried(self.carry, out.checkpoint)
         return out
 
     def train(self, stage: str, config: str, splits: Path, method: str, experiment: str, *extra: str,
-              script: str = "train.py", keep: bool = False) -> dict:
+              script: str = "train.py", keep: bool = False) -> TrainResult:
         return self.job(stage, script, "--config", config, "--splits", str(splits), "--method", method,
                         "--epochs", str(self.epochs), "--experiment", experiment, "--resume",
                         "--set", f"train.runtime.run_dir={self.run_dir}", "--set", f"train.eval_every={self.eval_every}",
                         *extra, keep=keep)
 
-    def stream(self, stage: str, model: dict, pool: Path, out: Path, select: str, settings: dict, experiment: str) -> dict:
+    def stream(self, stage: str, model: TrainResult, pool: Path, out: Path, select: str, settings: dict,
+               experiment: str) -> StreamResult:
         """Pseudo-labels of ``pool`` by ``model``; an output without its stage's result (a kill) is made
         anew. With a carry folder the output is carried too (~0.4 MB): scored again on another machine,
         a policy that reads the predictions could keep other rows (float rounding), and the carried
@@ -102,7 +112,7 @@ class Study:
                 shutil.copyfile(carried / "result.json", result)
                 print(f"carry: the pseudo-labels of {stage} from {carried}", flush=True)
         sets = [a for k, v in settings.items() for a in ("--set", f"pseudolabel.{k}={v}")]
-        labels = self.job(stage, "pseudolabel.py", "--config", SEMI, "--model", model["run_id"], "--input", str(pool),
+        labels = self.job(stage, "pseudolabel.py", "--config", SEMI, "--model", model.run_id, "--input", str(pool),
                           "--out", str(out), "--select", select, *sets, "--max-files-per-trigger", "1",
                           "--experiment", experiment)
         if carried and not (carried / "result.json").exists():
@@ -118,7 +128,7 @@ def semi_chain(study: Study, ssl: Path, rev: Optional[Path], experiment: str) ->
     pre = study.job("ssl-pretrain", "pretrain.py", "--config", SEMI, "--splits", str(ssl), "--epochs", str(study.epochs),
                     "--experiment", experiment, "--resume", "--set", f"train.runtime.run_dir={study.run_dir}",
                     "--set", f"train.eval_every={study.eval_every}", keep=keep)
-    ssp = ("--pretrained", pre["checkpoint"])  # a path: the same key on another machine, where the run id is new
+    ssp = ("--pretrained", pre.checkpoint)  # a path: the same key on another machine, where the run id is new
     study.train("ssl-ssp", SEMI, ssl, "ce", experiment, *ssp)
     labels = {}
     order = [("ssl", "all"), "ssp", ("ssl", "crest-em"), *([("rev", "all"), ("rev", "crest-em")] if rev else [])]
@@ -137,9 +147,45 @@ def semi_chain(study: Study, ssl: Path, rev: Optional[Path], experiment: str) ->
     return labels
 
 
+STAGES = {"ssl-base": "`ce` base (labeled only)", "ssl-pretrain": "SSP: rotation pre-training (test: 4-way rotation top-1)",
+          "ssl-ssp": "`ce` from SSP", "ssl-semi-all": "semi, policy `all`", "ssl-semi-all-ssp": "semi + SSP, policy `all`",
+          "ssl-semi-crest-em": "semi, `crest` alpha 3 + EM prior", "rev-semi-all": "reversed pool: semi, policy `all`",
+          "rev-semi-crest-em": "reversed pool: semi, `crest` alpha 3 + EM prior"}
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def table(records: list[tuple[StageAbout, Record]]) -> str:
+    """The study's tables from its records alone: every training (final epoch; per class, head first;
+    the pseudo-labels it trained on), then every stream's kept pseudo-labels per class."""
+    by_stage = {a.stage: (a, r) for a, r in records}
+    order = [*(s for s in STAGES if s in by_stage), *sorted(s for s in by_stage if s not in STAGES)]
+    lines = ["| stage | what | epochs | final top-1 | many | medium | few | per class (head first) "
+             "| pseudo-labels trained on: kept, precision | minutes |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for stage in order:
+        a, r = by_stage[stage]
+        if not isinstance(r, TrainResult):
+            continue
+        stream = by_stage.get(stage.replace("-semi-", "-pseudolabel-").removesuffix("-ssp")) if "-semi-" in stage else None
+        pl = f"{stream[1].selected}, {_pct(stream[1].precision)}" if stream else "-"
+        lines.append(f"| {stage} | {STAGES.get(stage, a.job)} | {r.epochs} | {_pct(r.final_test_top1)} | "
+                     f"{_pct(r.final_test_many_accuracy)} | {_pct(r.final_test_medium_accuracy)} | "
+                     f"{_pct(r.final_test_few_accuracy)} | {' '.join(_pct(v) for v in r.final_test_per_class_accuracy)} | "
+                     f"{pl} | {a.minutes:.0f} |")
+    streams = [by_stage[s] for s in order if isinstance(by_stage[s][1], StreamResult)]
+    if streams:
+        lines += ["", "| stream | kept | precision | per class: kept (precision), head first |", "|---|---|---|---|"]
+        for a, r in streams:
+            per_class = ", ".join(f"{c['selected_count']} ({_pct(c['precision'])})" for c in a.pseudo_labels or [])
+            lines.append(f"| {a.stage} | {r.selected} | {_pct(r.precision)} | {per_class or '-'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archive", help="cifar10-jpeg.tar.gz (not needed with --progress)")
+    ap.add_argument("--archive", help="cifar10-jpeg.tar.gz (not needed with --progress or --table)")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--parts", default="supervised,semi", help="of supervised, semi, reversed")
     ap.add_argument("--methods", default=",".join(METHODS), help="the supervised part's recipes")
@@ -150,7 +196,11 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="forget finished stages and start over")
     ap.add_argument("--progress", action="store_true",
                     help="print the finished stages and where each unfinished training stands, and stop")
+    ap.add_argument("--table", action="store_true", help="print the tables of the records in --records and stop")
     args = ap.parse_args()
+    records = Path(args.records or ROOT / f"docs/records/study-cifar10-lt100-e{args.epochs}").resolve()
+    if args.table:
+        return print(table(read_records(records, StageAbout)))
     parts = set(args.parts.split(","))
     if parts - {"supervised", "semi", "reversed"} or ("reversed" in parts and "semi" not in parts):
         ap.error(f"--parts: of supervised, semi, reversed (reversed needs semi's base), got {args.parts}")
@@ -161,11 +211,10 @@ def main() -> None:
         lines = progress(work / "runs" / f"e{args.epochs}", carry)
         return print(f"finished stages: {', '.join(done) or 'none'}\n" + ("\n".join(lines) or "no unfinished training"))
     if not args.archive:
-        ap.error("--archive is required (except with --progress)")
+        ap.error("--archive is required (except with --progress or --table)")
     if args.fresh and work.exists():
         shutil.rmtree(work)
     prepare_environment(work)
-    records = Path(args.records or ROOT / f"docs/records/study-cifar10-lt100-e{args.epochs}").resolve()
     study, started = Study(work, args.epochs, records, carry, args.eval_every), time.time()
     data, std, ssl, rev = (work / "cifar10", work / "cifar10-lt100", work / "cifar10-lt100-ssl",
                            work / "cifar10-lt100-ssl-reversed")
@@ -196,8 +245,9 @@ def report(study: Study, experiments: list[str], labels: dict, started: float) -
         subprocess.run([sys.executable, "jobs/compare.py", "--experiment", experiment], cwd=ROOT, check=True)
     for (pool, name), result in labels.items():
         rows = latest_balance(str(study.work / f"pseudo-labels-{pool}-{name}")).to_pylist()
-        print(f"\npseudo-labels of the {pool} pool by the base model (policy {name}): {result['selected']} kept, "
-              f"precision {result.get('precision', float('nan')):.3f}; per class (class: kept, precision):")
+        print(f"\npseudo-labels of the {pool} pool by the base model (policy {name}): {result.selected} kept, "
+              f"precision {result.precision if result.precision is not None else float('nan'):.3f}; "
+              f"per class (class: kept, precision):")
         print(", ".join(f"{r['class_name']}: {r['selected_count']}, "
                         f"{'-' if r['precision'] is None else format(r['precision'], '.2f')}" for r in rows))
     print("\nminutes per stage (this invocation):", ", ".join(f"{k} {v:.1f}" for k, v in study.minutes.items()))

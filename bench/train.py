@@ -52,14 +52,15 @@ def ensure_splits(archive: str, work: Path, name: str = "cifar10-lt100",
     from pipeline.ingest import run_ingest
     from pipeline.spark import session
     from pipeline.longtail.splits import run_longtail
+    from pipeline.records import Ingest
 
     cfg = resolve(["conf/experiments/cifar10_lt100.yaml"], [
         ("ingest.source", json.dumps([os.path.abspath(archive)])), ("ingest.out", str(work / "cifar10")),
         ("ingest.overwrite", "true"), ("longtail.data", str(work / "cifar10")), ("longtail.out", str(splits)),
         ("longtail.overwrite", "true"), *overrides])
     spark = session(cfg.spark)
-    done = work / "cifar10" / "ingest.json"
-    if not done.exists() or json.loads(done.read_text())["config"]["source"] != cfg.ingest.source:
+    done = work / "cifar10"
+    if not (done / Ingest.FILE).exists() or Ingest.read(str(done)).config["source"] != cfg.ingest.source:
         run_ingest(spark, cfg)
     run_longtail(spark, cfg)
     spark.stop()

@@ -1,9 +1,15 @@
 """Runs longer than a sitting (bench/cifar10_lt.py): checkpoints carried between the state folder and
 a carry folder, newest wins, and the records' table."""
+import dataclasses
+import datetime
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,14 +51,63 @@ def test_carry_restores_a_lost_state_and_never_goes_back_an_epoch(tmp_path):
     assert not list(carry.rglob("*.tmp")) and not list(state.rglob("*.tmp"))
 
 
-def test_table_rows_carry_final_top1_minutes_step_and_the_reference_figures():
-    record = {"method": "ce", "seed": 0, "epochs": 200, "final_test_top1": 0.6512, "final_test_many_accuracy": 0.9,
-              "final_test_medium_accuracy": 0.5, "final_test_few_accuracy": float("nan"),
-              "best_on_test_epoch_top1": 0.66, "best_on_test_epoch": 195, "train_minutes": 270.4, "median_epoch_seconds": 78.0,
-              "step": {"precision": "fp32", "channels_last": False}, "device": "cpu", "cpu_capability": "AVX2"}
-    row = bench("cifar10_lt").table([record]).splitlines()[-1]
+def test_table_rows_carry_final_top1_minutes_step_and_the_reference_figures(tmp_path):
+    sittings, cifar10_lt = bench("sittings"), bench("cifar10_lt")
+    _, published = sittings.read_record(ROOT / "docs/records/cifar10-lt100-e200/ce-s0.json", sittings.RunAbout)
+    result = dataclasses.replace(published, final_test_top1=0.6512, final_test_many_accuracy=0.9,
+                                 final_test_medium_accuracy=0.5, best_on_test_epoch_top1=0.66, best_on_test_epoch=195,
+                                 train_minutes=270.4, median_epoch_seconds=78.0)
+    about = sittings.RunAbout(method="ce", eval_every=5, subset="reference", dataset="d", cpu="x86_64",
+                              cpu_capability="AVX2", threads=2)
+    sittings.write_record(tmp_path / "ce-s0.json", about, result)  # what the bench writes, read back as --table does
+    row = cifar10_lt.table(sittings.read_records(tmp_path, sittings.RunAbout)).splitlines()[-1]
     assert row.startswith("| ce | 0 | 200 | 65.1 | 90.0 | 50.0 | - | 66.0 (epoch 195) | 270 (260) | fp32, cpu AVX2 |")
     assert "64.8 final" in row and "70.4" in row
+
+
+def test_a_benchmark_record_that_does_not_read_fails_naming_the_file_and_field(tmp_path):
+    sittings = bench("sittings")
+    from pipeline.records import RecordError
+
+    record = json.loads((ROOT / "docs/records/cifar10-lt100-e200/ce-s0.json").read_text())
+    for name, change, message in [("a.json", {"threads": "2"}, "field threads: expected int"),  # the bench's part
+                                  ("b.json", {"final_test_top1": None}, "field final_test_top1: expected float"),  # the job's
+                                  ("c.json", {"cpu_capability": None}, "field cpu_capability: expected str")]:
+        (tmp_path / name).write_text(json.dumps({**record, **change}))
+        with pytest.raises(RecordError, match=f"{name}: {message}"):
+            sittings.read_record(tmp_path / name, sittings.RunAbout)
+    (tmp_path / "d.json").write_text(json.dumps({k: v for k, v in record.items() if k != "method"}))
+    with pytest.raises(RecordError, match="d.json: field 'method' is missing.*bench/cifar10_lt.py"):
+        sittings.same_record(tmp_path / "d.json", sittings.RunAbout, "sha", "sha")  # never silently written over
+    (tmp_path / "e.json").write_text(json.dumps(record)[:-20])
+    with pytest.raises(RecordError, match="e.json: not valid JSON"):
+        sittings.read_record(tmp_path / "e.json", sittings.RunAbout)
+
+
+def test_the_study_table_comes_from_its_records_alone_with_each_semi_run_beside_its_pseudo_labels(tmp_path):
+    sittings, study = bench("sittings"), bench("study")
+    from pipeline.records import StreamResult
+
+    _, trained = sittings.read_record(ROOT / "docs/records/cifar10-lt100-e200/ce-s0.json", sittings.RunAbout)
+    stream = StreamResult(run_id="s", out="o", model_run_id="m", policy="all", batches=3, scored=7440, selected=7000,
+                          precision=0.8123)
+    per_class = [{"class_name": f"c{i}", "selected_count": 700, "precision": 0.5 + i / 100} for i in range(10)]
+    write = sittings.write_record
+    write(tmp_path / "ssl-base.json", sittings.StageAbout(stage="ssl-base", job="train", study_epochs=200, minutes=70.2),
+          dataclasses.replace(trained, final_test_top1=0.601))
+    write(tmp_path / "ssl-pseudolabel-all.json", sittings.StageAbout(stage="ssl-pseudolabel-all", job="pseudolabel",
+                                                                     study_epochs=200, minutes=3.0,
+                                                                     pseudo_labels=per_class), stream)
+    write(tmp_path / "ssl-semi-all-ssp.json", sittings.StageAbout(stage="ssl-semi-all-ssp", job="train_semi",
+                                                                  study_epochs=200, minutes=190.0), trained)
+    text = study.table(sittings.read_records(tmp_path, sittings.StageAbout))
+    rows = text.splitlines()
+    assert rows[2].startswith("| ssl-base | `ce` base (labeled only) | 200 | 60.1 | 73.3 | 39.6 | - | 95.3 97.9 80.5 ")
+    assert rows[2].endswith("| - | 70 |")  # the base model trained on no pseudo-labels
+    assert rows[3].startswith("| ssl-semi-all-ssp | semi + SSP, policy `all` | 200 | 66.6 |")
+    assert rows[3].endswith("| 7000, 81.2 | 190 |")  # the stream of its pool and policy
+    assert rows[-1] == "| ssl-pseudolabel-all | 7000 | 81.2 | " + ", ".join(
+        f"700 ({50 + i:.1f})" for i in range(10)) + " |"
 
 
 def test_a_carried_stream_output_is_restored_instead_of_scored_again(tmp_path):
@@ -68,7 +123,7 @@ def test_a_carried_stream_output_is_restored_instead_of_scored_again(tmp_path):
 
     first = study.Study(tmp_path / "machine-1", 1, carry=carry)
     first.job = scored
-    first.stream("ssl-pseudolabel-all", {"run_id": "r1"}, tmp_path / "pool", first.work / "pl", "all", {}, "e")
+    first.stream("ssl-pseudolabel-all", SimpleNamespace(run_id="r1"), tmp_path / "pool", first.work / "pl", "all", {}, "e")
     second = study.Study(tmp_path / "machine-2", 1, carry=carry)  # another machine: no state, the same carry
 
     def never(*args, **kw):
@@ -76,7 +131,7 @@ def test_a_carried_stream_output_is_restored_instead_of_scored_again(tmp_path):
 
     second.job = lambda stage, *a, **kw: (__import__("json").loads((second.work / "results" / f"{stage}.json").read_text())
                                           if (second.work / "results" / f"{stage}.json").exists() else never())
-    assert second.stream("ssl-pseudolabel-all", {"run_id": "r2"}, tmp_path / "pool", second.work / "pl", "all", {},
+    assert second.stream("ssl-pseudolabel-all", SimpleNamespace(run_id="r2"), tmp_path / "pool", second.work / "pl", "all", {},
                          "e") == {"selected": 7}
     assert (second.work / "pl" / "labels" / "part.parquet").read_bytes() == b"labels of machine 1"
 
@@ -105,3 +160,45 @@ def test_progress_names_each_unfinished_run_from_its_newest_checkpoint_with_its_
                                "10: 59.0 (")
     assert str(carry / "run-a" / "checkpoint.pt") in lines[0]
     assert sittings.progress(tmp_path / "empty", None) == []
+
+
+def test_every_published_benchmark_record_reads_whole():
+    sittings = bench("sittings")
+    about = {"cifar10-lt100-e": sittings.RunAbout, "study-cifar10-lt100-": sittings.StageAbout}
+    paths = sorted(ROOT.glob("docs/records/*/*.json"))
+    assert any("cifar10-lt100-e200" in str(p) for p in paths)
+    for path in paths:
+        kind = next(k for prefix, k in about.items() if path.parent.name.startswith(prefix))
+        said, result = sittings.read_record(path, kind)
+        if said.job == "train":
+            assert 0 < result.final_test_top1 <= 1 and len(result.final_test_per_class_accuracy) == 10
+
+
+def test_a_stream_stage_record_keeps_the_last_balance_per_class(tmp_path):
+    import pyarrow as pa
+
+    from pipeline import schema
+    from pipeline.pseudolabel.store import write_balance
+    from pipeline.records import StreamResult
+
+    study = bench("study")
+    names = [c.name for c in schema.BALANCE_COLUMNS]
+
+    def balance(batch, kept):
+        rows = [{n: None for n in names} | {"batch_id": batch, "class_index": i, "class_name": f"c{i}", "batch_count": 5,
+                                            "cumulative_count": 5 * (batch + 1), "selected_count": k,
+                                            "precision": 0.9 - i / 10, "labeled_count": 10, "batch_rows": 10,
+                                            "cumulative_rows": 10 * (batch + 1), "rows_per_s": 1.0, "latency_s": 1.0,
+                                            "committed_at": datetime.datetime.now(datetime.timezone.utc)}
+                for i, k in enumerate(kept)]
+        return pa.Table.from_pylist(rows, schema=schema.arrow_schema(schema.BALANCE_COLUMNS))
+
+    out = str(tmp_path / "pl")
+    write_balance(out, 0, balance(0, [3, 1]))
+    write_balance(out, 1, balance(1, [8, 2]))  # the last micro-batch: cumulative counts
+    result = StreamResult(run_id="s", out=out, model_run_id="m", policy="all", batches=2, scored=20, selected=10)
+    about = study.stage_about("ssl-pseudolabel-all", "pseudolabel", 200, 2.5, result)
+    assert about.pseudo_labels == [{"class_name": "c0", "selected_count": 8, "precision": 0.9},
+                                   {"class_name": "c1", "selected_count": 2, "precision": 0.8}]
+    bench("sittings").write_record(tmp_path / "r.json", about, result)
+    assert bench("sittings").read_record(tmp_path / "r.json", type(about))[0] == about

@@ -1,5 +1,7 @@
 """The project's own files agree with each other: README commands, CI, Makefile, compose."""
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -43,3 +45,21 @@ def test_every_library_package_is_installed_by_pyproject():
     found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("pipeline", "models", "streaming")
              for p in (ROOT / top).rglob("__init__.py")}
     assert found == listed, f"unlisted: {sorted(found - listed)}, listed but gone: {sorted(listed - found)}"
+
+
+def test_the_demo_writes_only_under_runs(tmp_path):
+    """`make demo RUNS=DIR`: every output, checkpoint and comparison of the chain lies under DIR (the
+    MLflow store too: the recipe exports MLFLOW_TRACKING_URI as the one `make mlflow-ui RUNS=DIR` opens)."""
+    runs = tmp_path / "elsewhere"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # a user's shell
+    text = subprocess.run(["make", "-n", "demo", f"RUNS={runs}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=True).stdout.replace("\\\n", " ")
+    jobs = [line for line in text.splitlines() if "jobs/" in line]
+    assert len(jobs) == 10
+    outputs = re.findall(r"(?:--out|--data|--splits|--result|--input|--pseudo-labels|run_dir=) ?(\S+)", text)
+    assert outputs and all(p.startswith(str(runs)) for p in outputs), outputs
+    trainers = [line for line in jobs if re.search(r"jobs/(train|pretrain|train_semi)\.py", line)]
+    assert len(trainers) == 6 and all(f"train.runtime.run_dir={runs}/train" in line for line in trainers)
+    assert f"--out {runs}/compare/" in text
+    store = f"sqlite:///{runs}/mlflow/mlflow.db"  # what `make mlflow-ui RUNS=DIR` opens
+    assert f"demo: writes under {runs}; MLflow store: {store}" in text.splitlines()  # the recipe's environment

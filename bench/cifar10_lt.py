@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from equal_budget import prepare_reference, reference_subset  # noqa: E402  (the reference's images)
-from sittings import (SUBMIT, RunAbout, drop_carried, prepare_environment, progress, read_records,  # noqa: E402
-                      run_job, same_record, state_root, sync_carry, write_record)
+from sittings import (SUBMIT, RunAbout, drop_carried, pct, prepare_environment, progress,  # noqa: E402
+                      read_records, run_job, same_record, state_root, sync_carry, write_record)
 from train import ensure_splits  # noqa: E402  (bench/train.py: make the splits once)
 
 from pipeline.config import config_sha256, resolve  # noqa: E402
@@ -89,20 +89,15 @@ def about(method: str, args) -> RunAbout:
                     threads=os.cpu_count())
 
 
-def _pct(v) -> str:
-    """A share as a percentage; '-' where the split has no such class (few-shot on CIFAR-10-LT)."""
-    return "-" if v is None or v != v else f"{100 * v:.1f}"
-
-
 def table(records: list[tuple[RunAbout, TrainResult]]) -> str:
     lines = ["| method | seed | epochs | final top-1 | many | medium | few | best evaluated epoch on test (papers only) "
              "| minutes (at the median epoch's pace) | step | reference code on this copy | paper (original arrays) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a, r in sorted(records, key=lambda ar: (ar[1].epochs, ar[0].method, ar[1].seed)):
         lines.append(
-            f"| {a.method} | {r.seed} | {r.epochs} | {_pct(r.final_test_top1)} | {_pct(r.final_test_many_accuracy)} | "
-            f"{_pct(r.final_test_medium_accuracy)} | {_pct(r.final_test_few_accuracy)} | "
-            f"{_pct(r.best_on_test_epoch_top1)} (epoch {r.best_on_test_epoch}) | "
+            f"| {a.method} | {r.seed} | {r.epochs} | {pct(r.final_test_top1)} | {pct(r.final_test_many_accuracy)} | "
+            f"{pct(r.final_test_medium_accuracy)} | {pct(r.final_test_few_accuracy)} | "
+            f"{pct(r.best_on_test_epoch_top1)} (epoch {r.best_on_test_epoch}) | "
             f"{r.train_minutes:.0f} ({r.median_epoch_seconds * r.epochs / 60:.0f}) | {r.step['precision']}"
             f"{' channels-last' if r.step['channels_last'] else ''}, {r.device} {a.cpu_capability} | "
             f"{REFERENCE.get(a.method, '-') if r.epochs == 200 else '-'} | {PAPERS.get(a.method, '-')} |")

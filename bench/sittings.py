@@ -160,6 +160,11 @@ class StageAbout(Record):
     pseudo_labels: Optional[list[dict]] = None
 
 
+def pct(v: Optional[float]) -> str:
+    """A share as a percentage for the tables; '-' where there is none (NaN: no few-shot class on CIFAR-10-LT)."""
+    return "-" if v is None or v != v else f"{100 * v:.1f}"
+
+
 def write_record(path: Path, about: Record, result: Record) -> None:
     """``about`` and the job's ``result`` as one flat JSON object in ``path``, whole or not at all."""
     own, theirs = about.set_fields(), result.set_fields()

@@ -37,7 +37,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sittings import (ROOT, SUBMIT, StageAbout, drop_carried, prepare_environment, progress,  # noqa: E402
+from sittings import (ROOT, SUBMIT, StageAbout, drop_carried, pct, prepare_environment, progress,  # noqa: E402
                       read_records, run_job, same_record, state_root, sync_carry, write_record)
 
 sys.path.insert(0, str(ROOT))
@@ -153,10 +153,6 @@ STAGES = {"ssl-base": "`ce` base (labeled only)", "ssl-pretrain": "SSP: rotation
           "rev-semi-crest-em": "reversed pool: semi, `crest` alpha 3 + EM prior"}
 
 
-def _pct(v: Optional[float]) -> str:
-    return "-" if v is None or v != v else f"{100 * v:.1f}"
-
-
 def table(records: list[tuple[StageAbout, Record]]) -> str:
     """The study's tables from its records alone: every training (final epoch; per class, head first;
     the pseudo-labels it trained on), then every stream's kept pseudo-labels per class."""
@@ -169,17 +165,17 @@ def table(records: list[tuple[StageAbout, Record]]) -> str:
         if not isinstance(r, TrainResult):
             continue
         stream = by_stage.get(stage.replace("-semi-", "-pseudolabel-").removesuffix("-ssp")) if "-semi-" in stage else None
-        pl = f"{stream[1].selected}, {_pct(stream[1].precision)}" if stream else "-"
-        lines.append(f"| {stage} | {STAGES.get(stage, a.job)} | {r.epochs} | {_pct(r.final_test_top1)} | "
-                     f"{_pct(r.final_test_many_accuracy)} | {_pct(r.final_test_medium_accuracy)} | "
-                     f"{_pct(r.final_test_few_accuracy)} | {' '.join(_pct(v) for v in r.final_test_per_class_accuracy)} | "
-                     f"{pl} | {a.minutes:.0f} |")
+        pl = f"{stream[1].selected}, {pct(stream[1].precision)}" if stream else "-"
+        lines.append(f"| {stage} | {STAGES.get(stage, a.job)} | {r.epochs} | {pct(r.final_test_top1)} | "
+                     f"{pct(r.final_test_many_accuracy)} | {pct(r.final_test_medium_accuracy)} | "
+                     f"{pct(r.final_test_few_accuracy)} | {' '.join(pct(v) for v in r.final_test_per_class_accuracy)} | "
+                     f"{pl} | {r.train_minutes:.0f} |")  # across its sittings
     streams = [by_stage[s] for s in order if isinstance(by_stage[s][1], StreamResult)]
     if streams:
         lines += ["", "| stream | kept | precision | per class: kept (precision), head first |", "|---|---|---|---|"]
         for a, r in streams:
-            per_class = ", ".join(f"{c['selected_count']} ({_pct(c['precision'])})" for c in a.pseudo_labels or [])
-            lines.append(f"| {a.stage} | {r.selected} | {_pct(r.precision)} | {per_class or '-'} |")
+            per_class = ", ".join(f"{c['selected_count']} ({pct(c['precision'])})" for c in a.pseudo_labels or [])
+            lines.append(f"| {a.stage} | {r.selected} | {pct(r.precision)} | {per_class or '-'} |")
     return "\n".join(lines)
 
 

@@ -94,12 +94,13 @@ def test_the_study_table_comes_from_its_records_alone_with_each_semi_run_beside_
     per_class = [{"class_name": f"c{i}", "selected_count": 700, "precision": 0.5 + i / 100} for i in range(10)]
     write = sittings.write_record
     write(tmp_path / "ssl-base.json", sittings.StageAbout(stage="ssl-base", job="train", study_epochs=200, minutes=70.2),
-          dataclasses.replace(trained, final_test_top1=0.601))
+          dataclasses.replace(trained, final_test_top1=0.601, train_minutes=70.2))
     write(tmp_path / "ssl-pseudolabel-all.json", sittings.StageAbout(stage="ssl-pseudolabel-all", job="pseudolabel",
                                                                      study_epochs=200, minutes=3.0,
                                                                      pseudo_labels=per_class), stream)
     write(tmp_path / "ssl-semi-all-ssp.json", sittings.StageAbout(stage="ssl-semi-all-ssp", job="train_semi",
-                                                                  study_epochs=200, minutes=190.0), trained)
+                                                                  study_epochs=200, minutes=60.0),  # its last sitting
+          dataclasses.replace(trained, train_minutes=190.0))  # across its sittings
     text = study.table(sittings.read_records(tmp_path, sittings.StageAbout))
     rows = text.splitlines()
     assert rows[2].startswith("| ssl-base | `ce` base (labeled only) | 200 | 60.1 | 73.3 | 39.6 | - | 95.3 97.9 80.5 ")

@@ -39,24 +39,24 @@ RUN_ID = $$($(PY) -c 'import sys; from pipeline.records import read_result; prin
 # store unless MLFLOW_TRACKING_URI names another, the comparison) lives under RUNS: `make demo RUNS=DIR`
 # then `make mlflow-ui RUNS=DIR`.
 demo: export MLFLOW_TRACKING_URI ?= $(MLFLOW_DB)
-demo: RUN_DIR := --set train.runtime.run_dir=$(abspath $(RUNS))/train
+demo: DEMO_RUN_DIR := --set train.runtime.run_dir=$(abspath $(RUNS))/train
 demo: venv
 	@+echo "demo: writes under $(RUNS); MLflow store: $$MLFLOW_TRACKING_URI"
 	$(SUBMIT) jobs/ingest.py --config $(DEMO) --out $(D)/digits --overwrite
 	$(SUBMIT) jobs/longtail.py --config $(DEMO) --data $(D)/digits --out $(D)/digits-lt10 --overwrite
-	$(SUBMIT) jobs/train.py --config $(DEMO) $(RUN_DIR) --splits $(D)/digits-lt10 --method ce --result $(D)/base.json
-	$(SUBMIT) jobs/train.py --config $(DEMO) $(RUN_DIR) --splits $(D)/digits-lt10 --method $(DEMO_METHOD)
-	$(SUBMIT) jobs/pretrain.py --config $(DEMO) $(RUN_DIR) --splits $(D)/digits-lt10 --result $(D)/pretrain.json
-	$(SUBMIT) jobs/train.py --config $(DEMO) $(RUN_DIR) --splits $(D)/digits-lt10 --method ce \
+	$(SUBMIT) jobs/train.py --config $(DEMO) $(DEMO_RUN_DIR) --splits $(D)/digits-lt10 --method ce --result $(D)/base.json
+	$(SUBMIT) jobs/train.py --config $(DEMO) $(DEMO_RUN_DIR) --splits $(D)/digits-lt10 --method $(DEMO_METHOD)
+	$(SUBMIT) jobs/pretrain.py --config $(DEMO) $(DEMO_RUN_DIR) --splits $(D)/digits-lt10 --result $(D)/pretrain.json
+	$(SUBMIT) jobs/train.py --config $(DEMO) $(DEMO_RUN_DIR) --splits $(D)/digits-lt10 --method ce \
 	    --pretrained $(call RUN_ID,pretrain,$(D)/pretrain.json)
 	rm -rf $(D)/pseudo-labels  # a fresh stream: its checkpoint would otherwise resume the last demo's
 	$(SUBMIT) jobs/pseudolabel.py --config $(DEMO) --model $(call RUN_ID,train,$(D)/base.json) \
 	    --input $(D)/digits-lt10/unlabeled --out $(D)/pseudo-labels --max-files-per-trigger 1
-	$(SUBMIT) jobs/train_semi.py --config $(DEMO) $(RUN_DIR) --splits $(D)/digits-lt10 --method ce --pseudo-labels $(D)/pseudo-labels
-	$(SUBMIT) jobs/train_semi.py --config $(DEMO) $(RUN_DIR) --splits $(D)/digits-lt10 --method ce --pseudo-labels $(D)/pseudo-labels \
+	$(SUBMIT) jobs/train_semi.py --config $(DEMO) $(DEMO_RUN_DIR) --splits $(D)/digits-lt10 --method ce --pseudo-labels $(D)/pseudo-labels
+	$(SUBMIT) jobs/train_semi.py --config $(DEMO) $(DEMO_RUN_DIR) --splits $(D)/digits-lt10 --method ce --pseudo-labels $(D)/pseudo-labels \
 	    --pretrained $(call RUN_ID,pretrain,$(D)/pretrain.json)
 	$(PY) jobs/compare.py --experiment digits-lt10 --out $(RUNS)/compare/digits-lt10
-	@echo "Compare the runs in the MLflow UI: make mlflow-ui RUNS=$(RUNS)  (then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
+	@echo "Compare the runs in the MLflow UI ($$MLFLOW_TRACKING_URI): make mlflow-ui RUNS=$(RUNS) serves the store under RUNS (then open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)"
 
 GRID ?= conf/sweeps/digits_methods.yaml
 # A study (methods x imbalance ratios x seeds) as Spark tasks; its grid reads the demo's digits ingest.

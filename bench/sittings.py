@@ -156,7 +156,7 @@ class StageAbout(Record):
     stage: str
     job: str  # of RESULTS: the result's record
     study_epochs: int
-    minutes: float
+    minutes: float  # the sitting that ended the stage; NaN for a record written in a later sitting
     pseudo_labels: Optional[list[dict]] = None
 
 
@@ -166,14 +166,17 @@ def pct(v: Optional[float]) -> str:
 
 
 def write_record(path: Path, about: Record, result: Record) -> None:
-    """``about`` and the job's ``result`` as one flat JSON object in ``path``, whole or not at all."""
-    own, theirs = about.set_fields(), result.set_fields()
+    """``about`` and the job's ``result`` as one flat JSON object in ``path``, whole or not at all, and
+    only if it reads back as ``read_record`` will read it (every field kept, None too)."""
+    own, theirs = ({k: v for k, v in dataclasses.asdict(r).items() if k != "version"} for r in (about, result))
     if set(own) & set(theirs):
         raise RecordError(f"{path}: {type(about).__name__} and {type(result).__name__} share the fields "
                           f"{sorted(set(own) & set(theirs))}")
+    text = json.dumps({**own, **theirs}, indent=1, sort_keys=True) + "\n"
+    _split(json.loads(text), type(about), f"{path} (being written)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(json.dumps({**own, **theirs}, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)  # the record lands whole, the moment its run ends
 
 
@@ -184,13 +187,17 @@ def read_record(path: Path, about: type[A]) -> tuple[A, Record]:
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} (truncated or "
                           f"hand-edited?): make it anew with {about.MAKE}") from None
+    return _split(data, about, str(path))
+
+
+def _split(data, about: type[A], origin: str) -> tuple[A, Record]:
     if not isinstance(data, dict):
-        raise RecordError(f"{path}: not a record (a JSON object), found {type(data).__name__}")
+        raise RecordError(f"{origin}: not a record (a JSON object), found {type(data).__name__}")
     mine = {f.name for f in dataclasses.fields(about)} - {"version"}
-    said = about.from_dict({k: v for k, v in data.items() if k in mine}, str(path))
+    said = about.from_dict({k: v for k, v in data.items() if k in mine}, origin)
     if said.job not in RESULTS:
-        raise RecordError(f"{path}: field job: {said.job!r} is not a job with a result ({', '.join(RESULTS)})")
-    return said, RESULTS[said.job].from_dict({k: v for k, v in data.items() if k not in mine}, str(path))
+        raise RecordError(f"{origin}: field job: {said.job!r} is not a job with a result ({', '.join(RESULTS)})")
+    return said, RESULTS[said.job].from_dict({k: v for k, v in data.items() if k not in mine}, origin)
 
 
 def read_records(folder: Path, about: type[A]) -> list[tuple[A, Record]]:

@@ -38,7 +38,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sittings import (ROOT, SUBMIT, StageAbout, drop_carried, pct, prepare_environment, progress,  # noqa: E402
-                      read_records, run_job, same_record, state_root, sync_carry, write_record)
+                      read_records, run_job, state_root, sync_carry, write_record)
 
 sys.path.insert(0, str(ROOT))
 
@@ -74,18 +74,17 @@ class Study:
         """Run ``spark-submit jobs/SCRIPT`` once; its --result record (kept for reruns) is returned and, the
         first time, recorded. A finished training's carried checkpoint is dropped unless ``keep``."""
         job, result = script.removesuffix(".py"), self.work / "results" / f"{stage}.json"
-        if result.exists():
-            return read_result(job, str(result))
-        print(f"--- {stage}: jobs/{script} {' '.join(args)}", flush=True)
-        started = time.time()
-        run_job([*SUBMIT, f"jobs/{script}", *args, "--result", str(result)], self.run_dir, self.carry)
-        self.minutes[stage] = (time.time() - started) / 60
-        out = read_result(job, str(result))
         record = self.records / f"{stage}.json" if self.records else None
-        if record and not same_record(record, StageAbout, getattr(out, "config_sha256", None),
-                                      getattr(out, "manifest_sha256", None)):
-            write_record(record, stage_about(stage, job, self.epochs, self.minutes[stage], out), out)
-        if isinstance(out, TrainResult) and not keep:
+        ran = not result.exists()
+        if ran:
+            print(f"--- {stage}: jobs/{script} {' '.join(args)}", flush=True)
+            started = time.time()
+            run_job([*SUBMIT, f"jobs/{script}", *args, "--result", str(result)], self.run_dir, self.carry)
+            self.minutes[stage] = (time.time() - started) / 60
+        out = read_result(job, str(result))
+        if record and (ran or not record.exists()):  # a stage that ended before its record was written gets it now
+            write_record(record, stage_about(stage, job, self.epochs, self.minutes.get(stage, float("nan")), out), out)
+        if ran and isinstance(out, TrainResult) and not keep:
             drop_carried(self.carry, out.checkpoint)
         return out
 

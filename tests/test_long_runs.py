@@ -202,4 +202,44 @@ def test_a_stream_stage_record_keeps_the_last_balance_per_class(tmp_path):
     assert about.pseudo_labels == [{"class_name": "c0", "selected_count": 8, "precision": 0.9},
                                    {"class_name": "c1", "selected_count": 2, "precision": 0.8}]
     bench("sittings").write_record(tmp_path / "r.json", about, result)
-    assert bench("sittings").read_record(tmp_path / "r.json", type(about))[0] == about
+    assert bench("sittings").read_record(tmp_path / "r.json", type(about)) == (about, result)
+
+
+def test_the_benchmarks_own_fields_never_meet_a_job_results():
+    sittings = bench("sittings")
+    from pipeline.records import RESULTS, TrainResult
+
+    def names(cls):
+        return {f.name for f in dataclasses.fields(cls)} - {"version"}
+
+    assert not names(sittings.RunAbout) & names(TrainResult)
+    for job, result in RESULTS.items():
+        assert not names(sittings.StageAbout) & names(result), job
+
+
+def test_a_record_with_an_empty_value_reads_back_and_one_that_would_not_is_never_written(tmp_path):
+    sittings = bench("sittings")
+    from pipeline.records import RecordError
+
+    _, published = sittings.read_record(ROOT / "docs/records/cifar10-lt100-e200/ce-s0.json", sittings.RunAbout)
+    about = sittings.RunAbout(method="ce", eval_every=5, subset="reference", dataset="d", cpu="x", cpu_capability="AVX2",
+                              threads=2)
+    no_commit = dataclasses.replace(published, git_commit=None)  # Optional without a default: kept as null
+    sittings.write_record(tmp_path / "a.json", about, no_commit)
+    assert sittings.read_record(tmp_path / "a.json", sittings.RunAbout) == (about, no_commit)
+    with pytest.raises(RecordError, match=r"b.json \(being written\): field threads: expected int"):
+        sittings.write_record(tmp_path / "b.json", dataclasses.replace(about, threads=None), published)
+    assert not list(tmp_path.glob("b.json*"))
+
+
+def test_a_stage_that_ended_before_its_record_was_written_gets_it_on_the_next_run(tmp_path):
+    sittings, study = bench("sittings"), bench("study")
+    records = tmp_path / "records"
+    first = study.Study(tmp_path / "state", 200, records)
+    _, trained = sittings.read_record(ROOT / "docs/records/cifar10-lt100-e200/ce-s0.json", sittings.RunAbout)
+    (first.work / "results" / "ssl-base.json").write_text(json.dumps(trained.to_dict()))  # its result, no record
+    assert not records.exists()
+    out = first.job("ssl-base", "train.py", "--never-run")  # the result is there: no job runs
+    said, result = sittings.read_record(records / "ssl-base.json", sittings.StageAbout)
+    assert out == result == trained and (said.stage, said.job, said.study_epochs) == ("ssl-base", "train", 200)
+    assert said.minutes != said.minutes  # NaN: the sitting that trained it is not this one

@@ -40,8 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sittings import (ROOT, SUBMIT, StageAbout, drop_carried, pct, prepare_environment, progress,  # noqa: E402
                       read_records, run_job, state_root, sync_carry, write_record)
 
-sys.path.insert(0, str(ROOT))
-
 from pipeline.pseudolabel.store import latest_balance  # noqa: E402
 from pipeline.records import Manifest, Record, StreamResult, TrainResult, read_result  # noqa: E402
 

@@ -118,7 +118,7 @@ class Study:
         return labels
 
 
-def semi_chain(study: Study, ssl: Path, rev: Optional[Path], experiment: str) -> dict:
+def semi_chain(study: Study, ssl: Path, rev: Optional[Path], experiment: str) -> None:
     """Base, SSP, and per pool and policy: the stream and its semi-supervised run (+ SSP on the paper's)."""
     keep = study.carry is not None  # the chain's later stages read these models
     base = study.train("ssl-base", SEMI, ssl, "ce", experiment, keep=keep)
@@ -127,7 +127,6 @@ def semi_chain(study: Study, ssl: Path, rev: Optional[Path], experiment: str) ->
                     "--set", f"train.eval_every={study.eval_every}", keep=keep)
     ssp = ("--pretrained", pre.checkpoint)  # a path: the same key on another machine, where the run id is new
     study.train("ssl-ssp", SEMI, ssl, "ce", experiment, *ssp)
-    labels = {}
     order = [("ssl", "all"), "ssp", ("ssl", "crest-em"), *([("rev", "all"), ("rev", "crest-em")] if rev else [])]
     for step in order:  # the paper's chain (base, SSP, semi, semi + SSP) first, then the distribution-aware runs
         if step == "ssp":
@@ -137,11 +136,9 @@ def semi_chain(study: Study, ssl: Path, rev: Optional[Path], experiment: str) ->
         pool, name = step
         splits, (select, settings) = {"ssl": ssl, "rev": rev}[pool], {n: (s, kv) for n, s, kv in POLICIES}[name]
         out = study.work / f"pseudo-labels-{pool}-{name}"
-        labels[pool, name] = study.stream(f"{pool}-pseudolabel-{name}", base, splits / "unlabeled", out, select,
-                                          settings, experiment)
+        study.stream(f"{pool}-pseudolabel-{name}", base, splits / "unlabeled", out, select, settings, experiment)
         study.train(f"{pool}-semi-{name}", SEMI, splits, "ce", experiment, "--pseudo-labels", str(out),
                     script="train_semi.py")
-    return labels
 
 
 STAGES = {"ssl-base": "`ce` base (labeled only)", "ssl-pretrain": "SSP: rotation pre-training (test: 4-way rotation top-1)",
@@ -219,7 +216,6 @@ def main() -> None:
         experiments.append(f"study-cifar10-lt100-e{args.epochs}")  # one experiment per budget: tables never mix
         for method in args.methods.split(","):
             study.train(f"train-{method}", STANDARD, std, method, experiments[-1])
-    labels = {}
     if "semi" in parts:
         study.job("splits-ssl", "longtail.py", "--config", SEMI, "--data", str(data), "--out", str(ssl), "--overwrite")
         if "reversed" in parts:
@@ -228,21 +224,16 @@ def main() -> None:
             same = {Manifest.read(str(s)).ids_sha256["labeled"] for s in (ssl, rev)}
             assert len(same) == 1, "the two pools must share one labeled split (and so one base model)"
         experiments.append(f"study-cifar10-lt100-ssl-e{args.epochs}")
-        labels = semi_chain(study, ssl, rev if "reversed" in parts else None, experiments[-1])
-    report(study, experiments, labels, started)
+        semi_chain(study, ssl, rev if "reversed" in parts else None, experiments[-1])
+    report(study, experiments, started)
 
 
-def report(study: Study, experiments: list[str], labels: dict, started: float) -> None:
+def report(study: Study, experiments: list[str], started: float) -> None:
     for experiment in experiments:
         print(f"\n{experiment}, {study.epochs} epochs (final epoch, %):")
         subprocess.run([sys.executable, "jobs/compare.py", "--experiment", experiment], cwd=ROOT, check=True)
-    for (pool, name), result in labels.items():
-        rows = latest_balance(str(study.work / f"pseudo-labels-{pool}-{name}")).to_pylist()
-        print(f"\npseudo-labels of the {pool} pool by the base model (policy {name}): {result.selected} kept, "
-              f"precision {result.precision if result.precision is not None else float('nan'):.3f}; "
-              f"per class (class: kept, precision):")
-        print(", ".join(f"{r['class_name']}: {r['selected_count']}, "
-                        f"{'-' if r['precision'] is None else format(r['precision'], '.2f')}" for r in rows))
+    print(f"\nthe records in {study.records} (the pseudo-labels' precision per class in the second table):")
+    print(table(read_records(study.records, StageAbout)))
     print("\nminutes per stage (this invocation):", ", ".join(f"{k} {v:.1f}" for k, v in study.minutes.items()))
     print(f"total {(time.time() - started) / 60:.1f} minutes")
 

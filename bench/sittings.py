@@ -26,7 +26,7 @@ from typing import ClassVar, Optional, TypeVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.records import RESULTS, Record, RecordError  # noqa: E402
+from pipeline.records import RESULTS, Record, RecordError, load_json  # noqa: E402
 
 A = TypeVar("A", bound=Record)
 SUBMIT = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--driver-memory", "4g",
@@ -182,12 +182,7 @@ def write_record(path: Path, about: Record, result: Record) -> None:
 
 def read_record(path: Path, about: type[A]) -> tuple[A, Record]:
     """The record in ``path``, checked: (what the benchmark says, the job's result)."""
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RecordError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} (truncated or "
-                          f"hand-edited?): make it anew with {about.MAKE}") from None
-    return _split(data, about, str(path))
+    return _split(load_json(path.read_text(), str(path), about.MAKE), about, str(path))
 
 
 def _split(data, about: type[A], origin: str) -> tuple[A, Record]:

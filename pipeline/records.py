@@ -67,6 +67,16 @@ def _check(value: Any, tp: Any, where: str) -> None:
             _check(item, args[1], f"{where}.{key}")
 
 
+def load_json(text: str, origin: str, make: str) -> Any:
+    """The JSON value in ``text`` read from ``origin``; a RecordError names the file, line and column
+    and says what remakes it (``make``) when the text is not JSON (truncated or hand-edited)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{origin}: not valid JSON at line {e.lineno} column {e.colno} "
+                          f"(truncated or hand-edited?): make it anew with {make}") from None
+
+
 @dataclasses.dataclass
 class Record:
     FILE: ClassVar[str]
@@ -110,12 +120,7 @@ class Record:
     @classmethod
     def parse(cls: type[R], text: str, origin: str) -> R:
         """The record in the JSON ``text`` read from ``origin``."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{origin}: not valid JSON at line {e.lineno} column {e.colno} "
-                              f"(truncated or hand-edited?): make it anew with {cls.MAKE}") from None
-        return cls.from_dict(data, origin)
+        return cls.from_dict(load_json(text, origin, cls.MAKE), origin)
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "version": self.VERSION}
